@@ -1,0 +1,655 @@
+"""From atlas to LoRA: target an adapter by the atlas, train it, evaluate it, and take it apart.
+
+PEFT does the adapters (`LoraConfig(target_modules=..., layers_to_transform=...)`, `get_peft_model`,
+per-module `scaling` for adapter-only ablation); the model's own loss trains them. This module adds:
+
+- `lora_config`: one call from an atlas (+ family, number of layers, modules, strategy) to a `LoraConfig`.
+  Strategies: ``atlas`` (the layers the atlas ranks highest for the family), ``atlas-late`` (the same,
+  restricted to the later half of the network), ``random`` (as many random layers; the seed is the
+  draw), ``all-linear`` (every layer), ``none`` (no adapter: the base model's row).
+- `train`: deterministic given the seed (right-padded batches, loss on completion tokens only, constant
+  learning rate, so the step-k checkpoint of a long run equals a k-step run); adapters are cached under
+  ``results/lora/`` keyed by (model fingerprint, family, target, training config, data), written to a
+  temporary folder and renamed, so a re-executed chapter reuses them and a killed run leaves no half file.
+- `evaluate`: eval loss, exact match of greedy completions (`atlas_core.tasks.exact_match`) and drift,
+  the mean KL(base || adapted) of the next token at the last prompt position on other families' prompts.
+- surgery: `update_norms` (‖B·A‖·scaling per layer and module), `layer_ablation` (disable the adapter in
+  one layer at a time), `truncated` (SVD of B·A to a lower rank), `lock_in` (effect maps over checkpoints),
+  `adapted_subject` (merged copy for an atlas diff), and `attach`, whose size check turns an adapter that
+  does not fit a model into a one-line ValueError naming both shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .paths import results_dir
+from .subject import Subject
+
+CACHE_VERSION = 1
+STRATEGIES = ("atlas", "atlas-late", "random", "all-linear")
+ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
+MODULE_SETS: dict[str, tuple[str, ...]] = {
+    "o": ("o",), "qkv": ("q", "k", "v"), "gate_up_down": ("gate", "up", "down"),
+    "attn": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": ALL_LINEAR,
+}
+OPTIMIZERS = ("adamw", "adafactor", "lion")
+LION_LR_FACTOR = 1 / 3  # Lion wants a 3-10x smaller step than AdamW (Chen et al. 2023)
+
+
+# --------------------------------------------------------------------------- targeting
+@dataclass(frozen=True)
+class Target:
+    """Where an adapter goes: strategy, layers (None = all), canonical modules, rank, alpha."""
+
+    strategy: str
+    layers: tuple[int, ...] | None
+    modules: tuple[str, ...] = ALL_LINEAR
+    r: int = 8
+    alpha: float = 16.0
+
+    @property
+    def tag(self) -> str:
+        lay = "all" if self.layers is None else "-".join(map(str, self.layers))
+        return f"{self.strategy}_L{lay}_{'+'.join(self.modules)}_r{self.r}"
+
+
+def layer_scores(atlas, family: str, component: str = "block", method: str = "zero") -> pd.Series:
+    """Per-layer importance from an `Atlas` (`.layer_scores`), a Series, or a {family: Series} dict."""
+    if hasattr(atlas, "layer_scores"):
+        s = atlas.layer_scores(family, component=component, method=method)
+    elif isinstance(atlas, pd.Series):
+        s = atlas
+    elif isinstance(atlas, dict):
+        s = pd.Series(atlas[family]) if family in atlas else pd.Series(atlas)
+    else:
+        raise TypeError(f"cannot read layer scores from {type(atlas).__name__}: pass an Atlas, a Series or a dict")
+    return s.astype(float).sort_index()
+
+
+def select_layers(scores: pd.Series | None, n_layers: int, k: int, strategy: str, seed: int = 0) -> tuple[int, ...] | None:
+    """Layers to adapt for a strategy; None means every layer."""
+    if strategy == "all-linear":
+        return None
+    if not 0 < k <= n_layers:
+        raise ValueError(f"k={k} layers cannot be chosen from a {n_layers}-layer model")
+    if strategy == "random":
+        rng = np.random.default_rng([seed, 7919])
+        return tuple(sorted(int(i) for i in rng.choice(n_layers, size=k, replace=False)))
+    if strategy in ("atlas", "atlas-late"):
+        if scores is None:
+            raise ValueError(f"strategy {strategy!r} needs atlas layer scores")
+        s = scores.dropna()
+        if strategy == "atlas-late":
+            s = s[s.index >= n_layers // 2]
+        # ties broken toward the later layer (stable and deterministic)
+        ranked = sorted(s.index, key=lambda i: (-s[i], -int(i)))
+        if len(ranked) < k:
+            raise ValueError(f"{strategy}: only {len(ranked)} scored layers, {k} requested")
+        return tuple(sorted(int(i) for i in ranked[:k]))
+    raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+
+
+def target(atlas, family: str, arch, k: int, strategy: str = "atlas", modules: Sequence[str] | str = ALL_LINEAR,
+           seed: int = 0, r: int = 8, alpha: float | None = None, component: str = "block", method: str = "zero") -> Target:
+    """The `Target` a strategy picks (atlas may be None for random / all-linear)."""
+    mods = MODULE_SETS[modules] if isinstance(modules, str) else tuple(modules)
+    scores = layer_scores(atlas, family, component, method) if strategy.startswith("atlas") else None
+    if strategy == "all-linear":
+        mods = ALL_LINEAR
+    layers = select_layers(scores, arch.n_layers, k, strategy, seed)
+    return Target(strategy, layers, mods, r, float(alpha if alpha is not None else 2 * r))
+
+
+def target_names(arch, modules: Sequence[str]) -> list[str]:
+    """PEFT target names (paths inside a layer, matched as suffixes) for canonical module names.
+
+    GPT-2 fuses q, k, v into `attn.c_attn`; its two `c_proj`s are told apart by their parent."""
+    table = arch.paths.modules
+    out: list[str] = []
+    for m in modules:
+        name = m if m in table else ("qkv" if m in ("q", "k", "v") and "qkv" in table else None)
+        if name is None:
+            continue  # e.g. GPT-2 has no gate projection
+        if table[name] not in out:
+            out.append(table[name])
+    if not out:
+        raise ValueError(f"none of {list(modules)} exists in {arch.family}; known: {', '.join(table)}")
+    return out
+
+
+def lora_config(t: Target, arch):
+    """PEFT `LoraConfig` for a target on an architecture."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=t.r, lora_alpha=t.alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        target_modules=target_names(arch, t.modules),
+        layers_to_transform=list(t.layers) if t.layers is not None else None,
+        layers_pattern=arch.paths.layers.split(".")[-1] if t.layers is not None else None,
+        fan_in_fan_out=arch.family == "gpt2",
+    )
+
+
+def to_lora_config(atlas, family: str, arch, k: int, strategy: str = "atlas", modules=ALL_LINEAR, seed: int = 0,
+                   r: int = 8, **kw):
+    """One call: atlas (+ family, number of layers, modules, strategy) -> PEFT LoraConfig."""
+    return lora_config(target(atlas, family, arch, k, strategy, modules, seed, r, **kw), arch)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 30
+    lr: float = 2e-3
+    batch: int = 8
+    optimizer: str = "adamw"
+    seed: int = 0
+    max_len: int = 96
+
+
+def train_tokenizer(subject: Subject):
+    """A right-padded copy of the subject's tokenizer (the subject's own pads left, for traces)."""
+    tok = copy.copy(subject.tokenizer)
+    tok.padding_side = "right"
+    return tok
+
+
+def _encode_pair(tok, ex: dict, max_len: int) -> tuple[list[int], list[int]]:
+    p = tok(ex["prompt"])["input_ids"]
+    c = tok(ex["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = (p + c)[:max_len]
+    labels = ([-100] * len(p) + c)[:max_len]
+    return ids, labels
+
+
+def collate(tok, examples: Sequence[dict], max_len: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels -100 on prompt and padding (the model's own loss then ignores them)."""
+    pairs = [_encode_pair(tok, ex, max_len) for ex in examples]
+    n = max(len(i) for i, _ in pairs)
+    pad = tok.pad_token_id
+    ids = torch.tensor([i + [pad] * (n - len(i)) for i, _ in pairs])
+    labels = torch.tensor([lab + [-100] * (n - len(lab)) for _, lab in pairs])
+    mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i, _ in pairs])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _data_hash(examples: Sequence[dict]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for ex in examples:
+        h.update(json.dumps([ex["prompt"], ex["completion"]]).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- attach / detach
+@contextmanager
+def _wrapped(subject: Subject, make: Callable) -> Iterator:
+    """Yield a PeftModel over subject.model; always unload afterwards (base weights untouched)."""
+    grads = {n: p.requires_grad for n, p in subject.model.named_parameters()}
+    pm = make(subject.model)
+    try:
+        yield pm
+    finally:
+        pm.unload()
+        if hasattr(subject.model, "peft_config"):
+            del subject.model.peft_config
+        for n, p in subject.model.named_parameters():
+            p.requires_grad_(grads.get(n, False))
+        subject.model.eval()
+
+
+def check_fits(adapter_dir: str | Path, subject: Subject) -> None:
+    """Raise a one-line ValueError if the adapter's LoRA shapes do not fit the model's modules."""
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    meta = _read_json(adapter_dir / "atlas_meta.json")
+    origin = f"{meta.get('model', '?')} ({meta.get('fingerprint', '?')[:12]})"
+    mods = dict(subject.model.named_modules())
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+        for key in sorted(f.keys()):
+            m = re.match(r"(?:base_model\.model\.)?(.*)\.lora_([AB])\.weight$", key)
+            if not m:
+                continue
+            path, ab = m.groups()
+            shape = tuple(f.get_slice(key).get_shape())
+            base = mods.get(path)
+            if base is None:
+                raise ValueError(f"adapter {adapter_dir.name} trained on {origin} targets {path} (lora_{ab} {shape}), "
+                                 f"which model {subject.name} ({subject.fingerprint[:12]}) does not have "
+                                 f"({subject.arch.n_layers} layers, d_model={subject.arch.d_model})")
+            w = base.weight
+            out_f, in_f = (w.shape[1], w.shape[0]) if subject.arch.family == "gpt2" else (w.shape[0], w.shape[1])
+            need = in_f if ab == "A" else out_f
+            got = shape[1] if ab == "A" else shape[0]
+            if need != got:
+                raise ValueError(f"adapter {adapter_dir.name} trained on {origin} has {path}.lora_{ab} of shape "
+                                 f"{list(shape)}, but model {subject.name} ({subject.fingerprint[:12]}) has {path} of "
+                                 f"shape [out={out_f}, in={in_f}]")
+
+
+@contextmanager
+def attach(subject: Subject, adapter: Adapter | str | Path) -> Iterator:
+    """The subject with a saved adapter loaded (PeftModel); raises a one-line ValueError if it does not fit."""
+    from peft import PeftModel
+
+    path = adapter.path if isinstance(adapter, Adapter) else Path(adapter)
+    check_fits(path, subject)
+
+    def make(model):
+        try:
+            return PeftModel.from_pretrained(model, str(path))
+        except (RuntimeError, ValueError) as err:  # PEFT/torch size or target mismatch: say it in one line
+            first = str(err).strip().splitlines()
+            raise ValueError(f"adapter {path.name} does not fit model {subject.name}: "
+                             f"{' '.join(s.strip() for s in first[:3])[:400]}") from None
+
+    with _wrapped(subject, make) as pm:
+        pm.eval()
+        yield pm
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class Adapter:
+    """A trained adapter on disk plus what training reported."""
+
+    path: Path
+    target: Target
+    train: TrainConfig
+    family: str
+    n_trainable: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    checkpoints: dict[int, Path] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def final_loss(self) -> float:
+        """Mean train loss over the last quarter of the steps (one step is one noisy batch)."""
+        if not self.losses:
+            return float("nan")
+        return float(np.mean(self.losses[-max(1, len(self.losses) // 4):]))
+
+
+def _optimizer(name: str, params, lr: float):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    if name == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(params, lr=lr * LION_LR_FACTOR, weight_decay=0.0)
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def _key(*parts) -> str:
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, default=str, indent=1)
+    os.replace(tmp, path)
+
+
+def adapter_dir(subject: Subject, family: str, t: Target, tc: TrainConfig, data_hash: str, root: Path | None = None) -> Path:
+    key = _key(CACHE_VERSION, subject.fingerprint, family, asdict(t), asdict(tc), data_hash)
+    return Path(root or results_dir() / "lora") / subject.fingerprint[:12] / family / f"{t.strategy}-s{tc.seed}-{key}"
+
+
+def _load_cached(path: Path, t: Target, tc: TrainConfig, family: str) -> Adapter | None:
+    meta = _read_json(path / "atlas_meta.json")
+    if not meta or not (path / "adapter_model.safetensors").exists():
+        return None
+    ck = {int(s): path / f"ckpt-{s}" for s in meta.get("checkpoints", []) if (path / f"ckpt-{s}").exists()}
+    return Adapter(path, t, tc, family, meta["n_trainable"], meta["losses"], meta["seconds"], ck, cached=True)
+
+
+def train(subject: Subject, family: str, examples: Sequence[dict], t: Target, tc: TrainConfig,
+          checkpoints: Sequence[int] = (), root: Path | None = None, progress: bool = False) -> Adapter:
+    """Train (or reuse from the cache) a LoRA adapter on (prompt, completion) examples."""
+    from peft import get_peft_model
+
+    path = adapter_dir(subject, family, t, tc, _data_hash(examples), root)
+    if (hit := _load_cached(path, t, tc, family)) is not None and set(checkpoints) <= set(hit.checkpoints):
+        return hit
+    tok = train_tokenizer(subject)
+    torch.manual_seed(tc.seed)  # LoRA A init
+    order = np.random.default_rng(tc.seed).permutation(len(examples))
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    try:
+        with _wrapped(subject, lambda m: get_peft_model(m, lora_config(t, subject.arch))) as pm:
+            params = [p for p in pm.parameters() if p.requires_grad]
+            n_trainable = sum(p.numel() for p in params)
+            opt = _optimizer(tc.optimizer, params, tc.lr)
+            pm.train()
+            for step in range(tc.steps + 1):
+                if step in checkpoints:
+                    pm.save_pretrained(str(tmp / f"ckpt-{step}"))
+                if step == tc.steps:
+                    break
+                idx = [order[(step * tc.batch + j) % len(order)] for j in range(tc.batch)]
+                batch = {k: v.to(subject.device) for k, v in collate(tok, [examples[i] for i in idx], tc.max_len).items()}
+                loss = pm(**batch).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                if progress and (step % 10 == 0 or step == tc.steps - 1):
+                    print(f"  [{t.tag} seed {tc.seed}] step {step} loss {losses[-1]:.3f}", flush=True)
+            pm.eval()
+            pm.save_pretrained(str(tmp))
+        secs = time.perf_counter() - t0
+        meta = {"model": subject.name, "fingerprint": subject.fingerprint, "family": family, "target": asdict(t),
+                "train": asdict(tc), "n_trainable": n_trainable, "losses": losses, "seconds": secs,
+                "checkpoints": sorted(checkpoints), "data_hash": _data_hash(examples)}
+        _write_json_atomic(tmp / "atlas_meta.json", meta)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)  # appears complete or not at all
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _load_cached(path, t, tc, family)
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def completion_loss(model, tok, examples: Sequence[dict], max_len: int = 96, batch: int = 16,
+                    per_example: bool = False) -> float | np.ndarray:
+    """Mean next-token loss over completion tokens (token-weighted), or one mean per example."""
+    tot, n, each = 0.0, 0, []
+    for i in range(0, len(examples), batch):
+        b = collate(tok, examples[i:i + batch], max_len)
+        dev = next(model.parameters()).device
+        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits.float()
+        lab = b["labels"][:, 1:].to(dev)
+        lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), lab.clamp_min(0), reduction="none")
+        m = (lab != -100).float()
+        tot += float((lp * m).sum())
+        n += int(m.sum())
+        each.extend(((lp * m).sum(1) / m.sum(1).clamp_min(1)).tolist())
+    return np.asarray(each) if per_example else tot / max(n, 1)
+
+
+@torch.no_grad()
+def generate(model, subject: Subject, prompts: Sequence[str], max_new_tokens: int, batch: int = 16) -> list[str]:
+    """Greedy completions, batched with left padding."""
+    tok = subject.tokenizer
+    out: list[str] = []
+    for i in range(0, len(prompts), batch):
+        enc = subject.encode(list(prompts[i:i + batch]))
+        g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                           eos_token_id=tok.eos_token_id)
+        out.extend(tok.batch_decode(g[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def last_logprobs(model, subject: Subject, prompts: Sequence[str], batch: int = 16) -> torch.Tensor:
+    """Log-probabilities of the next token at the last prompt position (left padding)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        enc = subject.encode(list(prompts[i:i + batch]))
+        out.append(torch.log_softmax(model(**enc, logits_to_keep=1).logits[:, -1].float(), -1))
+    return torch.cat(out)
+
+
+def kl_rows(base_lp: torch.Tensor, lp: torch.Tensor) -> np.ndarray:
+    """KL(base || adapted) per row."""
+    return (base_lp.exp() * (base_lp - lp)).sum(-1).clamp_min(0).double().numpy()
+
+
+@dataclass
+class EvalSet:
+    """What an evaluation runs on: eval examples of the trained family, drift prompts of the others."""
+
+    family: str
+    examples: list[dict]
+    drift_prompts: list[str]
+    exact_match: Callable[[str, dict], bool]
+    max_new_tokens: int
+    max_len: int = 96
+
+    @property
+    def key(self) -> str:
+        return _key(_data_hash(self.examples), self.drift_prompts, self.max_new_tokens, self.max_len)
+
+
+_BASE_CACHE: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def evaluate(subject: Subject, ev: EvalSet, adapter: Adapter | None = None) -> dict:
+    """eval loss, exact match, drift (mean KL base||adapted on other families); cached beside the adapter."""
+    cache = (adapter.path / f"eval-{ev.key}.json") if adapter is not None else None
+    if cache is not None and (hit := _read_json(cache)):
+        return hit
+    ck = (subject.fingerprint, _key(ev.drift_prompts))
+    if ck not in _BASE_CACHE:
+        _BASE_CACHE[ck] = last_logprobs(subject.model, subject, ev.drift_prompts)
+    t0 = time.perf_counter()
+
+    def run(model) -> dict:
+        texts = generate(model, subject, [e["prompt"] for e in ev.examples], ev.max_new_tokens)
+        em = [bool(ev.exact_match(t, e)) for t, e in zip(texts, ev.examples, strict=True)]
+        kl = kl_rows(_BASE_CACHE[ck], last_logprobs(model, subject, ev.drift_prompts))
+        return {"eval_loss": completion_loss(model, train_tokenizer(subject), ev.examples, ev.max_len),
+                "exact_match": float(np.mean(em)), "drift": float(kl.mean()), "n_eval": len(em),
+                "n_drift": len(kl), "samples": texts[:3]}
+
+    if adapter is None:
+        res = run(subject.model)
+    else:
+        with attach(subject, adapter) as pm:
+            res = run(pm)
+    res["eval_seconds"] = time.perf_counter() - t0
+    if cache is not None:
+        _write_json_atomic(cache, res)
+    return res
+
+
+# --------------------------------------------------------------------------- surgery
+def _lora_modules(pm, arch) -> Iterator[tuple[int, str, torch.nn.Module]]:
+    """(layer, canonical module, LoraLayer) for every adapted module."""
+    from peft.tuners.lora import LoraLayer
+
+    rev = {v: k for k, v in arch.paths.modules.items()}
+    pat = re.compile(rf"{re.escape(arch.paths.layers)}\.(\d+)\.(.+)$")
+    for name, mod in pm.named_modules():
+        if isinstance(mod, LoraLayer) and (m := pat.search(name)):
+            yield int(m.group(1)), rev.get(m.group(2), m.group(2)), mod
+
+
+def update_norms(pm, arch, adapter_name: str = "default") -> pd.DataFrame:
+    """Frobenius norm of each LoRA update ΔW = B·A·scaling, per (layer, module)."""
+    rows = []
+    for layer, mod, lm in _lora_modules(pm, arch):
+        a, b = lm.lora_A[adapter_name].weight, lm.lora_B[adapter_name].weight
+        delta = (b.double() @ a.double()) * lm.scaling[adapter_name]
+        rows.append({"layer": layer, "module": mod, "norm": float(delta.norm())})
+    return pd.DataFrame(rows, columns=["layer", "module", "norm"])
+
+
+@contextmanager
+def scaled(pm, arch, layers: Sequence[int] | None = None, factor: float = 0.0, adapter_name: str = "default"):
+    """Temporarily multiply the adapter's scaling in some layers (None = all) by factor (0 = disabled there)."""
+    saved = []
+    for layer, _, lm in _lora_modules(pm, arch):
+        if layers is None or layer in layers:
+            saved.append((lm, lm.scaling[adapter_name]))
+            lm.scaling[adapter_name] = lm.scaling[adapter_name] * factor
+    try:
+        yield pm
+    finally:
+        for lm, s in saved:
+            lm.scaling[adapter_name] = s
+
+
+def layer_ablation(pm, subject: Subject, examples: Sequence[dict], max_len: int = 96) -> pd.DataFrame:
+    """Adapter-only ablation: eval-loss increase when the adapter is disabled in one layer at a time.
+
+    Rows: every adapted layer, plus 'all' (adapter off everywhere, i.e. the base model)."""
+    tok = train_tokenizer(subject)
+    full = completion_loss(pm, tok, examples, max_len)
+    layers = sorted({lay for lay, _, _ in _lora_modules(pm, subject.arch)})
+    rows = []
+    for lay in layers:
+        with scaled(pm, subject.arch, [lay]):
+            rows.append({"layer": lay, "effect": completion_loss(pm, tok, examples, max_len) - full})
+    with pm.disable_adapter():
+        rows.append({"layer": "all", "effect": completion_loss(pm, tok, examples, max_len) - full})
+    return pd.DataFrame(rows).assign(full_loss=full)
+
+
+@contextmanager
+def truncated(pm, arch, rank: int, adapter_name: str = "default"):
+    """Temporarily replace every B·A by its best rank-`rank` approximation (SVD); rank >= r is the identity."""
+    saved = []
+    with torch.no_grad():
+        for _, _, lm in _lora_modules(pm, arch):
+            A, B = lm.lora_A[adapter_name].weight, lm.lora_B[adapter_name].weight
+            saved.append((A, B, A.detach().clone(), B.detach().clone()))
+            if rank >= A.shape[0]:
+                continue
+            U, S, Vh = torch.linalg.svd(B.double() @ A.double(), full_matrices=False)
+            k = max(0, rank)
+            newB, newA = torch.zeros_like(B), torch.zeros_like(A)
+            newB[:, :k] = (U[:, :k] * S[:k].sqrt()).to(B.dtype)
+            newA[:k] = (S[:k].sqrt()[:, None] * Vh[:k]).to(A.dtype)
+            B.copy_(newB)
+            A.copy_(newA)
+    try:
+        yield pm
+    finally:
+        with torch.no_grad():
+            for A, B, a0, b0 in saved:
+                A.copy_(a0)
+                B.copy_(b0)
+
+
+def effect_map(subject: Subject, adapter_path: Path, examples: Sequence[dict], max_len: int = 96) -> pd.DataFrame:
+    """Per-layer update norm and adapter-only ablation effect of one saved adapter (or checkpoint)."""
+    with attach(subject, adapter_path) as pm:
+        norms = update_norms(pm, subject.arch).groupby("layer")["norm"].apply(lambda s: float(np.sqrt((s**2).sum())))
+        abl = layer_ablation(pm, subject, examples, max_len)
+    abl = abl[abl.layer != "all"].astype({"layer": int}).set_index("layer")
+    return abl.join(norms).reset_index()
+
+
+def lock_in(subject: Subject, adapter: Adapter, examples: Sequence[dict], max_len: int = 96) -> pd.DataFrame:
+    """Effect maps at every checkpoint (and the end): tidy rows (step, layer, norm, effect)."""
+    steps = dict(adapter.checkpoints)
+    steps[adapter.train.steps] = adapter.path
+    frames = []
+    for s, p in sorted(steps.items()):
+        cache = adapter.path / f"effectmap-{s}-{_key(_data_hash(examples), max_len)}.json"
+        if (hit := _read_json(cache)):
+            df = pd.DataFrame(hit)
+        else:
+            df = effect_map(subject, p, examples, max_len)
+            _write_json_atomic(cache, df.to_dict(orient="list"))
+        frames.append(df.assign(step=s))
+    return pd.concat(frames, ignore_index=True)
+
+
+def lock_in_summary(maps: pd.DataFrame, col: str = "effect") -> pd.DataFrame:
+    """Spearman correlation of each checkpoint's per-layer map with the previous one and with the final one."""
+    wide = maps.pivot(index="layer", columns="step", values=col)
+    steps = list(wide.columns)
+    rows = []
+    for i, s in enumerate(steps):
+        prev = wide[steps[i - 1]] if i else None
+        rows.append({"step": s, "rho_prev": float(wide[s].corr(prev, method="spearman")) if prev is not None else np.nan,
+                     "rho_final": float(wide[s].corr(wide[steps[-1]], method="spearman"))})
+    return pd.DataFrame(rows)
+
+
+def adapted_subject(subject: Subject, adapter: Adapter | Path) -> Subject:
+    """A merged copy of the subject with the adapter folded into its weights (for an atlas diff)."""
+    from peft import PeftModel
+
+    path = adapter.path if isinstance(adapter, Adapter) else Path(adapter)
+    check_fits(path, subject)
+    merged = PeftModel.from_pretrained(copy.deepcopy(subject.model), str(path)).merge_and_unload().eval()
+    return Subject(name=f"{subject.name}+lora:{path.name}", model=merged, tokenizer=subject.tokenizer,
+                   arch=subject.arch, source=f"{subject.source} + LoRA {path}", meta={**subject.meta, "adapter": str(path)})
+
+
+# --------------------------------------------------------------------------- experiments (thin loops)
+def summarize(df: pd.DataFrame, by: Sequence[str], cols: Sequence[str] = ("n_trainable", "train_loss", "eval_loss",
+              "exact_match", "drift")) -> pd.DataFrame:
+    """mean ± sd over seeds, one row per group."""
+    g = df.groupby(list(by), sort=False)[list(cols)]
+    out = g.mean().join(g.std(ddof=1), rsuffix="_sd").join(g.size().rename("n_seeds"))
+    return out.reset_index()
+
+
+def fmt_pm(df: pd.DataFrame, cols: Sequence[str] = ("train_loss", "eval_loss", "exact_match", "drift"),
+           digits: int = 3) -> pd.DataFrame:
+    """Replace `c` and `c_sd` columns by 'mean ± sd' strings (for the report)."""
+    out = df.copy()
+    for c in cols:
+        out[c] = [f"{m:.{digits}f} ± {s:.{digits}f}" if pd.notna(s) else f"{m:.{digits}f}"
+                  for m, s in zip(out[c], out[f"{c}_sd"], strict=True)]
+        out = out.drop(columns=f"{c}_sd")
+    if "n_trainable_sd" in out:
+        out = out.drop(columns="n_trainable_sd")
+    return out
+
+
+def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]], data: dict[str, list[dict]],
+             evalsets: dict[str, EvalSet], progress: bool = True) -> pd.DataFrame:
+    """Train + evaluate each (labels, target, train config); labels must hold 'family'. Tidy rows out."""
+    rows = []
+    for labels, t, tc in runs:
+        fam = labels["family"]
+        if t.strategy == "none":
+            res, n, tl, secs, cached = evaluate(subject, evalsets[fam]), 0, np.nan, 0.0, True
+        else:
+            ad = train(subject, fam, data[fam], t, tc, progress=progress)
+            res, n, tl, secs, cached = evaluate(subject, evalsets[fam], ad), ad.n_trainable, ad.final_loss, ad.seconds, ad.cached
+        rows.append({**labels, "strategy": t.strategy, "layers": "all" if t.layers is None else list(t.layers),
+                     "modules": "+".join(t.modules), "r": t.r, "optimizer": tc.optimizer, "seed": tc.seed,
+                     "steps": tc.steps, "n_trainable": n, "train_loss": tl, "train_seconds": secs, "cached": cached,
+                     **{k: v for k, v in res.items() if k != "samples"}})
+        if progress:
+            r = rows[-1]
+            print(f"{fam:15s} {t.strategy:10s} seed {tc.seed} params {n:>9,} eval_loss {r['eval_loss']:.3f} "
+                  f"EM {r['exact_match']:.2f} drift {r['drift']:.4f} ({secs:.0f}s train{', cached' if cached else ''})",
+                  flush=True)
+    return pd.DataFrame(rows)
+
+
+def with_(tc: TrainConfig, **kw) -> TrainConfig:
+    return replace(tc, **kw)
