@@ -1,0 +1,32 @@
+"""Per-prompt next-token metrics of an intervened forward against the clean one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+METRICS = ("kl", "logit_diff", "p_answer", "top5_overlap", "recovery")
+
+
+def next_token(logits: torch.Tensor, clean: torch.Tensor, answer: torch.Tensor | None,
+               distractor: torch.Tensor | None, k: int = 5) -> dict[str, np.ndarray]:
+    """KL(clean || intervened), logit difference answer - distractor, answer probability, top-k overlap."""
+    lp = torch.log_softmax(logits.float(), -1)
+    lq = torch.log_softmax(clean.float(), -1)
+    out = {"kl": (lq.exp() * (lq - lp)).sum(-1).clamp_min(0)}
+    top = logits.topk(k, -1).indices
+    ctop = clean.topk(k, -1).indices
+    out["top5_overlap"] = (top[:, :, None] == ctop[:, None, :]).any(-1).float().mean(-1)
+    if answer is not None:
+        rows = torch.arange(logits.shape[0])
+        a, d = answer.to(logits.device), distractor.to(logits.device)
+        out["logit_diff"] = logits[rows, a] - logits[rows, d]
+        out["p_answer"] = lp[rows, a].exp()
+    return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
+
+
+def recovery(ld: np.ndarray, ld_clean: np.ndarray, ld_corrupt: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Normalized recovery (LD - LD_corrupt) / (LD_clean - LD_corrupt); NaN where clean and corrupt agree."""
+    den = ld_clean - ld_corrupt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(den) > eps, (ld - ld_corrupt) / den, np.nan)
