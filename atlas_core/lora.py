@@ -381,7 +381,7 @@ def train(subject: Subject, family: str, examples: Sequence[dict], t: Target, tc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return _load_cached(path, t, tc, family)
+    return replace(_load_cached(path, t, tc, family), cached=False)
 
 
 # --------------------------------------------------------------------------- evaluation
