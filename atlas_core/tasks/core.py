@@ -1,0 +1,190 @@
+"""Items, their JSONL storage, per-tokenizer validation, sampling and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..paths import data_dir
+
+FAMILIES: tuple[str, ...] = (
+    "factual_recall", "json_schema", "code_semantics", "copying", "induction", "delimiter_tracking",
+    "deobfuscation", "ioi", "arithmetic", "agreement", "antonyms", "sequence_continuation",
+)
+VARIANTS: tuple[str, ...] = ("synthetic", "natural")
+BUCKETS: dict[str, tuple[int, int]] = {"short": (5, 30), "medium": (30, 150), "long": (150, 1000)}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One next-token probe. answer/distractor/corrupt_answer are the next token's text, leading space included."""
+
+    id: str
+    family: str
+    prompt: str
+    answer: str
+    distractor: str
+    corrupt: str
+    corrupt_answer: str
+    bucket: str
+    variant: str
+    meta: dict = field(default_factory=dict, hash=False, compare=True)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class TokItem(Item):
+    """An item validated under one tokenizer. Positions index `tokenizer(prompt)["input_ids"]` (BOS included)."""
+
+    answer_id: int = -1
+    distractor_id: int = -1
+    corrupt_answer_id: int = -1
+    n_tokens: int = 0
+    diff_pos: int = -1
+
+
+ITEM_FIELDS = tuple(f.name for f in fields(Item))
+_STR_FIELDS = tuple(n for n in ITEM_FIELDS if n != "meta")
+
+
+def tasks_dir(root: Path | None = None) -> Path:
+    return (root or data_dir()) / "tasks"
+
+
+def parse_item(line: str, where: str) -> Item:
+    """One JSONL line -> Item; raises ValueError('where: what is wrong')."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
+    missing = [k for k in ITEM_FIELDS if k not in d]
+    extra = sorted(set(d) - set(ITEM_FIELDS))
+    if missing or extra:
+        raise ValueError(f"{where}: missing fields {missing}, unknown fields {extra}")
+    bad = [k for k in _STR_FIELDS if not isinstance(d[k], str) or (k not in ("distractor",) and d[k] == "")]
+    if bad or not isinstance(d["meta"], dict):
+        raise ValueError(f"{where}: fields {bad + ([] if isinstance(d['meta'], dict) else ['meta'])} have a wrong type or are empty")
+    if d["family"] not in FAMILIES:
+        raise ValueError(f"{where}: unknown family {d['family']!r}")
+    if d["bucket"] not in BUCKETS or d["variant"] not in VARIANTS:
+        raise ValueError(f"{where}: bad bucket {d['bucket']!r} or variant {d['variant']!r}")
+    return Item(**d)
+
+
+def read_items(path: Path) -> list[Item]:
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                items.append(parse_item(line, f"{path}:{i}"))
+    return items
+
+
+def load_items(family: str | None = None, variant: str | None = "synthetic", bucket: str | None = "short",
+               root: Path | None = None) -> list[Item]:
+    """Items from data/tasks/<family>.jsonl (all families when None); None for variant/bucket means any."""
+    fams = FAMILIES if family is None else (family,)
+    for f in fams:
+        if f not in FAMILIES:
+            raise ValueError(f"unknown family {f!r}; known: {', '.join(FAMILIES)}")
+    out = []
+    for f in fams:
+        out += [it for it in read_items(tasks_dir(root) / f"{f}.jsonl")
+                if (variant is None or it.variant == variant) and (bucket is None or it.bucket == bucket)]
+    return out
+
+
+# ---------------------------------------------------------------- tokenizer checks
+
+
+def _ids(tok, text: str) -> list[int]:
+    return list(tok(text)["input_ids"])
+
+
+def next_token_id(tok, prompt_ids: list[int], prompt: str, token_text: str) -> int | None:
+    """Id of `token_text` as the single next token after `prompt` (None when it is not exactly one token).
+
+    Tokenizes prompt+token_text the way the model would see the continued text, so leading-space
+    conventions (GPT-2 'Ġ', SentencePiece '▁') are handled by the tokenizer itself."""
+    full = _ids(tok, prompt + token_text)
+    if len(full) != len(prompt_ids) + 1 or full[: len(prompt_ids)] != prompt_ids:
+        return None
+    return full[-1]
+
+
+def check(item: Item, tok) -> TokItem | str:
+    """TokItem, or the reason the item fails under this tokenizer: 'answer_not_single_token',
+    'length_mismatch' or 'other: ...'."""
+    p = _ids(tok, item.prompt)
+    c = _ids(tok, item.corrupt)
+    a = next_token_id(tok, p, item.prompt, item.answer)
+    d = next_token_id(tok, p, item.prompt, item.distractor)
+    ca = next_token_id(tok, c, item.corrupt, item.corrupt_answer)
+    if a is None or d is None or ca is None:
+        return "answer_not_single_token"
+    if len(p) != len(c):
+        return "length_mismatch"
+    if a == d:
+        return "other: answer and distractor are the same token"
+    diff = next((i for i, (x, y) in enumerate(zip(p, c, strict=True)) if x != y), -1)
+    if diff < 0:
+        return "other: corrupt prompt tokenizes like the clean one"
+    base = {k: getattr(item, k) for k in ITEM_FIELDS}
+    return TokItem(**base, answer_id=a, distractor_id=d, corrupt_answer_id=ca, n_tokens=len(p), diff_pos=diff)
+
+
+def validate(items: list[Item], tokenizer):
+    """(kept TokItems, report) under `tokenizer`; the report has one row per family, nothing dropped silently."""
+    import pandas as pd
+
+    kept: list[TokItem] = []
+    rows: dict[str, dict] = {}
+    for it in items:
+        r = rows.setdefault(it.family, dict(family=it.family, total=0, kept=0, dropped_answer_not_single_token=0,
+                                            dropped_length_mismatch=0, dropped_other=0))
+        r["total"] += 1
+        res = check(it, tokenizer)
+        if isinstance(res, TokItem):
+            kept.append(res)
+            r["kept"] += 1
+        elif res == "answer_not_single_token":
+            r["dropped_answer_not_single_token"] += 1
+        elif res == "length_mismatch":
+            r["dropped_length_mismatch"] += 1
+        else:
+            r["dropped_other"] += 1
+    order = [f for f in FAMILIES if f in rows]
+    report = pd.DataFrame([rows[f] for f in order],
+                          columns=["family", "total", "kept", "dropped_answer_not_single_token",
+                                   "dropped_length_mismatch", "dropped_other"])
+    return kept, report
+
+
+# ---------------------------------------------------------------- sampling and hashing
+
+
+def _key(s: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    """Deterministic sample without replacement (hash-ordered by id, independent of PYTHONHASHSEED)."""
+    ident = [getattr(it, "id", None) or json.dumps(it, sort_keys=True, default=str) for it in items]
+    order = sorted(range(len(items)), key=lambda i: (_key(str(ident[i]), seed), i))
+    return [items[i] for i in order[: max(0, n)]]
+
+
+def suite_hash(items: list) -> str:
+    """Stable content hash of a list of items (order-sensitive)."""
+    h = hashlib.sha256()
+    for it in items:
+        d = {k: getattr(it, k) for k in ITEM_FIELDS} if isinstance(it, Item) else it
+        h.update(json.dumps(d, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
