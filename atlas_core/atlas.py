@@ -229,7 +229,7 @@ def map_atlas(
     arch = subject.arch
     items_all, report = tasks.validate(
         [it for f in fams for it in tasks.load_items(f, variant=variant, bucket=bucket)], subject.tokenizer)
-    cache = cache or Cache()
+    cache = cache if cache is not None else Cache()
     frames, stats = [], {"computed": 0, "cached": 0}
     for seed in seeds:
         items = [it for f in fams for it in tasks.sample([i for i in items_all if i.family == f], prompts_per_family, seed)]

@@ -74,7 +74,8 @@ class Batch:
         hs.append(self.layers[n - 1].register_forward_hook(post))
         try:
             with torch.inference_mode():
-                out = self.s.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+                out = self.s.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                                   use_cache=False, logits_to_keep=1)
         finally:
             for h in hs:
                 h.remove()
@@ -284,7 +285,8 @@ def run_nnsight(batch: Batch, unit: Unit) -> torch.Tensor:
     ids = batch.runs[unit.run]["ids"]
     batch.prefetch([unit])
     nn = s.nn
-    with torch.inference_mode(), nn.trace({"input_ids": ids, "attention_mask": batch.mask}, logits_to_keep=1):
+    with torch.inference_mode(), nn.trace({"input_ids": ids, "attention_mask": batch.mask},
+                                            position_ids=position_ids(batch.mask), logits_to_keep=1):
         for e in sorted(unit.edits, key=lambda e: e.site.layer):
             lay = nn.get(arch.layer_path(e.site.layer)) if hasattr(nn, "get") else _nn_get(nn, arch.layer_path(e.site.layer))
             comp = e.site.component
@@ -311,6 +313,11 @@ def run_nnsight(batch: Batch, unit: Unit) -> torch.Tensor:
                     mod.output = batch.replacement(e, out)
         logits = nn.output.logits[:, -1].float().save()
     return logits
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left padding must not shift absolute positions)."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def _nn_get(root, path: str):

@@ -89,7 +89,7 @@ def sweep(
     Items need: id, family, prompt, corrupt, answer_id, distractor_id, diff_pos (validated task items).
     Batches hold items of one family (resample donors and mean references stay within a family).
     `df.attrs` reports how many (batch, unit) results were computed vs. read from the cache."""
-    cache = cache or Cache()
+    cache = cache if cache is not None else Cache()
     max_tokens = max_tokens or _default_max_tokens(subject)
     units = list(dict.fromkeys(units))
     batches = _batches(items, batch_size)
