@@ -41,6 +41,9 @@ def score(subject, items: list[TokItem], batch_size: int = 16) -> dict[str, np.n
     }
 
 
+CHOICES = {"agreement": 2}  # answers a model could be guessing among, where not all distinct answers compete
+
+
 def _status(lo: float, hi: float, chance: float) -> str:
     return "above chance" if lo > chance else "below chance" if hi < chance else "at chance"
 
@@ -50,8 +53,8 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
     """One row per family x variant: accuracy, p(answer), logit differences clean/corrupt, each with a
     bootstrap CI, and whether the model is at chance.
 
-    Chance for top-1 accuracy is 1 / (number of distinct answers in the family's items), i.e. a model that
-    knows the answer type but guesses among its values; chance for the pairwise answer-vs-distractor
+    Chance for top-1 accuracy is 1 / (number of distinct answers in the family's items; 2 for agreement),
+    i.e. a model that knows the answer type but guesses among its values; chance for the pairwise answer-vs-distractor
     accuracy is 0.5. The validation report (items dropped under this tokenizer) is in `df.attrs['validation']`."""
     import pandas as pd
 
@@ -67,7 +70,7 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
             if not its:
                 continue
             m = score(subject, its, batch_size)
-            chance = 1.0 / max(2, len({it.answer for it in raw}))
+            chance = 1.0 / CHOICES.get(fam, max(2, len({it.answer.strip() for it in raw})))
             row = {"family": fam, "variant": var, "bucket": bucket, "n": len(its), "chance": chance}
             for col, vals in (("accuracy", m["correct"]), ("p_answer", m["p_answer"]),
                               ("logit_diff_clean", m["logit_diff_clean"]),

@@ -107,25 +107,18 @@ def _ids(tok, text: str) -> list[int]:
     return list(tok(text)["input_ids"])
 
 
-def next_token_id(tok, prompt_ids: list[int], prompt: str, token_text: str) -> int | None:
-    """Id of `token_text` as the single next token after `prompt` (None when it is not exactly one token).
+def _next_id(prompt_ids: list[int], full: list[int]) -> int | None:
+    """The one token `full` adds after `prompt_ids` (None unless full = prompt_ids + exactly one token).
 
-    Tokenizes prompt+token_text the way the model would see the continued text, so leading-space
+    `full` tokenizes prompt + token text the way the model would see the continued text, so leading-space
     conventions (GPT-2 'Ġ', SentencePiece '▁') are handled by the tokenizer itself."""
-    full = _ids(tok, prompt + token_text)
     if len(full) != len(prompt_ids) + 1 or full[: len(prompt_ids)] != prompt_ids:
         return None
     return full[-1]
 
 
-def check(item: Item, tok) -> TokItem | str:
-    """TokItem, or the reason the item fails under this tokenizer: 'answer_not_single_token',
-    'length_mismatch' or 'other: ...'."""
-    p = _ids(tok, item.prompt)
-    c = _ids(tok, item.corrupt)
-    a = next_token_id(tok, p, item.prompt, item.answer)
-    d = next_token_id(tok, p, item.prompt, item.distractor)
-    ca = next_token_id(tok, c, item.corrupt, item.corrupt_answer)
+def _judge(item: Item, p: list[int], c: list[int], pa: list[int], pd: list[int], cca: list[int]) -> TokItem | str:
+    a, d, ca = _next_id(p, pa), _next_id(p, pd), _next_id(c, cca)
     if a is None or d is None or ca is None:
         return "answer_not_single_token"
     if len(p) != len(c):
@@ -139,17 +132,30 @@ def check(item: Item, tok) -> TokItem | str:
     return TokItem(**base, answer_id=a, distractor_id=d, corrupt_answer_id=ca, n_tokens=len(p), diff_pos=diff)
 
 
+def _texts(it: Item) -> tuple[str, ...]:
+    return (it.prompt, it.corrupt, it.prompt + it.answer, it.prompt + it.distractor, it.corrupt + it.corrupt_answer)
+
+
+def check(item: Item, tok) -> TokItem | str:
+    """TokItem, or why the item fails under this tokenizer: 'answer_not_single_token', 'length_mismatch'
+    or 'other: ...'. Token ids are those of `tok(text)` with the tokenizer's default special tokens."""
+    return _judge(item, *(_ids(tok, t) for t in _texts(item)))
+
+
 def validate(items: list[Item], tokenizer):
     """(kept TokItems, report) under `tokenizer`; the report has one row per family, nothing dropped silently."""
     import pandas as pd
 
     kept: list[TokItem] = []
     rows: dict[str, dict] = {}
-    for it in items:
+    ids: list[list[int]] = []
+    for s in range(0, len(items), 512):  # batched tokenization (fast tokenizers encode lists in parallel)
+        ids += list(tokenizer([t for it in items[s:s + 512] for t in _texts(it)])["input_ids"])
+    for i, it in enumerate(items):
         r = rows.setdefault(it.family, dict(family=it.family, total=0, kept=0, dropped_answer_not_single_token=0,
                                             dropped_length_mismatch=0, dropped_other=0))
         r["total"] += 1
-        res = check(it, tokenizer)
+        res = _judge(it, *(list(x) for x in ids[5 * i:5 * i + 5]))
         if isinstance(res, TokItem):
             kept.append(res)
             r["kept"] += 1

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 
 from . import lexicon as L
-from .core import BUCKETS, FAMILIES, Item, TokItem, check
+from .core import BUCKETS, FAMILIES, Item, TokItem, _judge, _texts
 
 Draft = tuple[str, str, str, str, str, dict]
 
@@ -399,8 +400,8 @@ def antonyms(rng: random.Random, variant: str, T: Tok) -> Draft | None:
         def fill(w):
             return shots + fmt.format(x=w, y="").rstrip()
     else:
-        tpl = rng.choice(["The opposite of \"{w}\" is", "The word \"{w}\" means the opposite of",
-                          "In English class we learned that the opposite of \"{w}\" is the word"])
+        tpl = rng.choice(["The opposite of {w} is", "The word {w} means the opposite of",
+                          "In English class we learned that the opposite of {w} is the word"])
 
         def fill(w):
             return tpl.format(w=w)
@@ -478,8 +479,11 @@ def _filler(rng: random.Random, T: Tok, n_tokens: int) -> str:
     return " ".join(out) + "\n\n"
 
 
-def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int = 200) -> list[Item]:
-    """All items of one family, deterministic given (family, seed, tokenizer files)."""
+def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int = 200, chunk: int = 64) -> list[Item]:
+    """All items of one family, deterministic given (family, seed, tokenizer files).
+
+    Drafts are drawn in a fixed rng order and checked in batches; acceptance never feeds back into the
+    draws, so the result equals a one-by-one loop."""
     T = tok if isinstance(tok, Tok) else Tok(tok)
     gen = GENERATORS[family]
     items: list[Item] = []
@@ -489,23 +493,28 @@ def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int =
         tries = 0
         lo, hi = BUCKETS[bucket]
         while len(seen) < n:
-            tries += 1
             if tries > n * max_tries:
                 raise RuntimeError(f"{family}/{variant}/{bucket}: only {len(seen)} items after {tries} draws")
-            d = gen(rng, variant, T)
-            if d is None:
+            cands = []
+            for _ in range(chunk):
+                tries += 1
+                d = gen(rng, variant, T)
+                if d is None:
+                    continue
+                p, a, dis, c, ca, meta = d
+                if bucket != "short":
+                    fill = _filler(rng, T, rng.randint(*_TARGETS[bucket]))
+                    p, c = fill + p, fill + c
+                cands.append(Item(id="", family=family, prompt=p, answer=a, distractor=dis, corrupt=c,
+                                  corrupt_answer=ca, bucket=bucket, variant=variant, meta=meta))
+            if not cands:
                 continue
-            p, a, dis, c, ca, meta = d
-            if bucket != "short":
-                fill = _filler(rng, T, rng.randint(*_TARGETS[bucket]))
-                p, c = fill + p, fill + c
-            if p in seen:
-                continue
-            it = Item(id=f"{family}/{variant}/{bucket}/{len(seen):04d}", family=family, prompt=p, answer=a, distractor=dis,
-                      corrupt=c, corrupt_answer=ca, bucket=bucket, variant=variant, meta=meta)
-            res = check(it, T.tok)
-            if not isinstance(res, TokItem) or not lo <= res.n_tokens <= hi:
-                continue
-            seen.add(p)
-            items.append(it)
+            ids = T.tok([t for it in cands for t in _texts(it)])["input_ids"]
+            for i, it in enumerate(cands):
+                if len(seen) >= n or it.prompt in seen:
+                    continue
+                res = _judge(it, *(list(x) for x in ids[5 * i:5 * i + 5]))
+                if isinstance(res, TokItem) and lo <= res.n_tokens <= hi:
+                    items.append(replace(it, id=f"{family}/{variant}/{bucket}/{len(seen):04d}"))
+                    seen.add(it.prompt)
     return items

@@ -1,0 +1,144 @@
+"""Task suite: data/ agrees with the generators, sizes, validation, splits, contrastive sets, baselines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from atlas_core import tasks
+from atlas_core.paths import data_dir
+from atlas_core.tasks import store
+
+MIN = {("synthetic", "short"): 300, ("natural", "short"): 50, ("synthetic", "medium"): 50, ("synthetic", "long"): 50}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from atlas_core.tiny import shared_tokenizer
+
+    return shared_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def all_items():
+    return tasks.load_items(None, variant=None, bucket=None)
+
+
+def test_families_in_order():
+    assert tasks.FAMILIES == ("factual_recall", "json_schema", "code_semantics", "copying", "induction",
+                              "delimiter_tracking", "deobfuscation", "ioi", "arithmetic", "agreement", "antonyms",
+                              "sequence_continuation")
+
+
+def test_data_regenerates_byte_identically(tok):
+    files = store.build_files(store.SEED, tokenizer=tok)
+    files["manifest.json"] = store.manifest(files, store.SEED)
+    bad = [rel for rel, b in files.items() if (data_dir() / rel).read_bytes() != b]
+    assert not bad, f"data/ disagrees with the generators in {bad}: run `python -m atlas_core.tasks regenerate`"
+    on_disk = {p.relative_to(data_dir()).as_posix() for p in data_dir().rglob("*") if p.is_file()}
+    assert on_disk - set(files) == set(), "stray files in data/"
+
+
+def test_validated_sizes_on_smollm2(tok, all_items):
+    kept, report = tasks.validate(all_items, tok)
+    assert list(report.family) == list(tasks.FAMILIES)
+    assert (report.kept == report.total).all(), report  # generated against this tokenizer: nothing dropped
+    for (variant, bucket), n in MIN.items():
+        for fam in tasks.FAMILIES:
+            got = [k for k in kept if k.family == fam and k.variant == variant and k.bucket == bucket]
+            lo, hi = tasks.BUCKETS[bucket]
+            assert len(got) >= n, (fam, variant, bucket, len(got))
+            assert all(lo <= k.n_tokens <= hi for k in got)
+
+
+def test_items_are_symmetric_probes(tok, all_items):
+    ids = [it.id for it in all_items]
+    assert len(set(ids)) == len(ids)
+    for it in all_items:
+        assert it.corrupt_answer == it.distractor and it.answer != it.distractor and it.prompt != it.corrupt
+    kept, _ = tasks.validate(all_items[:200], tok)
+    for k in kept:
+        p, c = tok(k.prompt)["input_ids"], tok(k.corrupt)["input_ids"]
+        assert p[: k.diff_pos] == c[: k.diff_pos] and p[k.diff_pos] != c[k.diff_pos]
+        assert tok(k.prompt + k.answer)["input_ids"][-1] == k.answer_id
+
+
+def test_some_facts_are_right():
+    items = tasks.load_items("factual_recall", bucket=None, variant=None)
+    caps = {it.meta["subject"]: it.answer for it in items if it.meta["relation"] == "capital"}
+    for country, city in (("France", " Paris"), ("Japan", " Tokyo"), ("Australia", " Canberra"), ("Canada", " Ottawa")):
+        assert caps.get(country, city) == city
+
+
+def test_validation_counts_drops():
+    it = tasks.load_items("ioi")[0]
+    from dataclasses import replace
+
+    from atlas_core.tiny import shared_tokenizer
+
+    bad = [replace(it, answer=" Mary Jane"), replace(it, corrupt=it.corrupt + " and"), it]
+    kept, rep = tasks.validate(bad, shared_tokenizer())
+    row = rep.iloc[0]
+    assert (row.total, row.kept, row.dropped_answer_not_single_token, row.dropped_length_mismatch) == (3, 1, 1, 1)
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    d = tmp_path / "tasks"
+    d.mkdir()
+    good = tasks.load_items("ioi")[0]
+    (d / "ioi.jsonl").write_text(good.to_json() + "\n" + '{"id": "x", "family": "ioi"}\n')
+    with pytest.raises(ValueError, match=r"ioi\.jsonl:2: missing fields"):
+        tasks.load_items("ioi", root=tmp_path)
+    (d / "ioi.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"ioi\.jsonl:1: invalid JSON"):
+        tasks.load_items("ioi", root=tmp_path)
+
+
+def test_sample_and_hash_are_deterministic(all_items):
+    a = tasks.sample(all_items, 30, seed=1)
+    assert a == tasks.sample(all_items, 30, seed=1) and a != tasks.sample(all_items, 30, seed=2)
+    assert len({x.id for x in a}) == 30
+    assert tasks.sample(all_items[:5], 10, seed=0).__len__() == 5
+    h = tasks.suite_hash(all_items[:50])
+    assert h == tasks.suite_hash(list(all_items[:50])) and h != tasks.suite_hash(all_items[1:51])
+
+
+@pytest.mark.parametrize("family", tasks.TRAIN_FAMILIES)
+def test_training_splits(family):
+    tr, ev = tasks.training_split(family, "train"), tasks.training_split(family, "eval")
+    assert len(tr) >= 300 and len(ev) >= 100
+    assert not {e["prompt"] for e in tr} & {e["prompt"] for e in ev}
+    if family == "factual_recall":
+        assert not {e["fact"] for e in tr} & {e["fact"] for e in ev}
+    assert all(tasks.exact_match(family, e["completion"], e) for e in tr + ev)
+    assert not tasks.exact_match(family, " nonsense", ev[0])
+
+
+def test_json_exact_match_parses():
+    ex = tasks.training_split("json_schema", "eval")[0]
+    reordered = json.dumps(dict(reversed(list(ex["expected"].items()))))
+    assert tasks.exact_match("json_schema", " " + reordered + "\nmore text", ex)
+    assert not tasks.exact_match("json_schema", ' {"name": ', ex)
+
+
+@pytest.mark.parametrize("name", tasks.FAMILIES + tasks.CONCEPTS)
+def test_contrastive(name):
+    pairs = tasks.contrastive(name)
+    assert len(pairs) >= 100 and all(p != n for p, n in pairs)
+
+
+def test_baselines_on_tiny_model():
+    from atlas_core.archmap import ArchMap
+    from atlas_core.subject import Subject
+    from atlas_core.tiny import build
+
+    model, tok = build("llama", n_layers=2, d=32)
+    subj = Subject("tiny", model, tok, ArchMap.from_model(model), source="tiny")
+    df = tasks.baselines(subj, families=("ioi", "agreement"), n=6)
+    assert len(df) == 4 and set(df.family) == {"ioi", "agreement"}
+    for col in ("accuracy", "accuracy_lo", "accuracy_hi", "p_answer", "logit_diff_clean", "logit_diff_corrupt",
+                "chance", "status", "at_chance"):
+        assert col in df
+    assert (df.chance == 0.5).any()  # agreement: is/are
+    assert len(df.attrs["validation"]) == 4
