@@ -65,7 +65,7 @@ class Atlas:
 
     def _layerwise(self, component: str, method: str, position: str = "all") -> pd.DataFrame:
         e = self.effects
-        return e[(e.component == component) & (e.method == method) & (e.head == -1) & (e.position == position)]
+        return e[(e["component"] == component) & (e["method"] == method) & (e["head"] == -1) & (e["position"] == position)]
 
     def layer_scores(self, family: str | None = None, component: str = "block", method: str = "zero",
                      metric: str | None = None, position: str = "all") -> pd.Series:
@@ -73,7 +73,7 @@ class Atlas:
         metric = metric or self.primary_metric
         e = self._layerwise(component, method, position)
         if family is not None:
-            e = e[e.family == family]
+            e = e[e["family"] == family]
         if e.empty:
             raise KeyError(f"no effects for component={component} method={method} family={family} position={position}")
         fam_mean = e.groupby(["family", "layer"])[metric].mean()  # seeds first, then families equally
@@ -82,9 +82,9 @@ class Atlas:
     def head_scores(self, family: str | None = None, method: str = "zero", metric: str | None = None) -> pd.DataFrame:
         """Mean effect per (layer, head) as a layers x heads table."""
         metric = metric or self.primary_metric
-        e = self.effects[(self.effects.component == "head") & (self.effects.method == method)]
+        e = self.effects[(self.effects["component"] == "head") & (self.effects["method"] == method)]
         if family is not None:
-            e = e[e.family == family]
+            e = e[e["family"] == family]
         return e.groupby(["family", "layer", "head"])[metric].mean().groupby(["layer", "head"]).mean().unstack("head")
 
     def ranks(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
@@ -100,7 +100,7 @@ class Atlas:
         component = component or self._default("component", ("block", "mlp", "attn", "mixer", "resid"))
         method = method or self._default("method", ("zero", "mean", "resample", "denoise", "noise"))
         e = self._layerwise(component, method)
-        e = e[~e.layer.isin(exclude)]
+        e = e[~e["layer"].isin(exclude)]
         score = e.groupby(["family", "layer"])[self.primary_metric].mean().groupby("layer").mean()
         hub = int(score.idxmax())
         fam_top = e.groupby(["family", "layer"])[self.primary_metric].mean().unstack("layer").idxmax(axis=1)
@@ -118,7 +118,7 @@ class Atlas:
     def method_agreement(self) -> pd.DataFrame:
         """Spearman correlation of layer effects between each pair of methods, per component."""
         recs = []
-        e = self.effects[(self.effects.head == -1) & (self.effects.position == "all")]
+        e = self.effects[(self.effects["head"] == -1) & (self.effects["position"] == "all")]
         for comp, g in e.groupby("component"):
             t = g.groupby(["method", "family", "layer"])[self.primary_metric].mean().groupby(["method", "layer"]).mean()
             t = t.unstack("method")
@@ -129,8 +129,8 @@ class Atlas:
 
     def position_effects(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
         """Layer effects at the first vs last token (where those units were run)."""
-        e = self.effects[(self.effects.component == component) & (self.effects.method == method)
-                         & (self.effects.position.isin(["first", "last", "all"]))]
+        e = self.effects[(self.effects["component"] == component) & (self.effects["method"] == method)
+                         & (self.effects["position"].isin(["first", "last", "all"]))]
         return e.groupby(["position", "family", "layer"])[self.primary_metric].mean().groupby(["position", "layer"]).mean().unstack("position")
 
     def _default(self, col: str, prefs: tuple[str, ...]) -> str:
@@ -155,7 +155,7 @@ class Atlas:
         }
 
     def _layerwise_any(self) -> pd.DataFrame:
-        return self.effects[(self.effects.head == -1) & (self.effects.position == "all")]
+        return self.effects[(self.effects["head"] == -1) & (self.effects["position"] == "all")]
 
     def save(self, path: str | Path) -> Path:
         """Write atlas.json atomically (a crash never leaves a half-written file)."""

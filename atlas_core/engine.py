@@ -18,6 +18,9 @@ import torch
 from .interventions import Edit, Unit
 from .subject import Subject
 
+# Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.
+ENGINE_VERSION = "1"
+
 
 class Batch:
     """A batch of prompts (one family) prepared for many interventions."""
