@@ -9,6 +9,7 @@ replacements: corrupt_answer is the clean distractor, so answer-minus-distractor
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
@@ -479,11 +480,13 @@ def _filler(rng: random.Random, T: Tok, n_tokens: int) -> str:
     return " ".join(out) + "\n\n"
 
 
-def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int = 200, chunk: int = 64) -> list[Item]:
+def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int = 200, chunk: int = 64,
+                    rejects: Counter | None = None) -> list[Item]:
     """All items of one family, deterministic given (family, seed, tokenizer files).
 
     Drafts are drawn in a fixed rng order and checked in batches; acceptance never feeds back into the
-    draws, so the result equals a one-by-one loop."""
+    draws, so the result equals a one-by-one loop. `rejects` (if given) counts why drafts were not kept."""
+    rejects = Counter() if rejects is None else rejects
     T = tok if isinstance(tok, Tok) else Tok(tok)
     gen = GENERATORS[family]
     items: list[Item] = []
@@ -500,6 +503,7 @@ def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int =
                 tries += 1
                 d = gen(rng, variant, T)
                 if d is None:
+                    rejects["no_equal_length_partner"] += 1
                     continue
                 p, a, dis, c, ca, meta = d
                 if bucket != "short":
@@ -511,10 +515,17 @@ def generate_family(family: str, tok, seed: int = 0, plan=PLAN, max_tries: int =
                 continue
             ids = T.tok([t for it in cands for t in _texts(it)])["input_ids"]
             for i, it in enumerate(cands):
-                if len(seen) >= n or it.prompt in seen:
+                if len(seen) >= n:
+                    break
+                if it.prompt in seen:
+                    rejects["duplicate"] += 1
                     continue
                 res = _judge(it, *(list(x) for x in ids[5 * i:5 * i + 5]))
-                if isinstance(res, TokItem) and lo <= res.n_tokens <= hi:
+                if not isinstance(res, TokItem):
+                    rejects[res.split(":")[0]] += 1
+                elif not lo <= res.n_tokens <= hi:
+                    rejects["outside_length_bucket"] += 1
+                else:
                     items.append(replace(it, id=f"{family}/{variant}/{bucket}/{len(seen):04d}"))
                     seen.add(it.prompt)
     return items

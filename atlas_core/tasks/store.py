@@ -20,7 +20,8 @@ def _dump(rows) -> bytes:
 
 
 def build_files(seed: int = SEED, tokenizer=None) -> dict[str, bytes]:
-    """{relative path: bytes} of every data file (manifest excluded)."""
+    """{relative path: bytes} of every data file (manifest excluded). generation_rejects.json counts, per
+    family, the drafts the generators discarded under the reference tokenizer, and why."""
     from .generators import Tok, generate_family
 
     if tokenizer is None:
@@ -29,9 +30,13 @@ def build_files(seed: int = SEED, tokenizer=None) -> dict[str, bytes]:
         tokenizer = shared_tokenizer()
     T = Tok(tokenizer)
     files: dict[str, bytes] = {}
+    rejects = {}
     for fam in FAMILIES:
-        items: list[Item] = generate_family(fam, T, seed=seed)
+        rejects[fam] = Counter()
+        items: list[Item] = generate_family(fam, T, seed=seed, rejects=rejects[fam])
         files[f"tasks/{fam}.jsonl"] = "".join(it.to_json() + "\n" for it in items).encode("utf-8")
+    files["generation_rejects.json"] = (json.dumps({f: dict(sorted(c.items())) for f, c in rejects.items()}, indent=1)
+                                        + "\n").encode("utf-8")
     for fam in TRAIN_FAMILIES:
         for split, rows in build_training(fam, seed).items():
             files[f"train/{fam}.{split}.jsonl"] = _dump(rows)
@@ -43,6 +48,9 @@ def build_files(seed: int = SEED, tokenizer=None) -> dict[str, bytes]:
 def manifest(files: dict[str, bytes], seed: int = SEED) -> bytes:
     entries = {}
     for path, data in sorted(files.items()):
+        if not path.endswith(".jsonl"):
+            entries[path] = {"sha256": hashlib.sha256(data).hexdigest()}
+            continue
         lines = [json.loads(x) for x in data.decode("utf-8").splitlines()]
         e = {"lines": len(lines), "sha256": hashlib.sha256(data).hexdigest()}
         if path.startswith("tasks/"):
