@@ -15,3 +15,9 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Results, caches and the run registry (ignored by git); override with $ATLAS_RESULTS."""
     return Path(os.environ.get("ATLAS_RESULTS", REPO / "results"))
+
+
+def cache_path() -> Path:
+    """The content-addressed sweep cache. Keys carry model fingerprint, items, unit and engine version, so
+    one cache is safely shared by every checkout; override with $ATLAS_CACHE."""
+    return Path(os.environ.get("ATLAS_CACHE", Path.home() / ".cache" / "mi-atlas" / "sweep-cache.sqlite"))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import engine, metrics
 from .interventions import Unit
-from .paths import results_dir
+from .paths import cache_path
 from .subject import Subject
 
 
@@ -36,7 +36,7 @@ class Cache:
     """Content-addressed result store (SQLite, one row per key, atomic transactions)."""
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else results_dir() / "cache.sqlite"
+        self.path = Path(path) if path else cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["ATLAS_RESULTS"] = tempfile.mkdtemp(prefix="atlas-test-results-")  # tests never touch results/
+_tmp = tempfile.mkdtemp(prefix="atlas-test-")  # tests never touch results/ or the shared sweep cache
+os.environ["ATLAS_RESULTS"] = _tmp
+os.environ["ATLAS_CACHE"] = os.path.join(_tmp, "cache.sqlite")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import atlas_core  # noqa: E402

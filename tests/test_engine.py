@@ -183,3 +183,18 @@ def test_site_and_op_validation():
         Site("head", 1)
     with pytest.raises(ValueError, match="unknown operation"):
         Op("explode")
+
+
+def test_attribution_screen_is_exact_to_first_order(tok):
+    from atlas_core.screen import attribution, recall
+
+    s = tiny_subject("llama", tok)
+    items = make_items(tok, 4)
+    units = [Unit.of(Site(c, layer), Op.scale(1.001)) for c in ("block", "attn", "mlp") for layer in range(4)]
+    units += [Unit.of(Site("head", 2, head=h), Op.scale(1.001)) for h in range(4)]
+    est = attribution(s, items, units).groupby("unit")["ld_change_est"].mean()
+    ex = sweep(s, items, units, cache=Cache(":memory:"), progress=False)
+    exact = (ex["logit_diff"] - ex["ld_clean"]).groupby(ex["unit"]).mean()[est.index]
+    assert ((est - exact).abs() <= 0.02 * exact.abs() + 2e-6).all()  # tiny scaling: linear regime
+    r = recall(attribution(s, items, units), ex, k=3)
+    assert set(r.columns) >= {"recall_at_k", "pearson"} and r["recall_at_k"].between(0, 1).all()
