@@ -1,0 +1,40 @@
+"""Profile sizes, in one place: every chapter and the CLI read their numbers from here.
+
+smoke   tiny random model, seconds per chapter (nbval references, CI)
+default the embedded SmolLM2-135M on a 2-core CPU
+full    paper scale: more prompts, all methods; for a GPU or patience
+"""
+
+from __future__ import annotations
+
+PROFILES: dict[str, dict] = {
+    "smoke": {
+        "model": "tiny-llama",
+        "seeds": [42, 137, 256],
+        # chapter 02: ablation atlas
+        "atlas": {"families": ["ioi", "antonyms", "copying", "arithmetic"], "prompts_per_family": 4,
+                  "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
+                  "heads": True, "positions": ["first", "last"], "screen_k": 5},
+    },
+    "default": {
+        "model": "smollm2-135m",
+        "seeds": [42, 137, 256],
+        "atlas": {"families": None, "prompts_per_family": 16,
+                  "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
+                  "heads": True, "positions": ["first", "last"], "screen_k": 10},
+    },
+    "full": {
+        "model": "smollm2-135m",
+        "seeds": [42, 137, 256, 512, 1024],
+        "atlas": {"families": None, "prompts_per_family": 50,
+                  "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample", "random"],
+                  "heads": True, "positions": ["first", "last"], "screen_k": 20},
+    },
+}
+
+
+def get(profile: str) -> dict:
+    """The settings of a profile; a one-line error for an unknown name."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[profile]
