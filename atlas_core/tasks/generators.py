@@ -361,7 +361,9 @@ _AGREE_SYN = ("The {s} near the {a}", "The {s} next to the {a}", "The {s} behind
               "The {s} of the {a}", "The {s} beside the {a}")
 _AGREE_NAT = ("The {s} that the {a} talked about yesterday", "The {s} we saw near the {a} last summer",
               "The {s} my neighbour bought for the {a}", "The {s} that everyone said belonged to the {a}")
-_VERBS = ((" is", " are"), (" was", " were"), (" has", " have"))
+
+
+_AGREE_ADJ = ("small", "old", "new", "broken", "clean", "heavy", "famous", "quiet", "red", "ready")
 
 
 def agreement(rng: random.Random, variant: str, T: Tok) -> Draft | None:
@@ -369,8 +371,16 @@ def agreement(rng: random.Random, variant: str, T: Tok) -> Draft | None:
     plural = rng.random() < 0.5
     subj, csubj = (s[1], s[0]) if plural else (s[0], s[1])
     attr = a[0] if plural else a[1]  # attractor of the opposite number
-    tpl = rng.choice(_AGREE_SYN if variant == "synthetic" else _AGREE_NAT)
-    sg, pl = rng.choice(_VERBS)
+    if variant == "synthetic":  # two demos (one singular, one plural, random order) fix the frame "... is/are ADJ"
+        sg, pl = " is", " are"
+        d1, d2 = rng.sample([n for n in L.AGREE_NOUNS if n not in (s, a)], 2)
+        j1, j2 = rng.sample(_AGREE_ADJ, 2)
+        demos = [f"The {d1[0]} near the {d2[1]} is {j1}.", f"The {d2[1]} near the {d1[0]} are {j2}."]
+        rng.shuffle(demos)
+        tpl = " ".join(demos) + " " + rng.choice(_AGREE_SYN)
+    else:
+        sg, pl = " was", " were"
+        tpl = rng.choice(_AGREE_NAT)
     ans, dis = (pl, sg) if plural else (sg, pl)
     return (tpl.format(s=subj, a=attr), ans, dis, tpl.format(s=csubj, a=attr), dis,
             {"number": "plural" if plural else "singular"})
