@@ -466,8 +466,12 @@ def sequence_continuation(rng: random.Random, variant: str, T: Tok) -> Draft | N
 
 
 GENERATORS: dict[str, Callable[[random.Random, str, Tok], Draft | None]] = {
-    f: globals()[f] for f in FAMILIES
+    "factual_recall": factual_recall, "json_schema": json_schema, "code_semantics": code_semantics,
+    "copying": copying, "induction": induction, "delimiter_tracking": delimiter_tracking,
+    "deobfuscation": deobfuscation, "ioi": ioi, "arithmetic": arithmetic, "agreement": agreement,
+    "antonyms": antonyms, "sequence_continuation": sequence_continuation,
 }
+assert tuple(GENERATORS) == FAMILIES
 
 
 # ---------------------------------------------------------------- driver
