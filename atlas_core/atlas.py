@@ -115,6 +115,29 @@ class Atlas:
             "seed_std": float(np.std(seed_top.to_numpy().astype(float))) if len(seed_top) > 1 else float("nan"),
         }
 
+    def hub_evidence(self, component: str | None = None, method: str | None = None,
+                     exclude: tuple[int, ...] = ()) -> dict:
+        """Evidence for "layer H is the hub": replication over seeds, methods and families, and a paired
+        bootstrap CI of the hub's effect minus the median layer's effect over (family, seed) groups."""
+        hub = self.hub(component, method, exclude)
+        comp, meth, h = hub["component"], hub["method"], hub["layer"]
+        methods = sorted(self.effects.loc[self.effects["component"] == comp, "method"].unique())
+        m_hubs = {m: self.hub(comp, m, exclude)["layer"] for m in methods}
+        e = self._layerwise(comp, meth)
+        e = e[~e["layer"].isin(exclude)]
+        t = e.pivot_table(index=["family", "seed"], columns="layer", values=self.primary_metric)
+        median_layer = int(t.mean().sort_values().index[len(t.columns) // 2])
+        d, lo, hi = bootstrap_ci((t[h] - t[median_layer]).to_numpy())
+        return {
+            "hub": h, "component": comp, "method": meth,
+            "seeds_replicated": sum(v == h for v in hub["seed_hubs"].values()), "n_seeds": len(hub["seed_hubs"]),
+            "methods_agreeing": sum(v == h for v in m_hubs.values()), "n_methods": len(m_hubs), "method_hubs": m_hubs,
+            "families_agreeing": sum(v == h for v in hub["family_top_layers"].values()),
+            "n_families": len(hub["family_top_layers"]),
+            "control": f"median layer {median_layer}", "effect_minus_control": d, "ci": [lo, hi],
+            "ci_excludes_control": bool(lo > 0),
+        }
+
     def method_agreement(self) -> pd.DataFrame:
         """Spearman correlation of layer effects between each pair of methods, per component."""
         recs = []

@@ -218,6 +218,7 @@ class Batch:
                 else:
                     rel = self.arch.relative_path(e.site.component, e.site.layer)
                     hooks.setdefault((rel, e.site.layer, e.site.component == "head"), []).append((rows, e))
+        self._touched = torch.zeros(k * B, dtype=torch.bool, device=h.device)
         with contextlib.ExitStack() as stack, torch.inference_mode():
             for (rel, layer, is_pre), entries in hooks.items():
                 mod = self.layers[layer].get_submodule(rel)
@@ -230,22 +231,39 @@ class Batch:
                 out = out[0] if isinstance(out, tuple) else out
                 for rows, e in layer_edits.get(i, []):
                     if e.site.component == "block":
-                        out[rows] = h[rows] + self.replacement(e, out[rows] - h[rows])
+                        d = out[rows] - h[rows]
+                        new = self.replacement(e, d)
+                        self._note(rows, d, new)
+                        out[rows] = h[rows] + new
                     else:
-                        out[rows] = self.replacement(e, out[rows])
+                        new = self.replacement(e, out[rows])
+                        self._note(rows, out[rows], new)
+                        out[rows] = new
                 h = out
             logits = self.head(h[:, -1])
+            # rows whose every edit left the value bit-identical compute exactly the unedited run
+            for j, u in enumerate(units):
+                rows = slice(j * B, (j + 1) * B)
+                same = ~self._touched[rows]
+                logits[rows][same] = self.runs[u.run]["logits"][same]
         _check_finite(logits, f"intervened forward ({units[0].key}…)")
         return list(logits.split(B))
+
+    def _note(self, rows: slice, old: torch.Tensor, new: torch.Tensor) -> None:
+        self._touched[rows] |= (new != old).flatten(1).any(1)
 
     def _edit_rows(self, entries, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         for rows, e in entries:
             if e.site.component == "head":
                 sl = self.arch.head_slice(e.site.head)
-                x[rows, :, sl] = self.replacement(e, x[rows, :, sl])
+                new = self.replacement(e, x[rows, :, sl])
+                self._note(rows, x[rows, :, sl], new)
+                x[rows, :, sl] = new
             else:
-                x[rows] = self.replacement(e, x[rows])
+                new = self.replacement(e, x[rows])
+                self._note(rows, x[rows], new)
+                x[rows] = new
         return x
 
     def _pre_hook(self, entries):
