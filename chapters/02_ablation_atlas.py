@@ -1,0 +1,161 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Ablation atlas
+#
+# Which layers, components and heads does each behaviour need? We remove each one — zero, mean
+# and resample ablation — and measure how far the next-token distribution moves
+# (KL(clean ‖ ablated), the atlas's primary metric) and how much the answer-vs-distractor logit
+# difference drops, over every task family and three prompt-sampling seeds. Every effect carries a
+# bootstrap 95% CI over prompts. See the [method page](../method.md) for what each method can and
+# cannot tell you.
+
+# %% tags=["parameters"]
+model = None  # default: the profile's model
+profile = "smoke"
+seeds = None  # default: the profile's seeds
+results_dir = "results"
+
+# %% tags=["remove-cell"]
+import time  # noqa: E402
+
+import altair as alt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from atlas_core import load, profiles  # noqa: E402
+from atlas_core.atlas import map_atlas  # noqa: E402
+from atlas_core.interventions import head_sweep, layer_sweep  # noqa: E402
+from atlas_core.screen import attribution, recall  # noqa: E402
+from atlas_core.sweep import Cache, sweep  # noqa: E402
+
+try:
+    from atlas_core import charts
+
+    charts.setup()
+except ImportError:  # book machinery not installed: plain Altair
+    pass
+
+cfg = profiles.get(profile)
+model = model or cfg["model"]
+seeds = [int(s) for s in (seeds or cfg["seeds"])]
+A = cfg["atlas"]
+subject = load(model)
+print(subject)
+
+# %% [markdown]
+# ## The sweep
+# Every (component, layer, method) unit, every head under zero ablation, and block zero-ablation at
+# the first and the last token only. Results come from the content-addressed cache when this model,
+# these prompts and this engine version were already run (e.g. by `atlas map`).
+
+# %%
+t0 = time.time()
+atlas = map_atlas(subject, A["families"], A["components"], A["methods"], seeds, A["prompts_per_family"],
+                  heads=A["heads"], positions=A["positions"], out=f"{results_dir}/atlas-{model}-{profile}")
+print(f"{len(atlas.effects)} effects; units computed={atlas.run_stats['computed']} "
+      f"cached={atlas.run_stats['cached']}; {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# ## Layer × family maps
+# Mean KL(clean ‖ ablated) per layer and family, averaged over seeds; one panel per component and
+# method. Hover for the CI of each cell.
+
+# %% tags=["hide-input"]
+e = atlas.effects
+lay = e[(e["head"] == -1) & (e["position"] == "all")]
+cell = (lay.groupby(["component", "method", "family", "layer"])
+        .agg(kl=("kl", "mean"), kl_lo=("kl_lo", "mean"), kl_hi=("kl_hi", "mean"), ld_drop=("ld_drop", "mean"))
+        .reset_index())
+alt.Chart(cell).mark_rect().encode(
+    x=alt.X("layer:O"), y=alt.Y("family:N"),
+    color=alt.Color("kl:Q", scale=alt.Scale(scheme="viridis", type="sqrt"), title="KL"),
+    tooltip=["component", "method", "family", "layer", alt.Tooltip("kl:Q", format=".3f"),
+             alt.Tooltip("kl_lo:Q", format=".3f"), alt.Tooltip("kl_hi:Q", format=".3f"),
+             alt.Tooltip("ld_drop:Q", format=".2f")],
+).properties(width=260, height=180).facet(row="component:N", column="method:N")
+
+# %% [markdown]
+# ## The hub and how stable it is
+# The hub is the layer whose ablation moves the output most, averaged over families. Family
+# agreement is the fraction of families whose own top layer is the hub; seed stability is the
+# spread of the hub over prompt-sampling seeds. Layer 0 usually dominates any ablation (everything
+# downstream reads the token embedding through it), so we also report the hub without layer 0.
+
+# %%
+hubs = pd.DataFrame([atlas.hub_evidence(c, "zero", ex) for c in A["components"] for ex in ((), (0,))])
+hubs["excluding"] = ["-", "layer 0"] * len(A["components"])
+# NBVAL_CHECK_OUTPUT
+hubs[["component", "excluding", "hub", "families_agreeing", "n_families", "seeds_replicated", "n_seeds",
+      "methods_agreeing", "n_methods", "effect_minus_control", "ci_excludes_control"]]
+
+# %% [markdown]
+# ## Do ablation methods agree?
+# Spearman correlation between the layer profiles of each pair of methods (per component). Low
+# correlation means the method defines what "importance" means here (Miller et al. 2024).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+atlas.method_agreement().round(3)
+
+# %% [markdown]
+# ## Heads
+# Zero-ablation of each attention head (its slice of the out-projection input), mean KL over
+# families and seeds.
+
+# %% tags=["hide-input"]
+hs = atlas.head_scores().stack().rename("kl").reset_index()
+alt.Chart(hs).mark_rect().encode(
+    x="head:O", y="layer:O", color=alt.Color("kl:Q", scale=alt.Scale(scheme="viridis", type="sqrt")),
+    tooltip=["layer", "head", alt.Tooltip("kl:Q", format=".4f")],
+).properties(width=240, height=360)
+
+# %% [markdown]
+# ## First vs last token
+# Zero-ablating a block only at the first real token, or only at the last token, against all
+# positions. A block matters "at the last token" when the answer is computed there.
+
+# %% tags=["hide-input"]
+pos = atlas.position_effects().stack().rename("kl").reset_index()
+alt.Chart(pos).mark_line(point=True).encode(
+    x="layer:O", y=alt.Y("kl:Q", title="mean KL"), color="position:N",
+    tooltip=["layer", "position", alt.Tooltip("kl:Q", format=".3f")],
+).properties(width=560, height=220)
+
+# %% [markdown]
+# ## Screen vs exact
+# Attribution patching estimates every unit's logit-difference change from one forward+backward
+# per batch. We compare it with the exact sweep on the first seed's prompts: recall of the exact
+# top-k among the screen's top-k, Pearson correlation, and the speedup. Where recall is low, the
+# screen must not be used to choose what to verify.
+
+# %%
+from atlas_core import tasks  # noqa: E402
+
+items_all, _ = tasks.validate([it for f in atlas.families for it in tasks.load_items(f)], subject.tokenizer)
+items = [it for f in atlas.families
+         for it in tasks.sample([i for i in items_all if i.family == f], A["prompts_per_family"], seeds[0])]
+units = layer_sweep(A["components"], A["methods"], subject.arch.n_layers, subject.arch, seed=seeds[0]) + head_sweep(subject.arch)
+est = attribution(subject, items, units, seed=seeds[0])
+exact = sweep(subject, items, units, seed=seeds[0], progress=False)  # the atlas's own seed: cached
+rec = recall(est, exact, k=A["screen_k"], by=("component", "method"))
+# speed, measured on one family with an empty cache so that both sides really compute
+one = [it for it in items if it.family == atlas.families[0]]
+t0 = time.time()
+attribution(subject, one, units, seed=seeds[0])
+t_screen = time.time() - t0
+t0 = time.time()
+sweep(subject, one, units, seed=seeds[0], progress=False, cache=Cache(":memory:"))
+t_exact = time.time() - t0
+print(f"{len(units)} units x {len(one)} prompts: screen {t_screen:.1f} s, exact {t_exact:.1f} s "
+      f"-> screen is {t_exact / t_screen:.0f}x faster")
+rec.round(3)
