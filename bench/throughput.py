@@ -1,0 +1,128 @@
+"""Atlas throughput in ONE run: naive loop vs sweep engine vs the compute floor.
+
+    .venv/bin/python bench/throughput.py [--model smollm2-135m] [--prompts 16] [--device cpu] [--dtype float32]
+
+(a) naive: one nnsight trace over the full model per (site, operation) unit;
+(b) engine: `Batch.run` (prefix reuse + row packing) on the same units, batch preparation included;
+(c) raw forward throughput, giving the floor of a zero-ablation sweep of L blocks:
+    L(L+1)/2 block evaluations per prompt with prefix reuse, L^2 without.
+Prints a markdown table and writes bench/out/throughput-<model>-<device>-<dtype>.json. Never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import platform
+import pstats
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from atlas_core import load, tasks
+from atlas_core.engine import Batch, position_ids, run_nnsight
+from atlas_core.interventions import Op, Site, Unit, head_sweep, layer_sweep
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev, reps=1):
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = fn()
+    _sync(dev)
+    return (time.perf_counter() - t0) / reps, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--family", default="ioi")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--naive-units", type=int, default=0, help="time the naive loop on this many units (0: all)")
+    a = ap.parse_args()
+    s = load(a.model, dtype=a.dtype, device=a.device)
+    dev = s.device
+    items, _ = tasks.validate(tasks.load_items(a.family), s.tokenizer)
+    items = tasks.sample(items, a.prompts, 0)
+    prompts = [it.prompt for it in items]
+    L = s.arch.n_layers
+    blocks = [Unit.of(Site("block", i), Op.zero()) for i in range(L)]
+    mixed = layer_sweep(["block", "attn", "mlp"], ["zero", "mean", "resample"], L, s.arch) + head_sweep(s.arch)
+
+    def batch():
+        return Batch(s, prompts, [it.corrupt for it in items], [it.answer_id for it in items],
+                     [it.distractor_id for it in items], [it.diff_pos for it in items])
+
+    enc = s.encode(prompts)
+    with torch.inference_mode():
+        fwd = lambda: s.model(**enc, position_ids=position_ids(enc["attention_mask"]), use_cache=False, logits_to_keep=1)  # noqa: E731
+        fwd()
+        t_fwd, _ = timed(fwd, dev, reps=5)
+    t_block = t_fwd / L
+    floor_prefix, floor_plain = L * (L + 1) / 2 * t_block, L * L * t_block
+
+    b = batch()
+    run_nnsight(b, blocks[0])  # warm nnsight
+    naive_units = blocks if not a.naive_units else blocks[: a.naive_units]
+    t_naive, _ = timed(lambda: [run_nnsight(b, u) for u in naive_units], dev)
+    t_naive *= len(blocks) / len(naive_units)
+    t_prep, b = timed(batch, dev)
+    t_engine_blocks, _ = timed(lambda: b.run(blocks), dev)
+    t_engine_blocks += t_prep
+    b2 = batch()
+    prof = cProfile.Profile()
+    t_mixed_engine, _ = timed(lambda: prof.runcall(b2.run, mixed), dev)
+    st = pstats.Stats(prof)
+
+    def cum(name: str) -> float:
+        return sum(v[3] for (f, _l, fn), v in st.stats.items() if fn == name and f.endswith("engine.py"))
+
+    edits, head, total = cum("replacement"), cum("head"), cum("_run_pack")
+    parts = {"decoder layers": total - edits - head, "edits (replacement)": edits, "final norm + unembedding": head,
+             "batch prep + metrics-free overhead": t_mixed_engine - total}
+    t_naive_mixed = t_naive / len(blocks) * len(mixed)  # naive cost per unit is one full forward either way
+
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    T = enc["input_ids"].shape[1]
+    res = {
+        "model": a.model, "device": str(dev), "dtype": a.dtype, "prompts": a.prompts, "tokens_padded": T,
+        "layers": L, "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
+        + (f", {torch.cuda.get_device_name()}" if dev.type == "cuda" else ""),
+        "forward_s": t_fwd, "block_eval_s": t_block,
+        "zero_block_sweep": {"units": L, "naive_s": t_naive, "engine_s": t_engine_blocks,
+                             "floor_prefix_s": floor_prefix, "floor_no_prefix_s": floor_plain,
+                             "engine_vs_naive_speedup": t_naive / t_engine_blocks,
+                             "engine_over_floor": t_engine_blocks / floor_prefix},
+        "mixed_atlas_units": {"units": len(mixed), "engine_s": t_mixed_engine, "naive_s_est": t_naive_mixed,
+                              "speedup_est": t_naive_mixed / t_mixed_engine, "profile_s": parts},
+        "peak_memory_mib": peak,
+    }
+    default_units = 12 * 3 * (len(mixed) + 2 * L)  # 12 families x 3 seeds; +first/last block units
+    res["default_atlas_projection_min"] = default_units * (t_mixed_engine / len(mixed)) / 60
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"throughput-{a.model}-{dev.type}-{a.dtype}.json").write_text(json.dumps(res, indent=1))
+    z, m = res["zero_block_sweep"], res["mixed_atlas_units"]
+    print(f"| {a.model} | {res['machine']} | {a.dtype} | {a.prompts}x{T} tok | fwd {t_fwd * 1e3:.0f} ms | "
+          f"naive {z['naive_s']:.1f} s | engine {z['engine_s']:.1f} s | floor {z['floor_prefix_s']:.1f} s "
+          f"(no prefix {z['floor_no_prefix_s']:.1f} s) | speedup {z['engine_vs_naive_speedup']:.2f}x | "
+          f"engine/floor {z['engine_over_floor']:.2f} | mixed {m['units']} units {m['engine_s']:.1f} s "
+          f"(naive est {m['naive_s_est']:.0f} s, {m['speedup_est']:.1f}x) | peak {peak:.0f} MiB |")
+    print("profile of the mixed engine run:", {k: round(v, 2) for k, v in parts.items()})
+    print(f"projected default atlas (12 families x 16 prompts x 3 seeds, {default_units} units): "
+          f"{res['default_atlas_projection_min']:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
