@@ -11,6 +11,7 @@ PROFILES: dict[str, dict] = {
     "smoke": {
         "model": "tiny-llama",
         "seeds": [42, 137, 256],
+        "baselines": {"families": ["ioi", "antonyms", "copying", "arithmetic"], "n": 8},
         # chapter 02: ablation atlas
         "atlas": {"families": ["ioi", "antonyms", "copying", "arithmetic"], "prompts_per_family": 4,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
@@ -19,6 +20,7 @@ PROFILES: dict[str, dict] = {
     "default": {
         "model": "smollm2-135m",
         "seeds": [42, 137, 256],
+        "baselines": {"families": None, "n": 50},
         "atlas": {"families": None, "prompts_per_family": 16,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10},
@@ -26,6 +28,7 @@ PROFILES: dict[str, dict] = {
     "full": {
         "model": "smollm2-135m",
         "seeds": [42, 137, 256, 512, 1024],
+        "baselines": {"families": None, "n": 200},
         "atlas": {"families": None, "prompts_per_family": 50,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample", "random"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 20},

@@ -1,0 +1,64 @@
+"""Offline interactive Altair charts for the book: a vega-embed bundle served from `_static/`, no CDN.
+
+`setup()` in a chapter registers a renderer that emits a div plus a call to the bundled `vegaEmbed`
+(ids are derived from the spec, so re-executions produce identical outputs for nbval).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import altair as alt
+
+BUNDLE = "vega-bundle.js"
+
+
+def write_bundle(static_dir: str | Path) -> Path:
+    """Write vl-convert's self-contained vega/vega-lite/vega-embed bundle, wrapped in an IIFE (its
+    top-level names would otherwise collide with Sphinx's globals)."""
+    import vl_convert as vlc
+
+    path = Path(static_dir) / BUNDLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "(function(){\n" + vlc.javascript_bundle() + "\n})();\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _render(spec: dict, **_kw) -> dict:
+    payload = json.dumps(spec, sort_keys=True)
+    cid = "atlas-chart-" + hashlib.blake2b(payload.encode(), digest_size=6).hexdigest()
+    html = (
+        f'<div id="{cid}" class="atlas-chart"></div>\n<script>(function(){{var spec={payload};'
+        f'function draw(){{if(!window.vegaEmbed){{return setTimeout(draw,50);}}'
+        f'window.vegaEmbed("#{cid}",spec,{{actions:false}}).catch(function(e){{'
+        f'document.getElementById("{cid}").textContent="chart error: "+e;}});}}draw();}})();</script>'
+    )
+    return {"text/html": html, "text/plain": f"<atlas chart {cid}>"}
+
+
+def setup() -> None:
+    """Use the offline renderer and allow data sets larger than Altair's 5000-row default."""
+    alt.renderers.register("atlas", _render)
+    alt.renderers.enable("atlas")
+    alt.data_transformers.disable_max_rows()
+
+
+def heatmap(df, x: str, y: str, color: str, tooltip=None, scheme: str = "viridis", width=260, height=180):
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:O" if df[y].dtype.kind in "iu" else f"{y}:N"),
+        color=alt.Color(f"{color}:Q", scale=alt.Scale(scheme=scheme)),
+        tooltip=tooltip or [x, y, alt.Tooltip(f"{color}:Q", format=".3f")],
+    ).properties(width=width, height=height)
+
+
+def bars_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None, width=520, height=220):
+    """Point estimates with CI whiskers."""
+    base = alt.Chart(df).encode(x=alt.X(f"{x}:N", sort=None))
+    enc = {"color": f"{color}:N"} if color else {}
+    pts = base.mark_point(filled=True, size=60).encode(y=alt.Y(f"{y}:Q"), tooltip=[x, y, lo, hi], **enc)
+    bars = base.mark_rule().encode(y=f"{lo}:Q", y2=f"{hi}:Q", **enc)
+    return (bars + pts).properties(width=width, height=height)

@@ -1,0 +1,112 @@
+"""Claims with a confidence computed from their evidence, never typed by hand.
+
+Evidence keys (all optional; a criterion without its evidence counts as not met, "not measured"):
+  seeds      seeds_replicated / n_seeds: met when the effect holds in every seed and n_seeds >= 3
+  methods    methods_agreeing / n_methods: met when >= 2/3 of >= 2 methods agree
+  control    ci_excludes_control (bool) or p_value: met when the CI excludes the control / p <= 0.05
+  breadth    families_agreeing / n_families: met when >= half of >= 2 families agree
+Grades: high = control + >= 2 other criteria; medium = control + 1; low = control alone, or other
+criteria without the control; none = nothing met. Re-executing a chapter recomputes the evidence, so a
+claim whose evidence weakens loses confidence by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from . import registry
+
+
+def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
+    out: dict[str, tuple[bool | None, str]] = {}
+    if "n_seeds" in ev:
+        ok = ev["n_seeds"] >= 3 and ev.get("seeds_replicated", 0) == ev["n_seeds"]
+        out["seeds"] = (ok, f"replicated in {ev.get('seeds_replicated', 0)}/{ev['n_seeds']} seeds")
+    else:
+        out["seeds"] = (None, "seeds not measured")
+    if ev.get("n_methods", 0) >= 2:
+        ok = ev.get("methods_agreeing", 0) / ev["n_methods"] >= 2 / 3
+        out["methods"] = (ok, f"{ev.get('methods_agreeing', 0)}/{ev['n_methods']} methods agree")
+    else:
+        out["methods"] = (None, "one method only")
+    if "ci_excludes_control" in ev:
+        out["control"] = (bool(ev["ci_excludes_control"]),
+                          "95% CI excludes the control" if ev["ci_excludes_control"] else "95% CI includes the control")
+    elif "p_value" in ev:
+        out["control"] = (ev["p_value"] <= 0.05, f"p = {ev['p_value']:.3g} against the control distribution")
+    else:
+        out["control"] = (None, "no control comparison")
+    if ev.get("n_families", 0) >= 2:
+        ok = ev.get("families_agreeing", 0) / ev["n_families"] >= 0.5
+        out["breadth"] = (ok, f"{ev.get('families_agreeing', 0)}/{ev['n_families']} families agree")
+    else:
+        out["breadth"] = (None, "one family only")
+    return out
+
+
+def grade(evidence: dict) -> tuple[str, list[str]]:
+    """(confidence, reasons) from the evidence by the rules in the module docstring."""
+    crit = _criteria(evidence)
+    control = crit["control"][0] is True
+    others = sum(1 for k, (ok, _) in crit.items() if k != "control" and ok is True)
+    if control and others >= 2:
+        level = "high"
+    elif control and others == 1:
+        level = "medium"
+    elif control or others >= 1:
+        level = "low"
+    else:
+        level = "none"
+    reasons = [("✓ " if ok else "✗ " if ok is False else "– ") + why for ok, why in crit.values()]
+    return level, reasons
+
+
+@dataclass
+class Claim:
+    statement: str
+    metric: str
+    counterfactual: str
+    control: str
+    evidence: dict = field(default_factory=dict)
+    chapter: str = ""
+    model: str = ""
+    profile: str = ""
+
+    @property
+    def confidence(self) -> str:
+        return grade(self.evidence)[0]
+
+    @property
+    def reasons(self) -> list[str]:
+        return grade(self.evidence)[1]
+
+    def row(self) -> dict:
+        return {"chapter": self.chapter, "claim": self.statement, "confidence": self.confidence,
+                "metric": self.metric, "counterfactual": self.counterfactual, "control": self.control,
+                "why": "; ".join(self.reasons)}
+
+
+def record(claims: list[Claim]) -> pd.DataFrame:
+    """Append the claims to the run registry and return them as a table."""
+    run_id = time.time_ns()
+    for c in claims:
+        registry.append("claim", **asdict(c), confidence=c.confidence, run_id=run_id)
+    return frame(claims)
+
+
+def frame(claims: list[Claim]) -> pd.DataFrame:
+    return pd.DataFrame([c.row() for c in claims],
+                        columns=["chapter", "claim", "confidence", "metric", "counterfactual", "control", "why"])
+
+
+def table(model: str, profile: str) -> pd.DataFrame:
+    """The latest claims of each chapter for this model and profile (re-graded from their evidence)."""
+    recs = registry.read(kind="claim", model=model, profile=profile)
+    last_run = {}
+    for r in recs:
+        last_run[r["chapter"]] = max(last_run.get(r["chapter"], 0), r.get("run_id", 0))
+    keys = ("statement", "metric", "counterfactual", "control", "evidence", "chapter", "model", "profile")
+    return frame([Claim(**{k: r[k] for k in keys}) for r in recs if r.get("run_id", 0) == last_run[r["chapter"]]])

@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · The atlas on one page
+#
+# The summary of this build: the model, where its behaviours live, every claim with its computed
+# confidence, the negative results, and what we do not claim. Everything below is read from the
+# results and the run registry written by the other chapters for this model and profile.
+
+# %% tags=["parameters"]
+model = None
+profile = "smoke"
+seeds = None
+results_dir = None  # default: $ATLAS_RESULTS or results/
+
+# %% tags=["remove-cell"]
+from pathlib import Path  # noqa: E402
+
+from atlas_core import charts, load, paths, profiles  # noqa: E402
+from atlas_core.atlas import Atlas  # noqa: E402
+from atlas_core.claims import table  # noqa: E402
+
+charts.setup()
+cfg = profiles.get(profile)
+model = model or cfg["model"]
+results_dir = results_dir or str(paths.results_dir())
+subject = load(model)
+atlas_path = Path(results_dir) / f"atlas-{model}-{profile}" / "atlas.json"
+
+# %% [markdown]
+# ## Model card
+
+# %%
+a = subject.arch
+print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}\nheads        {a.n_heads} query / "
+      f"{a.n_kv_heads} key-value (head dim {a.head_dim}), d_model {a.d_model}\nlayer kinds  {sorted(set(a.layer_kinds))}\n"
+      f"parameters   {subject.n_params:,}\ndtype        {str(subject.dtype).replace('torch.', '')}\nweights      {subject.source}\n"
+      f"fingerprint  {subject.fingerprint}\nprofile      {profile}")
+
+# %% [markdown]
+# ## Hub map
+# Zero-ablation of each block (mean KL over seeds), per task family; the hub and its stability.
+
+# %% tags=["hide-input"]
+if atlas_path.exists():
+    atlas = Atlas.load(atlas_path)
+    e = atlas.effects
+    m = e[(e["component"] == "block") & (e["method"] == "zero") & (e["head"] == -1) & (e["position"] == "all")]
+    m = m.groupby(["family", "layer"])["kl"].mean().reset_index()
+    hub = atlas.hub()
+    print(f"hub: block {hub['layer']} (family agreement {hub['family_agreement']:.2f}, seed hubs {hub['seed_hubs']}); "
+          f"excluding layer 0: block {atlas.hub(exclude=(0,))['layer']}")
+    chart = charts.heatmap(m, "layer", "family", "kl", width=520, height=260)
+else:
+    chart = None
+    print(f"No ablation atlas for {model} / {profile} yet: run chapter 02 (make book CHAPTERS=02,00).")
+chart
+
+# %% [markdown]
+# ## Claims
+# Confidence is computed from each claim's evidence by the rules on the method page; nothing here is
+# typed by hand. Re-executing a chapter replaces its claims.
+
+# %%
+claims = table(model, profile)
+if claims.empty:
+    print("No claims recorded yet for this model and profile.")
+claims
+
+# %% [markdown]
+# ## Negative results
+# Claims whose evidence does not support them (confidence low or none), and families the model cannot
+# do (their maps describe what it does with the prompts, not how it solves the task).
+
+# %%
+neg = claims[claims["confidence"].isin(["low", "none"])] if not claims.empty else claims
+neg[["chapter", "claim", "confidence", "why"]] if not neg.empty else print("none recorded")
+
+# %% [markdown]
+# ## Caveats, and what we do not claim
+# - The embedded models are **dequantized 4-bit GGUF weights**, not the original checkpoints.
+# - Ablation effects are single-site: later layers can compensate (Hydra effect), so a small effect is
+#   not proof that a component is unused, and a large effect is not proof that it computes the behaviour.
+# - Zero, mean and resample ablation answer different questions; where they disagree the method defines
+#   the answer (see the method-agreement claims).
+# - Layer 0 dominates every ablation because everything downstream reads the embeddings through it; the
+#   hub is also reported without it.
+# - The task suite is synthetic and small per family (see the profile); confidence intervals are over
+#   prompts of this suite only. We do not claim the map transfers to other prompt distributions.
+# - The attribution screen is a first-order estimate; we never report a screen result as an effect.

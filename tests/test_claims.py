@@ -1,0 +1,26 @@
+"""Confidence is computed from evidence by the documented rules, and follows the evidence."""
+
+from atlas_core.claims import Claim, grade, record, table
+
+STRONG = {"seeds_replicated": 3, "n_seeds": 3, "methods_agreeing": 3, "n_methods": 3, "ci_excludes_control": True,
+          "families_agreeing": 2, "n_families": 12}
+
+
+def test_grades_follow_the_rules():
+    assert grade(STRONG)[0] == "high"
+    assert grade({**STRONG, "seeds_replicated": 2})[0] == "medium"  # control + methods (breadth 2/12 fails)
+    assert grade({**STRONG, "ci_excludes_control": False})[0] == "low"
+    assert grade({"ci_excludes_control": False})[0] == "none"
+    assert grade({})[0] == "none"
+    assert grade({"p_value": 0.01, "n_seeds": 3, "seeds_replicated": 3, "n_methods": 2, "methods_agreeing": 2})[0] == "high"
+    level, reasons = grade({"ci_excludes_control": True})
+    assert level == "low" and any("not measured" in r for r in reasons)
+
+
+def test_weaker_evidence_on_reexecution_lowers_the_table_confidence():
+    kw = dict(metric="KL", counterfactual="zero-ablate layer 3", control="median layer", chapter="02", model="m", profile="p")
+    record([Claim("layer 3 is the hub", evidence=STRONG, **kw)])
+    assert table("m", "p")["confidence"].tolist() == ["high"]
+    record([Claim("layer 3 is the hub", evidence={**STRONG, "ci_excludes_control": False}, **kw)])
+    t = table("m", "p")
+    assert t["confidence"].tolist() == ["low"] and len(t) == 1
