@@ -29,6 +29,11 @@ def chapters() -> list[Path]:
     return sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.py"))
 
 
+def ordered(paths: list[Path]) -> list[Path]:
+    """Execution order: the summary chapter 00 runs after the chapters it summarizes."""
+    return [c for c in paths if not c.stem.startswith("00")] + [c for c in paths if c.stem.startswith("00")]
+
+
 def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -65,8 +70,7 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
 
     write_bundle(STATIC)
     (REPO / "_toc.yml").write_text(toc_text())
-    todo = [c for c in chapters() if not only or c.stem[:2] in only]
-    todo = [c for c in todo if not c.stem.startswith("00")] + [c for c in todo if c.stem.startswith("00")]
+    todo = ordered([c for c in chapters() if not only or c.stem[:2] in only])
     params = {"profile": profile}
     if model:
         params["model"] = model
@@ -96,7 +100,7 @@ def refresh_references() -> None:
     """Execute every chapter in the smoke profile into tests/references/ (committed, small)."""
     import nbformat
 
-    for c in chapters():
+    for c in ordered(chapters()):
         out = REFERENCES / f"{c.stem}.ipynb"
         secs = execute(c, out, {"profile": "smoke"})
         nb = nbformat.read(out, 4)

@@ -41,6 +41,7 @@ atlas_path = Path(results_dir) / f"atlas-{model}-{profile}" / "atlas.json"
 # ## Model card
 
 # %%
+# NBVAL_CHECK_OUTPUT
 a = subject.arch
 print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}\nheads        {a.n_heads} query / "
       f"{a.n_kv_heads} key-value (head dim {a.head_dim}), d_model {a.d_model}\nlayer kinds  {sorted(set(a.layer_kinds))}\n"
