@@ -41,3 +41,18 @@ def get(profile: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     return PROFILES[profile]
+
+
+def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None = None):
+    """Resolve a chapter's papermill parameters against its profile, enable offline charts, load the model.
+
+    Returns a namespace with cfg, model, seeds, results_dir and subject."""
+    from types import SimpleNamespace
+
+    from . import charts, load, paths
+
+    cfg = get(profile)
+    charts.setup()
+    name = model or cfg["model"]
+    return SimpleNamespace(cfg=cfg, model=name, seeds=[int(s) for s in (seeds or cfg["seeds"])],
+                           results_dir=results_dir or str(paths.results_dir()), subject=load(name))

@@ -24,17 +24,14 @@ seeds = None
 results_dir = None  # default: $ATLAS_RESULTS or results/
 
 # %% tags=["remove-cell"]
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from atlas_core import charts, load, paths, profiles  # noqa: E402
-from atlas_core.atlas import Atlas  # noqa: E402
-from atlas_core.claims import table  # noqa: E402
+from atlas_core import charts, profiles
+from atlas_core.atlas import Atlas
+from atlas_core.claims import table
 
-charts.setup()
-cfg = profiles.get(profile)
-model = model or cfg["model"]
-results_dir = results_dir or str(paths.results_dir())
-subject = load(model)
+ctx = profiles.chapter(model, profile, seeds, results_dir)
+model, results_dir, subject = ctx.model, ctx.results_dir, ctx.subject
 atlas_path = Path(results_dir) / f"atlas-{model}-{profile}" / "atlas.json"
 
 # %% [markdown]

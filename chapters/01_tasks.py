@@ -25,17 +25,13 @@ seeds = None
 results_dir = None  # default: $ATLAS_RESULTS or results/
 
 # %% tags=["remove-cell"]
-import altair as alt  # noqa: E402
+import altair as alt
 
-from atlas_core import charts, load, profiles, tasks  # noqa: E402
-from atlas_core.claims import Claim, record  # noqa: E402
+from atlas_core import charts, profiles, tasks
+from atlas_core.claims import Claim, record
 
-charts.setup()
-cfg = profiles.get(profile)
-model = model or cfg["model"]
-seeds = [int(s) for s in (seeds or cfg["seeds"])]
-B = cfg["baselines"]
-subject = load(model)
+ctx = profiles.chapter(model, profile, seeds, results_dir)
+model, seeds, subject, B = ctx.model, ctx.seeds, ctx.subject, ctx.cfg["baselines"]
 print(subject)
 
 # %% [markdown]

@@ -27,30 +27,19 @@ seeds = None  # default: the profile's seeds
 results_dir = None  # default: $ATLAS_RESULTS or results/
 
 # %% tags=["remove-cell"]
-import time  # noqa: E402
+import time
 
-import altair as alt  # noqa: E402
-import pandas as pd  # noqa: E402
+import altair as alt
+import pandas as pd
 
-from atlas_core import (  # noqa: E402
-    charts,  # noqa: E402
-    load,
-    paths,
-    profiles,
-)
-from atlas_core.atlas import map_atlas  # noqa: E402
-from atlas_core.interventions import head_sweep, layer_sweep  # noqa: E402
-from atlas_core.screen import attribution, recall  # noqa: E402
-from atlas_core.sweep import Cache, sweep  # noqa: E402
+from atlas_core import profiles
+from atlas_core.atlas import map_atlas
+from atlas_core.interventions import head_sweep, layer_sweep
+from atlas_core.screen import attribution, recall
+from atlas_core.sweep import Cache, sweep
 
-charts.setup()
-results_dir = results_dir or str(paths.results_dir())
-
-cfg = profiles.get(profile)
-model = model or cfg["model"]
-seeds = [int(s) for s in (seeds or cfg["seeds"])]
-A = cfg["atlas"]
-subject = load(model)
+ctx = profiles.chapter(model, profile, seeds, results_dir)
+model, seeds, results_dir, subject, A = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject, ctx.cfg["atlas"]
 print(subject)
 
 # %% [markdown]
@@ -140,7 +129,7 @@ alt.Chart(pos).mark_line(point=True).encode(
 # screen must not be used to choose what to verify.
 
 # %%
-from atlas_core import tasks  # noqa: E402
+from atlas_core import tasks
 
 items_all, _ = tasks.validate([it for f in atlas.families for it in tasks.load_items(f)], subject.tokenizer)
 items = [it for f in atlas.families
@@ -167,7 +156,7 @@ rec.round(3)
 # methods and families, and a paired bootstrap CI of the hub's effect minus the median layer's.
 
 # %%
-from atlas_core.claims import Claim, record  # noqa: E402
+from atlas_core.claims import Claim, record
 
 claims = []
 for ev in hubs.to_dict("records"):
