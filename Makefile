@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make book   build the book on the embedded default model (PROFILE=smoke|default|full, MODEL=..., SEEDS=...)
+#   make book   build the book on the embedded default model (PROFILE=smoke|default|full; MODEL=, SEEDS= override the profile's)
 #   make test   run the test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -7,16 +7,16 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MODEL ?= smollm2-135m
+MODEL ?=
 PROFILE ?= default
-SEEDS ?= 42,137,256
+SEEDS ?=
 CHAPTERS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 QUIET_PIP := grep -v -e "is ignored: it is neither" || true
 
-.PHONY: setup test book references bench lint clean-results
+.PHONY: setup test book check-book references bench lint clean-results
 
 setup: $(STAMP)
 
@@ -33,7 +33,10 @@ test: setup
 	$(PY) -m pytest -q tests
 
 book: setup
-	$(PY) -m atlas_core.book --model $(MODEL) --profile $(PROFILE) --seeds $(SEEDS) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+	$(PY) -m atlas_core.book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+
+check-book: setup
+	$(PY) book/check_render.py --screenshots _build/screenshots
 
 references: setup
 	$(PY) -m atlas_core.book --refresh-references
