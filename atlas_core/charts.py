@@ -47,18 +47,33 @@ def setup() -> None:
     alt.data_transformers.disable_max_rows()
 
 
-def heatmap(df, x: str, y: str, color: str, tooltip=None, scheme: str = "viridis", width=260, height=180):
-    return alt.Chart(df).mark_rect().encode(
+def heatmap(df, x: str, y: str, color: str, facet: str | None = None, tooltip=None, scheme: str = "viridis",
+            width: int = 260, height: int = 180, columns: int = 3) -> alt.Chart:
+    """A rect heatmap (x ordinal, y ordinal for integers else nominal), optionally one panel per `facet` value."""
+    chart = alt.Chart(df).mark_rect().encode(
         x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:O" if df[y].dtype.kind in "iu" else f"{y}:N"),
         color=alt.Color(f"{color}:Q", scale=alt.Scale(scheme=scheme)),
-        tooltip=tooltip or [x, y, alt.Tooltip(f"{color}:Q", format=".3f")],
+        tooltip=tooltip or [x, y, *([facet] if facet else []), alt.Tooltip(f"{color}:Q", format=".3f")],
     ).properties(width=width, height=height)
+    return chart.facet(facet=f"{facet}:N", columns=columns) if facet else chart
 
 
-def bars_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None, width=520, height=220):
-    """Point estimates with CI whiskers."""
+def bars_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None, width: int = 520,
+                 height: int = 220) -> alt.LayerChart:
+    """Point estimates (nominal x) with CI whiskers from the `lo`/`hi` columns."""
     base = alt.Chart(df).encode(x=alt.X(f"{x}:N", sort=None))
     enc = {"color": f"{color}:N"} if color else {}
     pts = base.mark_point(filled=True, size=60).encode(y=alt.Y(f"{y}:Q"), tooltip=[x, y, lo, hi], **enc)
     bars = base.mark_rule().encode(y=f"{lo}:Q", y2=f"{hi}:Q", **enc)
     return (bars + pts).properties(width=width, height=height)
+
+
+def line_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None, width: int = 520,
+                 height: int = 220) -> alt.LayerChart:
+    """A line over a quantitative x (e.g. layer, alpha) with a shaded CI band from the `lo`/`hi` columns."""
+    base = alt.Chart(df).encode(x=alt.X(f"{x}:Q"))
+    enc = {"color": f"{color}:N"} if color else {}
+    band = base.mark_area(opacity=0.25).encode(y=f"{lo}:Q", y2=f"{hi}:Q", **enc)
+    line = base.mark_line(point=True).encode(y=alt.Y(f"{y}:Q"), tooltip=[x, y, lo, hi, *([color] if color else [])],
+                                             **enc)
+    return (band + line).properties(width=width, height=height)

@@ -47,12 +47,15 @@ def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None
     """Resolve a chapter's papermill parameters against its profile, enable offline charts, load the model.
 
     Returns a namespace with cfg, model, seeds, results_dir and subject."""
+    import os
     from types import SimpleNamespace
 
     from . import charts, load, paths
 
     cfg = get(profile)
     charts.setup()
+    if results_dir:  # the registry and every table of this kernel follow the chapter's results_dir
+        os.environ["ATLAS_RESULTS"] = str(results_dir)
     name = model or cfg["model"]
     return SimpleNamespace(cfg=cfg, model=name, seeds=[int(s) for s in (seeds or cfg["seeds"])],
-                           results_dir=results_dir or str(paths.results_dir()), subject=load(name))
+                           results_dir=str(paths.results_dir()), subject=load(name))
