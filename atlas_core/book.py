@@ -113,13 +113,21 @@ def refresh_references(only: list[str] | None = None) -> None:
         if only and c.stem[:2] not in only:
             continue
         secs = execute(c, out, {"profile": "smoke"})
-        nb = nbformat.read(out, 4)
-        for cell in nb.cells:  # keep references small and machine-independent
-            cell.metadata.pop("papermill", None)
-            cell.metadata.pop("execution", None)
-        nb.metadata.pop("papermill", None)
-        nbformat.write(nb, out)
+        nbformat.write(slim(nbformat.read(out, 4)), out)
         print(f"[references] {c.stem}: {secs:.1f} s -> {out.relative_to(REPO)}")
+
+
+def slim(nb):
+    """Keep a reference notebook small and machine-independent: no papermill/timing metadata, and chart
+    outputs (whole Vega specs; nbval-lax never compares them) reduced to their one-line text form."""
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        for o in cell.get("outputs", []):
+            if "atlas-chart-" in o.get("data", {}).get("text/html", ""):
+                o["data"] = {"text/plain": o["data"].get("text/plain", "<atlas chart>")}
+    return nb
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ results_dir = None  # default: $ATLAS_RESULTS or results/
 
 # %% tags=["remove-cell"]
 import altair as alt
+import pandas as pd
 
 from atlas_core import charts, profiles, tasks
 from atlas_core.claims import Claim, record
@@ -40,7 +41,8 @@ print(subject)
 # and counted here — never silently.
 
 # %%
-base = tasks.baselines(subject, B["families"], n=B["n"], seed=seeds[0])
+runs = {seed: tasks.baselines(subject, B["families"], n=B["n"], seed=seed) for seed in seeds}
+base = runs[seeds[0]]
 val = base.attrs["validation"]
 # NBVAL_CHECK_OUTPUT
 val.groupby("variant")[["total", "kept"]].sum()
@@ -50,9 +52,9 @@ val
 
 # %% [markdown]
 # ## Baselines
-# Top-1 accuracy against chance (1 / number of distinct answers), answer probability, and the
-# answer − distractor logit difference on clean and corrupt prompts (95% bootstrap CIs). A working
-# family has LD > 0 on clean and < 0 on corrupt prompts.
+# Top-1 accuracy against chance (red ticks: 1 / number of distinct answers), answer probability, and
+# the answer − distractor logit difference on clean and corrupt prompts, with 95% bootstrap CIs over
+# the prompts of the first seed's sample. A working family has LD > 0 on clean and < 0 on corrupt prompts.
 
 # %% tags=["hide-input"]
 b = base.assign(label=base["family"] + " · " + base["variant"])
@@ -65,19 +67,34 @@ cols = ["family", "variant", "n", "accuracy", "accuracy_lo", "accuracy_hi", "cha
 base[cols].round(3)
 
 # %% [markdown]
+# ## Families at chance
+# A family whose accuracy CI does not clear chance in every prompt-sampling seed is flagged here. Its
+# maps in later chapters describe what the model does with those prompts, not how it solves the task.
+
+# %%
+above = (pd.concat([pd.DataFrame({"family": r["family"], "variant": r["variant"], "ok": r["accuracy_lo"] > r["chance"]})
+                    for r in runs.values()])
+         .groupby(["family", "variant"])["ok"].sum().rename("seeds_above_chance").reset_index())
+base = base.merge(above, on=["family", "variant"], how="left").fillna({"seeds_above_chance": 0}).assign(n_seeds=len(seeds))
+flagged = base[base["seeds_above_chance"] < len(seeds)]
+# NBVAL_CHECK_OUTPUT
+print(f"{len(flagged)} of {len(base)} family x variant cells are not above chance in all {len(seeds)} seeds")
+flagged[["family", "variant", "accuracy", "chance", "status", "seeds_above_chance"]].round(3)
+
+# %% [markdown]
 # ## Claims
+# One claim per family and variant: "the model is above chance". Evidence: whether the first seed's CI
+# excludes chance (control) and in how many seeds it does (replication); the confidence is computed
+# from these by the rules on the method page (at most *medium*: no method or breadth evidence applies).
 
 # %%
 claims = [
-    Claim(f"{r.family} ({r.variant}): top-1 accuracy {r.accuracy:.2f} is above chance {r.chance:.2f}",
+    Claim(f"The model is above chance on {r.family} ({r.variant}): top-1 accuracy {r.accuracy:.2f} vs {r.chance:.2f}",
           metric="top-1 accuracy, bootstrap 95% CI over prompts", counterfactual="none (unmodified model)",
-          control=f"chance = {r.chance:.2f}",
-          evidence={"ci_excludes_control": bool(r.accuracy_lo > r.chance), "n_prompts": int(r.n)},
+          control=f"chance = {r.chance:.3f}",
+          evidence={"ci_excludes_control": bool(r.accuracy_lo > r.chance), "seeds_replicated": int(r.seeds_above_chance),
+                    "n_seeds": int(r.n_seeds), "n_prompts": int(r.n)},
           chapter="01", model=model, profile=profile)
     for r in base.itertuples()
 ]
 record(claims)[["claim", "confidence", "why"]]
-
-# %% [markdown]
-# Families at chance (status ≠ "above chance") are reported as negative results in the one-page atlas;
-# their atlas maps describe what the model does with those prompts, not how it solves the task.
