@@ -41,10 +41,14 @@ def _render(spec: dict, **_kw) -> dict:
 
 
 def setup() -> None:
-    """Use the offline renderer and allow data sets larger than Altair's 5000-row default."""
+    """Use the offline renderer, allow data sets larger than Altair's 5000-row default, and show table
+    cells (claims, reasons) in full instead of pandas' 50-character truncation."""
+    import pandas as pd
+
     alt.renderers.register("atlas", _render)
     alt.renderers.enable("atlas")
     alt.data_transformers.disable_max_rows()
+    pd.set_option("display.max_colwidth", None)
 
 
 def heatmap(df, x: str, y: str, color: str, facet: str | None = None, tooltip=None, scheme: str = "viridis",
@@ -63,8 +67,8 @@ def bars_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None,
     """Point estimates (nominal x) with CI whiskers from the `lo`/`hi` columns."""
     base = alt.Chart(df).encode(x=alt.X(f"{x}:N", sort=None))
     enc = {"color": f"{color}:N"} if color else {}
-    pts = base.mark_point(filled=True, size=60).encode(y=alt.Y(f"{y}:Q"), tooltip=[x, y, lo, hi], **enc)
-    bars = base.mark_rule().encode(y=f"{lo}:Q", y2=f"{hi}:Q", **enc)
+    pts = base.mark_point(filled=True, size=60).encode(y=alt.Y(f"{y}:Q", title=y), tooltip=[x, y, lo, hi], **enc)
+    bars = base.mark_rule().encode(y=alt.Y(f"{lo}:Q", title=y), y2=f"{hi}:Q", **enc)
     return (bars + pts).properties(width=width, height=height)
 
 
@@ -73,7 +77,7 @@ def line_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None,
     """A line over a quantitative x (e.g. layer, alpha) with a shaded CI band from the `lo`/`hi` columns."""
     base = alt.Chart(df).encode(x=alt.X(f"{x}:Q"))
     enc = {"color": f"{color}:N"} if color else {}
-    band = base.mark_area(opacity=0.25).encode(y=f"{lo}:Q", y2=f"{hi}:Q", **enc)
-    line = base.mark_line(point=True).encode(y=alt.Y(f"{y}:Q"), tooltip=[x, y, lo, hi, *([color] if color else [])],
+    band = base.mark_area(opacity=0.25).encode(y=alt.Y(f"{lo}:Q", title=y), y2=f"{hi}:Q", **enc)
+    line = base.mark_line(point=True).encode(y=alt.Y(f"{y}:Q", title=y), tooltip=[x, y, lo, hi, *([color] if color else [])],
                                              **enc)
     return (band + line).properties(width=width, height=height)

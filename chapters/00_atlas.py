@@ -72,8 +72,16 @@ chart
 # %%
 claims = table(model, profile)
 if claims.empty:
-    print("No claims recorded yet for this model and profile.")
-claims
+    print("No claims recorded yet for this model and profile: execute the other chapters first.")
+# NBVAL_CHECK_OUTPUT
+print(claims.groupby("chapter")["confidence"].value_counts().unstack(fill_value=0) if not claims.empty else "")
+claims[["chapter", "claim", "confidence", "control", "why"]] if not claims.empty else None
+
+# %% [markdown]
+# Each claim's metric and counterfactual:
+
+# %% tags=["hide-input"]
+claims[["chapter", "claim", "metric", "counterfactual"]] if not claims.empty else None
 
 # %% [markdown]
 # ## Negative results

@@ -59,7 +59,7 @@ val
 # %% tags=["hide-input"]
 b = base.assign(label=base["family"] + " · " + base["variant"])
 charts.bars_with_ci(b, "label", "accuracy", "accuracy_lo", "accuracy_hi", color="variant") + alt.Chart(b).mark_tick(
-    color="red", thickness=2).encode(x=alt.X("label:N", sort=None), y="chance:Q")
+    color="red", thickness=2).encode(x=alt.X("label:N", sort=None), y=alt.Y("chance:Q", title="top-1 accuracy"))
 
 # %%
 cols = ["family", "variant", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "status", "p_answer",
