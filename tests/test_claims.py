@@ -24,3 +24,27 @@ def test_weaker_evidence_on_reexecution_lowers_the_table_confidence():
     record([Claim("layer 3 is the hub", evidence={**STRONG, "ci_excludes_control": False}, **kw)])
     t = table("m", "p")
     assert t["confidence"].tolist() == ["low"] and len(t) == 1
+
+
+def test_each_criterion_and_missing_evidence():
+    assert grade({"ci_excludes_control": True, "n_seeds": 3, "seeds_replicated": 3})[0] == "medium"
+    assert grade({"ci_excludes_control": True, "n_seeds": 2, "seeds_replicated": 2})[0] == "low"  # < 3 seeds
+    assert grade({"p_value": 0.2, "n_seeds": 3, "seeds_replicated": 3})[0] == "low"  # control fails
+    assert grade({"p_value": 0.05, "n_methods": 3, "methods_agreeing": 2})[0] == "medium"  # 2/3 agree
+    assert grade({"p_value": 0.05, "n_methods": 3, "methods_agreeing": 1})[0] == "low"
+    assert grade({"p_value": 0.05, "n_methods": 1, "methods_agreeing": 1})[0] == "low"  # one method is no agreement
+    assert grade({"p_value": 0.05, "n_families": 4, "families_agreeing": 2})[0] == "medium"
+    for key in ("n_seeds", "n_methods", "ci_excludes_control"):  # dropping any evidence lowers a high claim
+        assert grade({k: v for k, v in STRONG.items() if k != key})[0] != "high"
+    level, reasons = grade(STRONG)
+    assert len(reasons) == 4 and all(r.startswith("✓") for r in reasons[:3])
+
+
+def test_record_keeps_model_profile_chapter_apart():
+    kw = dict(metric="acc", counterfactual="none", control="chance", evidence={"p_value": 0.01})
+    record([Claim("a", chapter="01", model="m1", profile="smoke", **kw),
+            Claim("b", chapter="02", model="m1", profile="smoke", **kw)])
+    record([Claim("c", chapter="01", model="m2", profile="smoke", **kw)])
+    t = table("m1", "smoke")
+    assert sorted(t["claim"]) == ["a", "b"] and set(t["confidence"]) == {"low"}
+    assert table("m1", "default").empty
