@@ -49,7 +49,7 @@ def toc_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def execute(chapter: Path, out: Path, params: dict) -> float:
+def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> float:
     import jupytext
     import papermill
 
@@ -61,7 +61,7 @@ def execute(chapter: Path, out: Path, params: dict) -> float:
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     papermill.execute_notebook(nb, str(out), parameters=params, kernel_name="python3", cwd=str(REPO),
-                               progress_bar=False, log_output=False)
+                               progress_bar=progress, log_output=False)
     return time.time() - t0
 
 
@@ -72,6 +72,9 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
 
     write_bundle(STATIC)
     (REPO / "_toc.yml").write_text(toc_text())
+    unknown = sorted(set(only or []) - {c.stem[:2] for c in chapters()})
+    if unknown:
+        raise SystemExit(f"[book] no chapter {unknown}; chapters: {[c.stem for c in chapters()]}")
     todo = ordered([c for c in chapters() if not only or c.stem[:2] in only])
     params: dict = {"profile": profile, "results_dir": str(Path(results_dir or default_results()).resolve())}
     if model:
@@ -82,7 +85,7 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     t_all = time.time()
     for c in todo:
         print(f"[book] executing {c.name} ({params})", flush=True)
-        times[c.stem] = execute(c, EXECUTED / f"{c.stem}.ipynb", params)
+        times[c.stem] = execute(c, EXECUTED / f"{c.stem}.ipynb", params, progress=sys.stderr.isatty())
         print(f"[book]   {c.stem}: {times[c.stem]:.1f} s", flush=True)
     missing = [c.stem for c in chapters() if not (EXECUTED / f"{c.stem}.ipynb").exists()]
     if missing:
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refresh-references", action="store_true")
     ap.add_argument("--write-toc", action="store_true")
     a = ap.parse_args(argv)
+    a.chapters = ",".join(c.strip().zfill(2) for c in a.chapters.split(",")) if a.chapters else None
     if a.write_toc:
         (REPO / "_toc.yml").write_text(toc_text())
     elif a.refresh_references:
