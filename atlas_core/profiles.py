@@ -16,6 +16,12 @@ PROFILES: dict[str, dict] = {
         "atlas": {"families": ["ioi", "antonyms", "copying", "arithmetic"], "prompts_per_family": 4,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 5},
+        # chapters 03 and 04: patching, steering and knockout
+        "patching": {"families": ["ioi", "antonyms"], "n": 4, "layer_stride": 1, "head_stride": 2,
+                     "cross_sigma": 0.3},
+        "steering": {"families": ["ioi", "antonyms"], "concepts": ["sentiment"], "n": 4, "n_fit": 8, "layer_stride": 1,
+                     "n_random": 10, "n_shuffled": 3, "compare_model": "tiny-gemma3", "compare_families": ["ioi"],
+                     "compare_stride": 1, "buckets": ["short", "medium"], "gen_tokens": 6},
     },
     "default": {
         "model": "smollm2-135m",
@@ -24,6 +30,13 @@ PROFILES: dict[str, dict] = {
         "atlas": {"families": None, "prompts_per_family": 16,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10},
+        # chapters 03 and 04 (~10 min each on 2 free cores): 8 prompts per family, strided layers
+        "patching": {"families": ["ioi", "factual_recall", "induction", "agreement"], "n": 8, "layer_stride": 2,
+                     "head_stride": 6, "cross_sigma": 0.05},
+        "steering": {"families": ["ioi", "antonyms", "factual_recall", "induction", "agreement", "copying"],
+                     "concepts": ["sentiment"], "n": 8, "n_fit": 16, "layer_stride": 3, "n_random": 10, "n_shuffled": 3,
+                     "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,
+                     "buckets": ["short", "medium"], "gen_tokens": 12},
     },
     "full": {
         "model": "smollm2-135m",
@@ -32,6 +45,10 @@ PROFILES: dict[str, dict] = {
         "atlas": {"families": None, "prompts_per_family": 50,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample", "random"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 20},
+        "patching": {"families": None, "n": 32, "layer_stride": 1, "head_stride": 1, "cross_sigma": 0.05},
+        "steering": {"families": None, "concepts": ["sentiment"], "n": 32, "n_fit": 64, "layer_stride": 1, "n_random": 20,
+                     "n_shuffled": 10, "compare_model": "gemma3-270m", "compare_families": None, "compare_stride": 1,
+                     "buckets": ["short", "medium", "long"], "gen_tokens": 24},
     },
 }
 

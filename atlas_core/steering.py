@@ -290,3 +290,96 @@ def generate(subject: Subject, prompts: Sequence[str], unit: Unit | None = None,
         for h in hooks:
             h.remove()
     return subject.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------- the chapter's pipeline
+@dataclass
+class Study:
+    """Everything one steering study measured: directions, screen, held-out grading, best layers, eval items."""
+
+    dirs: dict[str, Directions]
+    sign: dict[str, int]
+    items: dict[str, list]  # held-out evaluation items per target
+    screen: pd.DataFrame  # real directions, every screened layer × α, selection prompts
+    graded: pd.DataFrame  # best layers, every α, held-out prompts, with control statistics
+    best: pd.DataFrame  # per target and sign: best layer (chosen on the selection prompts)
+    per_prompt: pd.DataFrame  # held-out rows of the graded sweep
+
+
+def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = ("sentiment",), n: int = 8,
+          n_fit: int = 16, layers: Sequence[int] | None = None, screen_alphas: Sequence[float] = (-0.4, 0.4),
+          alphas: Sequence[float] = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8), control_alphas: Sequence[float] = (-0.4, 0.4),
+          n_random: int = 10, n_shuffled: int = 3, seed: int = 0, cache=None, progress: bool = False) -> Study:
+    """Fit directions per target, screen layers on selection prompts, then grade the best layer of each sign on
+    held-out prompts against random and shuffled-label controls (at `control_alphas`, same layer and norm)."""
+    from .sweep import sweep
+
+    layers = list(range(subject.arch.n_layers) if layers is None else layers)
+    dirs, sign, ev_items, screens, graded = {}, {}, {}, [], []
+    for name in [*families, *concepts]:
+        is_concept = name in concepts
+        pairs, sel, ev = (concept_target if is_concept else family_target)(subject, name, n, n_fit, seed)
+        d = fit(subject, pairs, name, n_random, n_shuffled, seed)
+        dirs[name], sign[name], ev_items[name] = d, -1 if is_concept else 1, ev
+        us, meta = units(d, layers, screen_alphas)
+        sc = grade(effects(sweep(subject, sel, us, seed=seed, cache=cache, progress=progress, desc=f"screen {name}"),
+                           meta, sign[name]))
+        screens.append(sc)
+        best = best_layers(sc)
+        us, meta = [], []
+        for b in best.itertuples():
+            sa = [a for a in alphas if np.sign(a) == b.sign]
+            ca = [a for a in control_alphas if np.sign(a) == b.sign]
+            for ks, al in ((("real",), sa), (("random", "shuffled"), ca)):
+                u, m = units(d, [b.layer], al, kinds=ks)
+                us += u
+                meta.append(m)
+        meta = pd.concat(meta).drop_duplicates("unit")
+        graded.append(effects(sweep(subject, ev, us, seed=seed, cache=cache, progress=progress, desc=f"grade {name}"),
+                              meta, sign[name]))
+    per_prompt = pd.concat(graded, ignore_index=True)
+    screen = pd.concat(screens, ignore_index=True)
+    return Study(dirs, sign, ev_items, screen, grade(per_prompt), best_layers(screen), per_prompt)
+
+
+def summary(st: Study, n_layers: int) -> pd.DataFrame:
+    """Per target: best layer (and its depth) and sign, the held-out effect at the control strength, z / p against
+    random and shuffled-label controls."""
+    g = st.graded.dropna(subset=["z_random"]).copy()
+    g["sign"] = np.sign(g["alpha"]).astype(int)
+    g = g.merge(st.best[["family", "sign", "layer"]], on=["family", "sign", "layer"])
+    g = g.loc[g.groupby("family")["z_random"].idxmax()]
+    g["depth"] = g["layer"] / max(1, n_layers - 1)
+    cols = ["family", "layer", "depth", "sign", "alpha", "effect", "effect_lo", "effect_hi", "random_mean", "random_max",
+            "z_random", "p_random", "shuffled_mean", "z_shuffled", "p_shuffled", "kl"]
+    return g[[c for c in cols if c in g]].reset_index(drop=True)
+
+
+def knockout(subject: Subject, st: Study, alpha: float, families: Sequence[str] | None = None, seed: int = 0,
+             cache=None, progress: bool = False, n_boot: int = 500) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Negative steering aimed at each family (its direction toward the corrupt answer, +α, at its best layer of
+    that sign) run on every family's held-out prompts: (selectivity table, per-prompt rows)."""
+    from .sweep import sweep
+
+    fams = [f for f in (families or st.dirs) if st.sign[f] == 1]
+    us, meta = [], []
+    best = st.best[st.best["sign"] == 1].set_index("family")
+    for f in fams:
+        u, m = units(st.dirs[f], [int(best.loc[f, "layer"])], [alpha])
+        us += u
+        meta.append(m)
+    meta = pd.concat(meta)
+    items = [it for f in fams for it in st.items[f]]
+    rows = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=progress, desc="knockout"), meta, 1)
+    return knockout_table(rows, n_boot=n_boot), rows
+
+
+def concept_kl(subject: Subject, st: Study, concept: str, alpha: float, seed: int = 0, cache=None) -> pd.DataFrame:
+    """Off-target effect of a concept direction: mean KL(clean ‖ steered) on every family's held-out prompts."""
+    from .sweep import sweep
+
+    b = st.best[(st.best["family"] == concept) & (st.best["sign"] == np.sign(alpha))].iloc[0]
+    us, meta = units(st.dirs[concept], [int(b.layer)], [alpha])
+    items = [it for f, its in st.items.items() if st.sign[f] == 1 for it in its]
+    df = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=False), meta, 1)
+    return df.groupby("family").agg(kl=("kl", "mean"), ld_drop=("ld_drop", "mean")).reset_index()
