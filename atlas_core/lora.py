@@ -653,3 +653,98 @@ def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]],
 
 def with_(tc: TrainConfig, **kw) -> TrainConfig:
     return replace(tc, **kw)
+
+
+# --------------------------------------------------------------------------- chapter 05 plumbing
+# Profile sizes for chapter 05 (read by `profile`; a "lora" entry in atlas_core.profiles overrides them).
+# default: 3 tasks x 4 strategies x 3 seeds = 36 trainings of `steps` steps + 7 sweep runs + surgery.
+PROFILES: dict[str, dict] = {
+    "smoke": {"k": 2, "r": 8, "steps": 6, "lr": 5e-3, "batch": 4, "max_len": 96, "n_train": 32, "n_eval": 8,
+              "n_drift": 4, "max_new_tokens": 24, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
+              "ranks": [1, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 2, 4],
+              "ablation_n": 4, "atlas_prompts": 4, "diff_components": ["block"]},
+    "default": {"k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "max_len": 96, "n_train": 400, "n_eval": 24,
+                "n_drift": 12, "max_new_tokens": 28, "sweep_family": "json_schema", "modules": ["o", "qkv", "attn", "mlp"],
+                "ranks": [1, 4, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16],
+                "ablation_n": 12, "atlas_prompts": 16, "diff_components": ["block", "attn", "mlp"]},
+    "full": {"k": 6, "r": 8, "steps": 100, "lr": 1e-3, "batch": 8, "max_len": 128, "n_train": 400, "n_eval": 120,
+             "n_drift": 50, "max_new_tokens": 40, "sweep_family": "json_schema",
+             "modules": ["o", "q", "k", "v", "gate", "up", "down", "qkv", "gate_up_down", "attn", "mlp"],
+             "ranks": [1, 2, 4, 16, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 10, 25, 50],
+             "ablation_n": 50, "atlas_prompts": 50, "diff_components": ["block", "attn", "mlp"]},
+}
+
+
+def profile(name: str, override: dict | None = None) -> dict:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return {**PROFILES[name], **(override or {})}
+
+
+def task_data(subject: Subject, families: Sequence[str], P: dict) -> tuple[dict[str, list[dict]], dict[str, EvalSet]]:
+    """Train examples and eval sets per family from the task suite; drift prompts = the other families' eval prompts."""
+    from . import tasks
+
+    train = {f: tasks.training_split(f, "train")[: P["n_train"]] for f in families}
+    evals = {f: tasks.training_split(f, "eval")[: P["n_eval"]] for f in families}
+    drift = {f: [e["prompt"] for e in tasks.training_split(f, "eval")[-P["n_drift"]:]] for f in tasks.TRAIN_FAMILIES}
+    tok = subject.tokenizer
+    sets = {}
+    for f in families:
+        longest = max(len(tok(e["completion"], add_special_tokens=False)["input_ids"]) for e in evals[f])
+        sets[f] = EvalSet(f, evals[f], [p for g, ps in drift.items() if g != f for p in ps],
+                          lambda text, ex, f=f: tasks.exact_match(f, text, ex), min(longest + 2, P["max_new_tokens"]),
+                          P["max_len"])
+    return train, sets
+
+
+def headline_runs(atlas, arch, families: Sequence[str], seeds: Sequence[int], P: dict,
+                  strategies: Sequence[str] = STRATEGIES) -> list[tuple[dict, Target, TrainConfig]]:
+    """Identical steps, learning rate and seed across strategies; the random draw is the seed; plus the base model."""
+    runs = []
+    for f in families:
+        runs.append(({"family": f, "experiment": "headline"}, Target("none", (), ()), TrainConfig(steps=0, seed=0)))
+        for s in seeds:
+            tc = TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", s, P["max_len"])
+            for st in strategies:
+                runs.append(({"family": f, "experiment": "headline"},
+                             target(atlas, f, arch, P["k"], st, ALL_LINEAR, seed=s, r=P["r"]), tc))
+    return runs
+
+
+def sweep_runs(atlas, arch, seed: int, P: dict) -> list[tuple[dict, Target, TrainConfig]]:
+    """Module, rank and optimizer sweeps around the atlas-guided run (all modules, rank r, AdamW) on one family."""
+    f = P["sweep_family"]
+    tc = TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", seed, P["max_len"])
+    base = target(atlas, f, arch, P["k"], "atlas", ALL_LINEAR, seed=seed, r=P["r"])
+    runs = [({"family": f, "experiment": "modules", "value": "all"}, base, tc)]
+    runs += [({"family": f, "experiment": "modules", "value": m}, replace(base, modules=MODULE_SETS.get(m, (m,))), tc)
+             for m in P["modules"]]
+    runs += [({"family": f, "experiment": "rank", "value": str(r)}, replace(base, r=r, alpha=2.0 * r), tc)
+             for r in sorted({*P["ranks"], P["r"]})]
+    runs += [({"family": f, "experiment": "optimizer", "value": o}, base, replace(tc, optimizer=o))
+             for o in ["adamw", *P["optimizers"]]]
+    return runs
+
+
+def truncation_curve(subject: Subject, adapter: Adapter, examples: Sequence[dict], ranks: Sequence[int],
+                     max_len: int = 96) -> pd.DataFrame:
+    """Eval loss and last-position KL(full adapter || truncated) when every B·A is cut to each rank by SVD."""
+    tok = train_tokenizer(subject)
+    prompts = [e["prompt"] for e in examples]
+    rows = []
+    with attach(subject, adapter) as pm:
+        full = last_logprobs(pm, subject, prompts)
+        with pm.disable_adapter():
+            base_loss = completion_loss(pm, tok, examples, max_len)
+        for r in sorted(set(ranks)):
+            with truncated(pm, subject.arch, r):
+                rows.append({"rank": r, "eval_loss": completion_loss(pm, tok, examples, max_len),
+                             "kl_to_full": float(kl_rows(full, last_logprobs(pm, subject, prompts)).mean())})
+    return pd.DataFrame(rows).assign(base_loss=base_loss)
+
+
+def module_norms(subject: Subject, adapter: Adapter) -> pd.DataFrame:
+    """‖B·A‖·scaling per (layer, module) of a saved adapter."""
+    with attach(subject, adapter) as pm:
+        return update_norms(pm, subject.arch)

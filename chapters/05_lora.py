@@ -1,0 +1,273 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · LoRA: does the atlas buy parameter efficiency?
+#
+# The payoff of the map. We turn the ablation atlas into LoRA targets and ask whether adapting the
+# layers the atlas ranks highest beats adapting as many random layers, the highest-ranked *late*
+# layers, or every linear layer — at identical steps, learning rate and seed. Then we take the
+# adapters apart: where did the update go (‖B·A‖), which layers does the adapter need (adapter-only
+# ablation), how much rank it really uses (SVD truncation), when its structure stops moving
+# (checkpoints), and which components of the model it moved (atlas diff).
+#
+# Tasks: the suite's `json_schema` (exact match = parsed JSON equals the expected object),
+# `factual_recall` and `code_semantics` splits. Drift = mean KL(base ‖ adapted) of the next token at
+# the last prompt position on the *other* families' prompts. The base model is the embedded
+# SmolLM2-135M-Instruct (dequantized Q4 weights, not the original bf16 checkpoint).
+#
+# **Budget.** On 2 CPU cores the default profile trains 3 tasks × 4 strategies × 3 seeds = 36 adapters
+# of 24 steps (batch 8) plus 7 sweep runs, and evaluates each on 24 held-out examples: about 25 min
+# on an idle machine, longer when shared. Adapters and their evaluations are cached under
+# `results/lora/`, so re-executing the chapter reuses them. 24 steps is a short fine-tune: read the
+# numbers as "what a small, equal budget buys", not as converged performance.
+
+# %% tags=["parameters"]
+model = None  # default: the profile's model
+profile = "smoke"
+seeds = None  # default: the profile's seeds
+results_dir = None  # default: $ATLAS_RESULTS or results/
+
+# %% tags=["remove-cell"]
+import time
+
+import altair as alt
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from atlas_core import lora, profiles, tasks
+from atlas_core.atlas import diff, map_atlas
+from atlas_core.claims import Claim, record
+
+ctx = profiles.chapter(model, profile, seeds, results_dir)
+model, seeds, results_dir, subject = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject
+P = lora.profile(profile, ctx.cfg.get("lora"))
+FAMS = list(tasks.TRAIN_FAMILIES)
+T0 = time.time()
+print(subject)
+
+# %% [markdown]
+# ## The atlas we target by
+# Block zero-ablation per layer on the three training families (first seed), from the shared sweep
+# cache when chapter 02 already ran these units. Bigger = ablating the layer moves the next-token
+# distribution more.
+
+# %% tags=["hide-output"]
+atlas = map_atlas(subject, FAMS, ["block"], ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
+                  progress=False)
+scores = pd.DataFrame({f: lora.layer_scores(atlas, f) for f in FAMS})
+picked = {f: {s: lora.target(atlas, f, subject.arch, P["k"], s).layers for s in ("atlas", "atlas-late")} for f in FAMS}
+picked
+
+# %% tags=["hide-input"]
+alt.Chart(scores.reset_index(names="layer").melt("layer", var_name="family", value_name="kl")).mark_bar().encode(
+    x="layer:O", y=alt.Y("kl:Q", title="block zero-ablation KL"), color="family:N", column="family:N",
+    tooltip=["family", "layer", alt.Tooltip("kl:Q", format=".3f")],
+).properties(width=220, height=140)
+
+# %% [markdown]
+# ## Headline: strategy × task, mean ± sd over seeds
+# Every strategy adapts all seven linear modules at rank 8; atlas, atlas-late and random adapt
+# `k` layers, all-linear adapts every layer. Random-matched draws a different layer set per seed.
+
+# %% tags=["hide-output"]
+train, evalsets = lora.task_data(subject, FAMS, P)
+# the surgery adapter (all-linear, first seed, sweep family) is trained first with its checkpoints
+surg_fam = P["sweep_family"]
+surg_t = lora.target(None, surg_fam, subject.arch, P["k"], "all-linear", r=P["r"])
+surg_tc = lora.TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", seeds[0], P["max_len"])
+surg = lora.train(subject, surg_fam, train[surg_fam], surg_t, surg_tc, checkpoints=P["checkpoints"])
+head = lora.run_grid(subject, lora.headline_runs(atlas, subject.arch, FAMS, seeds, P), train, evalsets)
+
+# %%
+order = ["none", "atlas", "atlas-late", "random", "all-linear"]
+table = lora.summarize(head, ["family", "strategy"])
+table["strategy"] = pd.Categorical(table["strategy"], order)
+table = table.sort_values(["family", "strategy"]).reset_index(drop=True)
+lora.fmt_pm(table)
+
+# %% tags=["hide-input"]
+pts = head[head.strategy != "none"]
+alt.Chart(pts).mark_point(filled=True, size=60).encode(
+    x=alt.X("n_trainable:Q", scale=alt.Scale(type="log"), title="trainable parameters"),
+    y=alt.Y("eval_loss:Q", title="eval loss"), color="strategy:N", shape="strategy:N",
+    tooltip=["family", "strategy", "seed", "layers", "exact_match", "drift"],
+).properties(width=220, height=180).facet(column="family:N")
+
+# %% [markdown]
+# ## Did the atlas win?
+# Paired by seed (same steps, learning rate, seed): eval loss of atlas-guided minus each other strategy,
+# with a bootstrap 95% CI over seeds. Negative = the atlas helped.
+
+# %%
+from atlas_core.stats import bootstrap_ci  # noqa: E402
+
+verdict = []
+for f in FAMS:
+    w = head[head.family == f].pivot_table(index="seed", columns="strategy", values=["eval_loss", "exact_match"])
+    for other in ("random", "atlas-late", "all-linear"):
+        d = (w["eval_loss"]["atlas"] - w["eval_loss"][other]).to_numpy()
+        est, lo, hi = bootstrap_ci(d, seed=0)
+        dem = float((w["exact_match"]["atlas"] - w["exact_match"][other]).mean())
+        verdict.append({"family": f, "vs": other, "d_eval_loss": est, "lo": lo, "hi": hi,
+                        "seeds_atlas_better": int((d < 0).sum()), "n_seeds": len(d), "d_exact_match": dem})
+verdict = pd.DataFrame(verdict)
+verdict.round(3)
+
+# %%
+for r in verdict[verdict.vs == "random"].itertuples():
+    word = ("beat" if r.hi < 0 else "lost to" if r.lo > 0 else "did not clearly beat")
+    print(f"{r.family}: atlas-guided {word} random-matched layers (Δ eval loss {r.d_eval_loss:+.3f}, "
+          f"95% CI [{r.lo:+.3f}, {r.hi:+.3f}], better in {r.seeds_atlas_better}/{r.n_seeds} seeds).")
+
+# %% [markdown]
+# ## Sweeps: target module, rank, optimizer
+# Around the atlas-guided run on one task and the first seed (AdamW at the headline learning rate;
+# Lion at a third of it, as its authors recommend; Adafactor from transformers without relative
+# steps).
+
+# %% tags=["hide-output"]
+sw = lora.run_grid(subject, lora.sweep_runs(atlas, subject.arch, seeds[0], P), train, evalsets)
+
+# %%
+sw[["experiment", "value", "n_trainable", "train_loss", "eval_loss", "exact_match", "drift"]].round(4)
+
+# %% tags=["hide-input"]
+alt.Chart(sw).mark_point(filled=True, size=70).encode(
+    x=alt.X("n_trainable:Q", scale=alt.Scale(type="log"), title="trainable parameters"),
+    y=alt.Y("eval_loss:Q"), color="experiment:N", tooltip=["experiment", "value", "exact_match", "drift"],
+).properties(width=320, height=200)
+
+# %% [markdown]
+# ## Adapter surgery
+# On the all-linear adapter (every layer adapted, so the adapter itself says where it wants to
+# write): the norm of each update ‖B·A‖·scaling, and the adapter-only ablation effect of each layer
+# (eval-loss increase when the adapter is switched off in that layer alone).
+
+# %% tags=["hide-output"]
+abl_set = evalsets[surg_fam].examples[: P["ablation_n"]]
+norms = lora.module_norms(subject, surg)
+maps = lora.lock_in(subject, surg, abl_set, P["max_len"])
+final = maps[maps.step == maps.step.max()]
+rho, p_rho = spearmanr(final["norm"], final["effect"])
+
+# %% tags=["hide-input"]
+alt.Chart(norms).mark_rect().encode(
+    x="layer:O", y="module:N", color=alt.Color("norm:Q", scale=alt.Scale(scheme="viridis")),
+    tooltip=["layer", "module", alt.Tooltip("norm:Q", format=".3f")],
+).properties(width=420, height=140)
+
+# %%
+print(f"Spearman(‖B·A‖ per layer, adapter-only ablation effect) = {rho:.2f} (p = {p_rho:.3g}, "
+      f"{len(final)} layers)")
+final.sort_values("effect", ascending=False).head(8).round(4)
+
+# %% [markdown]
+# ### Rank truncation
+# Every B·A replaced by its best rank-r approximation (SVD). At the trained rank it is the adapter
+# itself; how far down can we cut before the task loss rises toward the base model's?
+
+# %%
+trunc = lora.truncation_curve(subject, surg, abl_set, [1, 2, 4, P["r"]], P["max_len"])
+trunc.round(4)
+
+# %% [markdown]
+# ### Lock-in: when does the adapter's structure stop moving?
+# Per-layer effect maps at each checkpoint; Spearman correlation with the previous checkpoint and
+# with the final adapter. (At step 0 B = 0, so the map is flat and its correlations undefined.)
+
+# %%
+lock = lora.lock_in_summary(maps, "effect").merge(
+    lora.lock_in_summary(maps, "norm"), on="step", suffixes=("_effect", "_norm"))
+lock.round(3)
+
+# %% tags=["hide-input"]
+alt.Chart(maps).mark_line(point=True).encode(
+    x="layer:O", y=alt.Y("effect:Q", title="adapter-only ablation effect"), color="step:O",
+    tooltip=["step", "layer", alt.Tooltip("effect:Q", format=".4f"), alt.Tooltip("norm:Q", format=".3f")],
+).properties(width=420, height=180)
+
+# %% [markdown]
+# ### An adapter in the wrong model fails in one line
+# Loading the adapter into a model it was not trained for (a tiny random Llama with different
+# widths) raises a ValueError naming both shapes and both models.
+
+# %%
+from atlas_core import tiny  # noqa: E402
+from atlas_core.subject import _finish  # noqa: E402
+
+other = _finish("tiny-llama-d48", *tiny.build("llama", d=48, heads=2, kv_heads=1), "random init", {})
+try:
+    with lora.attach(other, surg):
+        pass
+except ValueError as err:
+    print(f"ValueError: {err}")
+
+# %% [markdown]
+# ## Atlas diff: which components did the adapter move?
+# The atlas-guided adapter (first seed, sweep task) merged into a copy of the model, re-mapped on
+# the same prompts, and compared with the base atlas (b − a, mean KL of zero ablation).
+
+# %% tags=["hide-output"]
+a_t = lora.target(atlas, surg_fam, subject.arch, P["k"], "atlas", r=P["r"])
+a_ad = lora.train(subject, surg_fam, train[surg_fam], a_t, surg_tc)
+adapted = lora.adapted_subject(subject, a_ad)
+comp = P["diff_components"]
+base_atlas = map_atlas(subject, FAMS, comp, ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
+                       progress=False)
+new_atlas = map_atlas(adapted, FAMS, comp, ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
+                      progress=False)
+moved = diff(base_atlas, new_atlas)
+del adapted
+
+# %%
+print(f"adapted layers: {a_t.layers}")
+moved[["component", "layer", "a", "b", "delta"]].head(10).round(4)
+
+# %% tags=["hide-input"]
+alt.Chart(moved).mark_bar().encode(
+    x="layer:O", y=alt.Y("delta:Q", title="Δ ablation KL (adapted − base)"), color="component:N",
+    column="component:N", tooltip=["component", "layer", alt.Tooltip("delta:Q", format=".4f")],
+).properties(width=200, height=150)
+
+# %% [markdown]
+# ## Claims
+
+# %%
+claims = []
+for r in verdict[verdict.vs == "random"].itertuples():
+    better = r.hi < 0
+    claims.append(Claim(
+        f"{r.family}: atlas-guided LoRA ({P['k']} layers) "
+        f"{'reaches lower' if better else 'does not reach clearly lower'} eval loss than random-matched layers "
+        f"(Δ {r.d_eval_loss:+.3f}, 95% CI [{r.lo:+.3f}, {r.hi:+.3f}])",
+        metric="eval loss on held-out completions", counterfactual="same steps/lr/seed, layers chosen by the atlas",
+        control="same number of random layers (a new draw per seed)",
+        evidence={"ci_excludes_control": bool(better), "n_seeds": r.n_seeds,
+                  "seeds_replicated": r.seeds_atlas_better if better else 0,
+                  "n_families": len(FAMS), "families_agreeing": int((verdict[verdict.vs == 'random'].hi < 0).sum())},
+        chapter="05", model=model, profile=profile))
+lin = table[table.strategy.isin(["atlas", "all-linear"])].pivot(index="family", columns="strategy", values="n_trainable")
+claims.append(Claim(
+    f"Atlas-guided adapters train {lin['atlas'].mean() / lin['all-linear'].mean():.0%} of the all-linear parameters",
+    metric="trainable parameters", counterfactual="k atlas layers", control="every layer (all-linear)",
+    evidence={"ci_excludes_control": True}, chapter="05", model=model, profile=profile))
+claims.append(Claim(
+    f"Where the all-linear adapter writes most (‖B·A‖) is where disabling it hurts most: Spearman {rho:.2f}",
+    metric="Spearman(per-layer update norm, adapter-only ablation effect)",
+    counterfactual="adapter disabled in one layer", control="no association (rho = 0)",
+    evidence={"p_value": float(p_rho) if np.isfinite(p_rho) else 1.0}, chapter="05", model=model, profile=profile))
+record(claims)[["claim", "confidence", "why"]]
+
+# %% tags=["remove-cell"]
+print(f"chapter 05: {time.time() - T0:.0f} s")
