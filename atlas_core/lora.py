@@ -657,12 +657,13 @@ def with_(tc: TrainConfig, **kw) -> TrainConfig:
 
 # --------------------------------------------------------------------------- chapter 05 plumbing
 # Profile sizes for chapter 05 (read by `profile`; a "lora" entry in atlas_core.profiles overrides them).
+# "families" (None = the three training families) narrows the chapter; smoke trains on one family only.
 # default: 3 tasks x 4 strategies x 3 seeds = 36 trainings of `steps` steps + 7 sweep runs + surgery.
 PROFILES: dict[str, dict] = {
-    "smoke": {"k": 2, "r": 8, "steps": 6, "lr": 5e-3, "batch": 4, "max_len": 96, "n_train": 32, "n_eval": 8,
-              "n_drift": 4, "max_new_tokens": 24, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
-              "ranks": [1, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 2, 4],
-              "ablation_n": 4, "atlas_prompts": 4, "diff_components": ["block"]},
+    "smoke": {"families": ["json_schema"], "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "batch": 2, "max_len": 96,
+              "n_train": 16, "n_eval": 4, "n_drift": 2, "max_new_tokens": 8, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
+              "ranks": [1, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 1, 2],
+              "ablation_n": 2, "atlas_prompts": 4, "diff_components": ["block"]},
     "default": {"k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "max_len": 96, "n_train": 400, "n_eval": 24,
                 "n_drift": 12, "max_new_tokens": 28, "sweep_family": "json_schema", "modules": ["o", "qkv", "attn", "mlp"],
                 "ranks": [1, 4, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16],

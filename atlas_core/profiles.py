@@ -19,7 +19,7 @@ PROFILES: dict[str, dict] = {
         # chapters 03 and 04: patching, steering and knockout
         "patching": {"families": ["ioi", "antonyms"], "n": 4, "layer_stride": 1, "head_stride": 2,
                      "cross_sigma": 0.3},
-        "steering": {"families": ["ioi", "antonyms"], "concepts": ["sentiment"], "n": 4, "n_fit": 8, "layer_stride": 1,
+        "steering": {"families": ["ioi", "antonyms"], "concepts": ["sentiment"], "n": 4, "n_fit": 8, "layer_stride": 2,
                      "n_random": 10, "n_shuffled": 3, "compare_model": "tiny-gemma3", "compare_families": ["ioi"],
                      "compare_stride": 1, "buckets": ["short", "medium"], "gen_tokens": 6},
     },

@@ -52,7 +52,7 @@ from atlas_core.claims import Claim, record
 ctx = profiles.chapter(model, profile, seeds, results_dir)
 model, seeds, results_dir, subject = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject
 P = lora.profile(profile, ctx.cfg.get("lora"))
-FAMS = list(tasks.TRAIN_FAMILIES)
+FAMS = list(P.get("families") or tasks.TRAIN_FAMILIES)
 T0 = time.time()
 print(subject)
 
@@ -114,7 +114,7 @@ from atlas_core.stats import bootstrap_ci  # noqa: E402
 
 verdict = []
 for f in FAMS:
-    w = head[head.family == f].pivot_table(index="seed", columns="strategy", values=["eval_loss", "exact_match"])
+    w = head[(head.family == f) & (head.strategy != "none")].pivot_table(index="seed", columns="strategy", values=["eval_loss", "exact_match"])
     for other in ("random", "atlas-late", "all-linear"):
         d = (w["eval_loss"]["atlas"] - w["eval_loss"][other]).to_numpy()
         est, lo, hi = bootstrap_ci(d, seed=0)
