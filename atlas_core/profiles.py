@@ -30,9 +30,9 @@ PROFILES: dict[str, dict] = {
         "atlas": {"families": None, "prompts_per_family": 16,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10},
-        # chapters 03 and 04 (~10 min each on 2 free cores): 8 prompts per family, strided layers
-        "patching": {"families": ["ioi", "factual_recall", "induction"], "n": 8, "layer_stride": 3,
-                     "head_stride": 6, "cross_sigma": 0.15},
+        # chapter 03 (~6 min on one core): every layer, heads every 3rd layer; chapter 04: layers strided
+        "patching": {"families": ["ioi", "factual_recall", "induction"], "n": 8, "layer_stride": 1,
+                     "head_stride": 3, "cross_sigma": 0.15},
         "steering": {"families": ["ioi", "antonyms", "factual_recall", "induction", "agreement", "copying"],
                      "concepts": ["sentiment"], "n": 8, "n_fit": 16, "layer_stride": 3, "n_random": 10, "n_shuffled": 3,
                      "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,

@@ -140,8 +140,12 @@ def concept_items(subject: Subject, concept: str = "sentiment") -> list:
     if concept != "sentiment":
         raise ValueError(f"no probe prompts for concept {concept!r}; known: sentiment")
     tok = subject.tokenizer
-    pairs = [(tok(a)["input_ids"], tok(b)["input_ids"]) for a, b in SENTIMENT_TOKENS]
-    pairs = [(a[-1], b[-1]) for a, b in pairs if len(a) == 1 and len(b) == 1]
+    pairs = [(tok(a, add_special_tokens=False)["input_ids"], tok(b, add_special_tokens=False)["input_ids"])
+             for a, b in SENTIMENT_TOKENS]
+    pairs = [(a[0], b[0]) for a, b in pairs if len(a) == 1 and len(b) == 1]
+    if not pairs:
+        raise ValueError(f"no {concept} word pair is a single token under {subject.name}'s tokenizer; "
+                         "add pairs to steering.SENTIMENT_TOKENS")
     return [SimpleNamespace(id=f"{concept}{i}-{j}", family=concept, prompt=t, corrupt=t, answer_id=a, distractor_id=b,
                             diff_pos=0, bucket="short", variant="concept")
             for i, t in enumerate(SENTIMENT_TEMPLATES) for j, (a, b) in enumerate(pairs)]

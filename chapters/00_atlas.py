@@ -99,8 +99,8 @@ neg[["chapter", "claim", "confidence", "why"]] if not neg.empty else print("none
 #   not proof that a component is unused, and a large effect is not proof that it computes the behaviour.
 # - Zero, mean and resample ablation answer different questions; where they disagree the method defines
 #   the answer (see the method-agreement claims).
-# - Layer 0 dominates every ablation because everything downstream reads the embeddings through it; the
-#   hub is also reported without it.
+# - An early layer that everything downstream reads the embeddings through (often layer 0) can dominate
+#   every ablation without computing any one behaviour; the hub is therefore also reported without layer 0.
 # - The task suite is synthetic and small per family (see the profile); confidence intervals are over
 #   prompts of this suite only. We do not claim the map transfers to other prompt distributions.
 # - The attribution screen is a first-order estimate; we never report a screen result as an effect.

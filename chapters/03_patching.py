@@ -26,9 +26,9 @@
 # (`block`), attention and MLP writes, and single heads, at the **last token** and at the **first token
 # where clean and corrupt differ** (`diff`: the subject / name / operand that carries the answer).
 #
-# **Budget** (default profile, SmolLM2-135M, 2 CPU cores): 3 families × 8 prompts, every 3rd layer for
-# resid/block/attn/mlp × 2 positions × 2 methods, heads (denoising, last token) every 6th layer, and
-# cross-model patching on one family; about 10 minutes on free cores, seconds from the sweep cache.
+# **Budget** (default profile, SmolLM2-135M): 3 families × 8 prompts, every layer for resid/block/attn/mlp
+# × 2 positions × 2 methods, heads (denoising, last token) every 3rd layer, and cross-model patching on
+# one family; about 6 minutes on one CPU core, seconds from the sweep cache.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -41,6 +41,7 @@ import time
 
 import altair as alt
 import pandas as pd
+from IPython.display import display
 
 from atlas_core import charts, patching, tasks
 from atlas_core.claims import Claim, record
@@ -153,25 +154,75 @@ charts.line_with_ci(cr, "k", "recovery", "recovery_lo", "recovery_hi", color="cu
 
 # %% [markdown]
 # ## Claims
-# One claim per family: its strongest denoising site. Control: the unpatched corrupt run (recovery 0);
-# met when the CI excludes 0. Methods: denoising and noising agree when both scores' lower CI bounds
-# exceed 0.5 at the same site. Breadth: families whose top site has the same component and position.
+# Patching the residual stream at the `diff` token early on restores everything by construction: it
+# replaces the one token that differs. The informative facts are (1) **where the information moves**:
+# the last layer at which the `diff`-token residual still carries the decision and the first layer at
+# which the last-token residual does (both: lower 95% CI of denoising recovery > 0.5); and (2) **which
+# component write at the last token** carries it (block, attention, MLP or head; not the residual).
+# Control: the unpatched corrupt run (recovery 0). Methods: denoising and noising agree when both lower
+# CI bounds exceed 0.5 at the same site. Breadth: families with the same kind of finding.
 
 # %%
-best = top.groupby("family").head(1)
-kinds = (best["component"] + "@" + best["position"]).value_counts()
-claims = [
-    Claim(f"In {r.family}, patching the clean {r.component} at layer {r.layer} ({r.position} token) into the corrupt run "
-          f"restores {r.score:.2f} of the logit difference (95% CI {r.score_lo:.2f}–{r.score_hi:.2f}); noising the same site "
-          f"removes {r.noise_score:.2f}",
+def carrying(f: str, position: str, method: str) -> list[int]:
+    """Layers whose residual at `position` carries the decision (lower 95% CI of the score > 0.5)."""
+    r = summ[(summ["family"] == f) & (summ["component"] == "resid") & (summ["position"] == position)
+             & (summ["method"] == method)]
+    return sorted(int(x) for x in r.loc[r["score_lo"] > 0.5, "layer"])
+
+
+def crossover(f: str) -> dict:
+    d, last, last_noise = carrying(f, "diff", "denoise"), carrying(f, "last", "denoise"), carrying(f, "last", "noise")
+    return {"family": f, "diff_until": d[-1] if d else None, "last_from": last[0] if last else None,
+            "noise_agrees": bool(last and last[0] in last_noise)}
+
+
+moves = pd.DataFrame([crossover(f) for f in families])
+both = den.join(noi).reset_index()
+writes = both[(both["position"] == "last") & (both["component"] != "resid")]
+writes = writes.sort_values("score", ascending=False).groupby("family").head(1)
+# NBVAL_IGNORE_OUTPUT
+display(moves, writes[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo"]].round(3))
+
+# %%
+n_moves = int(moves["last_from"].notna().sum())
+claims = []
+for r in moves.itertuples():
+    if pd.isna(r.last_from):
+        b = summ[(summ["family"] == r.family) & (summ["component"] == "resid") & (summ["position"] == "last")
+                 & (summ["method"] == "denoise")].sort_values("score_lo").iloc[-1]
+        text = (f"In {r.family}, a single last-token residual site carries the decision: not supported (best: layer "
+                f"{int(b.layer)}, recovery {b.score:.2f}, lower 95% CI {b.score_lo:.2f} ≤ 0.5)")
+    else:
+        src = ("no layer of the changed token's residual carries it alone" if pd.isna(r.diff_until)
+               else f"the changed token's residual carries it up to layer {int(r.diff_until)}")
+        text = (f"In {r.family}, the decision reaches the last position at layer {int(r.last_from)} (of 0–{n_layers - 1}): "
+                f"{src}, the last token's from layer {int(r.last_from)} on (denoising recovery, lower 95% CI > 0.5)")
+    claims.append(Claim(text, metric="normalized recovery of the mean logit difference, bootstrap 95% CI over prompts",
+                        counterfactual="clean residual stream at one layer and position in the corrupt prompt",
+                        control="unpatched corrupt run (recovery 0)",
+                        evidence={"ci_excludes_control": bool(pd.notna(r.last_from)), "n_methods": 2,
+                                  "methods_agreeing": 1 + int(r.noise_agrees), "n_families": len(moves),
+                                  "families_agreeing": n_moves if pd.notna(r.last_from) else len(moves) - n_moves},
+                        chapter="03", model=model, profile=profile))
+kinds = writes["component"].value_counts()
+
+
+def site_name(r) -> str:
+    return f"head {r.head} of layer {r.layer}" if r.component == "head" else f"the {r.component} of layer {r.layer}"
+
+
+claims += [
+    Claim(f"In {r.family}, the strongest single write at the last token is {site_name(r)}: patching it into the corrupt run "
+          f"restores {r.score:.2f} of the logit difference (95% CI {r.score_lo:.2f}–{r.score_hi:.2f}); noising it "
+          + ("was not measured" if pd.isna(r.noise_score) else f"removes {r.noise_score:.2f}"),
           metric="normalized recovery of the mean logit difference, bootstrap 95% CI over prompts",
-          counterfactual=f"clean {r.component} activation at layer {r.layer}, {r.position} position, in the corrupt prompt",
+          counterfactual=f"clean {r.component} output at layer {r.layer}, last position, in the corrupt prompt",
           control="unpatched corrupt run (recovery 0)",
-          evidence={"ci_excludes_control": bool(r.score_lo > 0), "n_methods": 2,
+          evidence={"ci_excludes_control": bool(r.score_lo > 0), "n_methods": 1 if pd.isna(r.noise_score) else 2,
                     "methods_agreeing": int(r.score_lo > 0.5) + int(r.noise_score_lo > 0.5),
-                    "n_families": len(best), "families_agreeing": int(kinds[f"{r.component}@{r.position}"])},
+                    "n_families": len(writes), "families_agreeing": int(kinds[r.component])},
           chapter="03", model=model, profile=profile)
-    for r in best.itertuples()
+    for r in writes.itertuples()
 ]
 fin = cr[cr["curve"].str.startswith("blocks")].sort_values("k").iloc[-1]
 claims.append(Claim(

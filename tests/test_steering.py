@@ -76,3 +76,18 @@ def test_generation_steering_changes_output_and_alpha_zero_does_not(setup):
     assert steering.generate(s, prompts, us[0], max_new_tokens=4) == base
     assert steering.generate(s, prompts, us[1], max_new_tokens=4) != base
     assert len(steering.multi_layer(dirs, [0, 1], 2.0).edits) == 2
+
+
+def test_concept_items_ignore_a_tokenizers_bos(tok):
+    """Gemma's tokenizer prepends <bos>: the sentiment words must still count as single tokens."""
+    from types import SimpleNamespace
+
+    class BosTokenizer:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [999] * add_special_tokens + tok(text, add_special_tokens=False)["input_ids"]}
+
+    items = steering.concept_items(SimpleNamespace(tokenizer=BosTokenizer(), name="bos-model"))
+    assert items and {it.answer_id for it in items}.isdisjoint({999})
+    with pytest.raises(ValueError, match="single token"):
+        steering.concept_items(SimpleNamespace(tokenizer=lambda t, add_special_tokens=True: {"input_ids": [1, 2]},
+                                               name="x"))
