@@ -30,11 +30,12 @@ PROFILES: dict[str, dict] = {
         "atlas": {"families": None, "prompts_per_family": 16,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10},
-        # chapter 03 (~6 min on one core): every layer, heads every 3rd layer; chapter 04: layers strided
+        # chapters 03 and 04 (minutes each on one core): every layer; 04 screens every layer x 8 strengths
         "patching": {"families": ["ioi", "factual_recall", "induction"], "n": 8, "layer_stride": 1,
                      "head_stride": 3, "cross_sigma": 0.15},
         "steering": {"families": ["ioi", "antonyms", "factual_recall", "induction", "agreement", "copying"],
-                     "concepts": ["sentiment"], "n": 8, "n_fit": 16, "layer_stride": 3, "n_random": 10, "n_shuffled": 3,
+                     "concepts": ["sentiment"], "n": 8, "n_fit": 16, "layer_stride": 1, "n_random": 10, "n_shuffled": 3,
+                     "screen_alphas": [-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8],
                      "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,
                      "buckets": ["short", "medium"], "gen_tokens": 12},
     },
@@ -47,6 +48,7 @@ PROFILES: dict[str, dict] = {
                   "heads": True, "positions": ["first", "last"], "screen_k": 20},
         "patching": {"families": None, "n": 32, "layer_stride": 1, "head_stride": 1, "cross_sigma": 0.15},
         "steering": {"families": None, "concepts": ["sentiment"], "n": 32, "n_fit": 64, "layer_stride": 1, "n_random": 20,
+                     "screen_alphas": [-1.6, -0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8, 1.6],
                      "n_shuffled": 10, "compare_model": "gemma3-270m", "compare_families": None, "compare_stride": 1,
                      "buckets": ["short", "medium", "long"], "gen_tokens": 24},
     },

@@ -30,9 +30,9 @@
 # Honest selection: the best layer of each sign is chosen on *selection* prompts; all graded numbers
 # come from disjoint *held-out* prompts; directions are fit on a third disjoint set.
 #
-# **Budget** (default profile, SmolLM2-135M on 2 CPU cores): 6 families + sentiment, 8 + 8 prompts,
-# 16 fit pairs, every 3rd layer screened at α = ±0.4, 8 strengths at the best layers, 10 random +
-# 3 shuffled controls at α = ±0.4; about 10 minutes on free cores (the sweep cache makes re-runs fast).
+# **Budget** (default profile, SmolLM2-135M): 6 families + sentiment, 8 + 8 prompts, 16 fit pairs,
+# every layer × 8 strengths screened, the same 8 strengths held out at the best layer of each sign, 10
+# random + 3 shuffled controls at α = ±0.4; minutes on one CPU core (the sweep cache makes re-runs fast).
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -66,17 +66,18 @@ print(subject)
 # %% tags=["hide-output"]
 t0 = time.time()
 st = steering.study(subject, families, S["concepts"], S["n"], S["n_fit"], layers, n_random=S["n_random"],
-                    n_shuffled=S["n_shuffled"], seed=seed)
+                    n_shuffled=S["n_shuffled"], seed=seed, screen_alphas=S.get("screen_alphas", (-0.4, 0.4)))
 print(f"study: {len(st.screen)} screened cells, {len(st.per_prompt)} graded rows, {time.time() - t0:.0f} s")
 
 # %% [markdown]
-# Effect of the real direction per layer (selection prompts), at α = −0.4 and +0.4. Both signs
-# moving the same way is a sign of non-specific disruption, which the controls below catch.
+# Effect of the real direction at every screened layer × strength α (selection prompts; blue = toward
+# the target, one colour scale per target). Both signs moving the same way is a sign of non-specific
+# disruption, which the controls below catch. The best layer of each sign maximizes the mean signed
+# effect over that sign's strengths.
 
 # %% tags=["hide-input"]
-scr = st.screen.assign(alpha=st.screen["alpha"].astype(str))
-charts.line_with_ci(scr, "layer", "effect", "effect_lo", "effect_hi", color="alpha", width=220, height=150).facet(
-    facet="family:N", columns=4)
+charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="redblue", width=300, height=110,
+               columns=2).resolve_scale(color="independent")
 
 # %% [markdown]
 # ## Dose–response at the best layers, against the controls
@@ -267,7 +268,7 @@ claims = [
     for r in best.itertuples()
 ]
 claims += [
-    Claim(f"Knocking out {r.target} (its direction, +0.4·‖h‖ at layer {r.layer}) is selective: it removes {r.target_effect:.2f} "
+    Claim(f"Knocking out {r.target} (its direction, +0.4·‖h‖ at layer {r.layer}) removes {r.target_effect:.2f} "
           f"of its gap vs {r.off_target_effect:.2f} elsewhere (selectivity {r.selectivity:.1f}, CI {r.selectivity_lo:.1f}–{r.selectivity_hi:.1f}; "
           f"off-target KL {r.off_target_kl:.3f})",
           metric="fraction of the clean − corrupt gap removed, target / mean |off-target|",

@@ -263,7 +263,8 @@ claims.append(Claim(
     metric="trainable parameters", counterfactual="k atlas layers", control="every layer (all-linear)",
     evidence={"ci_excludes_control": True}, chapter="05", model=model, profile=profile))
 claims.append(Claim(
-    f"Where the all-linear adapter writes most (‖B·A‖) is where disabling it hurts most: Spearman {rho:.2f}",
+    f"Per layer, the all-linear adapter's update norm ‖B·A‖ {'rises' if rho > 0 else 'does not rise'} with the harm of "
+    f"disabling it there: Spearman {rho:.2f}",
     metric="Spearman(per-layer update norm, adapter-only ablation effect)",
     counterfactual="adapter disabled in one layer", control="no association (rho = 0)",
     evidence={"p_value": float(p_rho) if np.isfinite(p_rho) else 1.0}, chapter="05", model=model, profile=profile))
