@@ -257,8 +257,9 @@ best["beats_controls"] = [beats_controls(r) for r in best.itertuples()]
 n_ok = int(best["beats_controls"].sum())
 claims = [
     Claim(f"Steering {r.family} along its contrastive direction at layer {r.layer} ({'+' if r.sign > 0 else '−'}α={abs(r.alpha):g}·‖h‖) "
-          f"shifts the logit difference toward the target by {r.effect:.2f} (95% CI {r.effect_lo:.2f}–{r.effect_hi:.2f}); "
-          f"random directions: mean {r.random_mean:.2f}, z = {r.z_random:.1f}",
+          f"moves the logit difference {abs(r.effect):.2f} {'toward' if r.effect >= 0 else 'away from'} the target "
+          f"(effect {r.effect:+.2f}, 95% CI {r.effect_lo:+.2f} to {r.effect_hi:+.2f}); random directions: mean "
+          f"{r.random_mean:+.2f}, z = {r.z_random:.1f} in the direction of α's sign",
           metric="logit-difference shift toward the target, held-out prompts, bootstrap 95% CI",
           counterfactual=f"add α·‖h_L‖·v̂ to the residual stream after layer {r.layer}, last token",
           control=f"{S['n_random']} random + {S['n_shuffled']} shuffled-label directions, same layer, norm and α",
