@@ -1,7 +1,7 @@
 """Build the book: execute the chapters with papermill, then render HTML with Jupyter Book 1.
 
     python -m atlas_core.book --model smollm2-135m --profile default --seeds 42,137,256 [--chapters 02]
-    python -m atlas_core.book --refresh-references [--chapters 01]   # smoke reference notebooks for nbval
+    python -m atlas_core.book --refresh-references   # smoke reference notebooks for nbval (every chapter)
 
 Chapters are jupytext percent scripts `chapters/NN_name.py`; executed notebooks go to
 `book/executed/` (git-ignored). `00` (the one-page atlas) summarizes the others, so it runs last.
@@ -101,9 +101,10 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     print(f"[book] total {time.time() - t_all:.1f} s; open {REPO / '_build' / 'html' / 'index.html'}")
 
 
-def refresh_references(only: list[str] | None = None) -> None:
-    """Execute the chapters (all, or `only`) in the smoke profile into tests/references/ (committed, small),
-    against a fresh results directory, as the nbval test does."""
+def refresh_references() -> None:
+    """Execute every chapter in the smoke profile into tests/references/ (committed, small), against a fresh
+    results directory, as the nbval test does. Always all of them: 00 summarizes the others' claims, so a
+    reference of 00 made beside only some chapters would not match what nbval re-executes."""
     import os
     import tempfile
 
@@ -113,8 +114,6 @@ def refresh_references(only: list[str] | None = None) -> None:
     os.environ["ATLAS_RESULTS"] = tmp  # the kernels inherit it: registry and tables start empty
     for c in ordered(chapters()):
         out = REFERENCES / f"{c.stem}.ipynb"
-        if only and c.stem[:2] not in only:
-            continue
         secs = execute(c, out, {"profile": "smoke"})
         nbformat.write(slim(nbformat.read(out, 4)), out)
         print(f"[references] {c.stem}: {secs:.1f} s -> {out.relative_to(REPO)}")
@@ -148,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.write_toc:
         (REPO / "_toc.yml").write_text(toc_text())
     elif a.refresh_references:
-        refresh_references(a.chapters.split(",") if a.chapters else None)
+        if a.chapters:
+            raise SystemExit("[references] --refresh-references always refreshes every chapter (00 summarizes them all)")
+        refresh_references()
     else:
         build(a.model, a.profile, a.seeds, a.chapters.split(",") if a.chapters else None, a.results_dir)
 
