@@ -24,7 +24,8 @@ def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
     out: dict[str, tuple[bool | None, str]] = {}
     if "n_seeds" in ev:
         ok = ev["n_seeds"] >= 3 and ev.get("seeds_replicated", 0) == ev["n_seeds"]
-        out["seeds"] = (ok, f"replicated in {ev.get('seeds_replicated', 0)}/{ev['n_seeds']} seeds")
+        why = f"replicated in {ev.get('seeds_replicated', 0)}/{ev['n_seeds']} seeds"
+        out["seeds"] = (ok, why if ev["n_seeds"] >= 3 else f"{why} (needs >= 3 seeds)")
     else:
         out["seeds"] = (None, "seeds not measured")
     if ev.get("n_methods", 0) >= 2:

@@ -658,7 +658,8 @@ def with_(tc: TrainConfig, **kw) -> TrainConfig:
 # --------------------------------------------------------------------------- chapter 05 plumbing
 # Profile sizes for chapter 05 (read by `profile`; a "lora" entry in atlas_core.profiles overrides them).
 # "families" (None = the three training families) narrows the chapter; smoke trains on one family only.
-# default: 3 tasks x 4 strategies x 3 seeds = 36 trainings of `steps` steps + 7 sweep runs + surgery.
+# default: 3 tasks x 4 strategies x 3 seeds = 36 trainings of `steps` steps + 12 sweep runs + 2 surgery adapters
+# (~2 min each on one CPU core).
 PROFILES: dict[str, dict] = {
     "smoke": {"families": ["json_schema"], "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "batch": 2, "max_len": 96,
               "n_train": 16, "n_eval": 4, "n_drift": 2, "max_new_tokens": 8, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],

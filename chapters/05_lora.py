@@ -26,10 +26,12 @@
 # SmolLM2-135M-Instruct (dequantized Q4 weights, not the original bf16 checkpoint).
 #
 # **Budget.** On 2 CPU cores the default profile trains 3 tasks × 4 strategies × 3 seeds = 36 adapters
-# of 24 steps (batch 8) plus 7 sweep runs, and evaluates each on 24 held-out examples: about 25 min
-# on an idle machine, longer when shared. Adapters and their evaluations are cached under
-# `results/lora/`, so re-executing the chapter reuses them. 24 steps is a short fine-tune: read the
-# numbers as "what a small, equal budget buys", not as converged performance.
+# of 24 steps (batch 8), 12 sweep runs and 2 surgery adapters, and evaluates each on 24 held-out
+# examples: ~2 min per training on one core, about 75 min measured with two processes sharing the
+# grid (the slowest chapter of the default book). Adapters and their evaluations are cached under
+# `results/lora/` (atomic directories), so re-executing the chapter reuses them, and a second process
+# running `lora.run_grid` on the same runs in another order trains the other half. 24 steps is a short
+# fine-tune: read the numbers as "what a small, equal budget buys", not as converged performance.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
