@@ -375,9 +375,10 @@ def train(subject: Subject, family: str, examples: Sequence[dict], t: Target, tc
                 "train": asdict(tc), "n_trainable": n_trainable, "losses": losses, "seconds": secs,
                 "checkpoints": sorted(checkpoints), "data_hash": _data_hash(examples)}
         _write_json_atomic(tmp / "atlas_meta.json", meta)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)  # appears complete or not at all
+        done = _load_cached(path, t, tc, family)  # another process may have finished the same run first
+        if done is None or not set(checkpoints) <= set(done.checkpoints):
+            shutil.rmtree(path, ignore_errors=True)  # (a stale partial copy would be incomplete: replace it)
+            os.replace(tmp, path)  # appears complete or not at all
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -149,3 +149,24 @@ def test_evaluate_and_summary(subject, adapter):
                        for x in (1.0, 3.0)])
     out = lora.fmt_pm(lora.summarize(df, ["s"]))
     assert out.loc[0, "eval_loss"] == "2.000 ± 1.414" and out.loc[0, "n_seeds"] == 2
+
+
+def test_a_run_finished_meanwhile_by_another_process_is_kept(subject, tmp_path, monkeypatch):
+    """Two processes training the same run: the second to finish keeps the first's adapter instead of
+    deleting a directory the first may be reading."""
+    t = lora.target(None, "toy", subject.arch, 2, "all-linear", r=2)
+    tc = lora.TrainConfig(2, 1e-2, 2, "adamw", 0, 32)
+    first = lora.train(subject, "toy", DATA, t, tc, root=tmp_path)
+    marker = first.path / "kept.txt"
+    marker.write_text("first")
+    real = lora._load_cached
+    calls = {"n": 0}
+
+    def not_there_at_start(*a, **k):  # the cache check at the start misses, as if the other process were still training
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(*a, **k)
+
+    monkeypatch.setattr(lora, "_load_cached", not_there_at_start)
+    second = lora.train(subject, "toy", DATA, t, tc, root=tmp_path)
+    assert second.path == first.path and marker.exists()
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
