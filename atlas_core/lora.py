@@ -629,9 +629,64 @@ def fmt_pm(df: pd.DataFrame, cols: Sequence[str] = ("train_loss", "eval_loss", "
     return out
 
 
+def _helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]]):
+    """Start a second process that trains `runs` in reverse order into the shared adapter cache (it reloads the
+    model by name and gives up unless its fingerprint matches); None where that cannot work."""
+    import pickle
+    import subprocess
+    import sys
+
+    todo = [(t, tc, labels["family"]) for labels, t, tc in runs if t.strategy != "none"]
+    if len(todo) < 2:
+        return None
+    fd, job = tempfile.mkstemp(prefix="atlas-lora-grid-", suffix=".pkl")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump({"model": subject.name, "dtype": str(subject.dtype).replace("torch.", ""),
+                     "fingerprint": subject.fingerprint, "runs": todo[::-1],
+                     "data": {fam: data[fam] for _, _, fam in todo}}, f)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.Popen([sys.executable, "-m", "atlas_core.lora", job], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL), job
+
+
+def _helper_main(job: str) -> None:
+    import pickle
+
+    from . import load
+
+    spec = pickle.loads(Path(job).read_bytes())
+    subject = load(spec["model"], dtype=spec["dtype"])
+    if subject.fingerprint != spec["fingerprint"]:
+        return
+    for t, tc, fam in spec["runs"]:
+        train(subject, fam, spec["data"][fam], t, tc)
+
+
 def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]], data: dict[str, list[dict]],
-             evalsets: dict[str, EvalSet], progress: bool = True) -> pd.DataFrame:
-    """Train + evaluate each (labels, target, train config); labels must hold 'family'. Tidy rows out."""
+             evalsets: dict[str, EvalSet], progress: bool = True, workers: int = 1) -> pd.DataFrame:
+    """Train + evaluate each (labels, target, train config); labels must hold 'family'. Tidy rows out.
+
+    workers=2 starts a helper process that trains the grid from the other end into the same adapter cache
+    (so two cores share it); this process meets it in the middle, evaluates everything, then stops it."""
+    import signal
+
+    helper = _helper(subject, runs, data) if workers > 1 else None
+    try:
+        rows = _grid(subject, runs, data, evalsets, progress)
+    finally:
+        if helper is not None:
+            proc, job = helper
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # interrupts a duplicate training; its temp directory is removed
+                try:
+                    proc.wait(timeout=60)
+                except Exception:
+                    proc.kill()
+            os.unlink(job)
+    return rows
+
+
+def _grid(subject, runs, data, evalsets, progress) -> pd.DataFrame:
     rows = []
     for labels, t, tc in runs:
         fam = labels["family"]
@@ -666,7 +721,7 @@ PROFILES: dict[str, dict] = {
               "n_train": 16, "n_eval": 4, "n_drift": 2, "max_new_tokens": 8, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
               "ranks": [1, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 1, 2],
               "ablation_n": 2, "atlas_prompts": 4, "diff_components": ["block"]},
-    "default": {"k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "max_len": 96, "n_train": 400, "n_eval": 24,
+    "default": {"workers": 2, "k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "max_len": 96, "n_train": 400, "n_eval": 24,
                 "n_drift": 12, "max_new_tokens": 28, "sweep_family": "json_schema", "modules": ["o", "qkv", "attn", "mlp"],
                 "ranks": [1, 4, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16],
                 "ablation_n": 12, "atlas_prompts": 16, "diff_components": ["block", "attn", "mlp"]},
@@ -751,3 +806,14 @@ def module_norms(subject: Subject, adapter: Adapter) -> pd.DataFrame:
     """‖B·A‖·scaling per (layer, module) of a saved adapter."""
     with attach(subject, adapter) as pm:
         return update_norms(pm, subject.arch)
+
+
+if __name__ == "__main__":  # the run_grid helper process: python -m atlas_core.lora JOB.pkl
+    import sys
+
+    from atlas_core.lora import _helper_main as _run  # the package's classes, as pickled
+
+    try:
+        _run(sys.argv[1])
+    except KeyboardInterrupt:
+        pass

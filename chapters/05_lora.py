@@ -28,9 +28,9 @@
 # **Budget.** On 2 CPU cores the default profile trains 3 tasks × 4 strategies × 3 seeds = 36 adapters
 # of 24 steps (batch 8), 12 sweep runs and 2 surgery adapters, and evaluates each on 24 held-out
 # examples: ~2 min per training on one core, about 75 min measured with two processes sharing the
-# grid (the slowest chapter of the default book). Adapters and their evaluations are cached under
-# `results/lora/` (atomic directories), so re-executing the chapter reuses them, and a second process
-# running `lora.run_grid` on the same runs in another order trains the other half. 24 steps is a short
+# grid (the slowest chapter of the default book; the default profile starts that second process itself,
+# `workers: 2`). Adapters and their evaluations are cached under `results/lora/` (atomic directories),
+# so re-executing the chapter reuses them. 24 steps is a short
 # fine-tune: read the numbers as "what a small, equal budget buys", not as converged performance.
 
 # %% tags=["parameters"]
@@ -89,7 +89,8 @@ surg_fam = P["sweep_family"]
 surg_t = lora.target(None, surg_fam, subject.arch, P["k"], "all-linear", r=P["r"])
 surg_tc = lora.TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", seeds[0], P["max_len"])
 surg = lora.train(subject, surg_fam, train[surg_fam], surg_t, surg_tc, checkpoints=P["checkpoints"])
-head = lora.run_grid(subject, lora.headline_runs(atlas, subject.arch, FAMS, seeds, P), train, evalsets)
+head = lora.run_grid(subject, lora.headline_runs(atlas, subject.arch, FAMS, seeds, P), train, evalsets,
+                     workers=P.get("workers", 1))
 
 # %%
 order = ["none", "atlas", "atlas-late", "random", "all-linear"]
@@ -139,7 +140,7 @@ for r in verdict[verdict.vs == "random"].itertuples():
 # steps).
 
 # %% tags=["hide-output"]
-sw = lora.run_grid(subject, lora.sweep_runs(atlas, subject.arch, seeds[0], P), train, evalsets)
+sw = lora.run_grid(subject, lora.sweep_runs(atlas, subject.arch, seeds[0], P), train, evalsets, workers=P.get("workers", 1))
 
 # %%
 sw[["experiment", "value", "n_trainable", "train_loss", "eval_loss", "exact_match", "drift"]].round(4)

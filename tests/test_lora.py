@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -170,3 +172,27 @@ def test_a_run_finished_meanwhile_by_another_process_is_kept(subject, tmp_path, 
     second = lora.train(subject, "toy", DATA, t, tc, root=tmp_path)
     assert second.path == first.path and marker.exists()
     assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_grid_shared_with_a_helper_process(tmp_path, monkeypatch):
+    """workers=2: a helper process trains the grid from the other end into the shared cache; the numbers are
+    those of a one-process run, and the helper leaves no job file or temporary directory behind."""
+    from atlas_core import load
+
+    monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "one"))
+    s = load("tiny-llama")
+    ev = lora.EvalSet("toy", DATA[:4], ["Hello there"], lambda t, e: t.strip() == "blue", 3)
+    runs = [({"family": "toy"}, lora.target(None, "toy", s.arch, 2, "all-linear", r=2),
+             lora.TrainConfig(3, 1e-2, 2, "adamw", seed, 32)) for seed in range(4)]
+    one = lora.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False)
+    monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "two"))
+    two = lora.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False, workers=2)
+    assert np.allclose(one["eval_loss"], two["eval_loss"], atol=1e-5)
+    assert not list((tmp_path / "two").rglob(".tmp-*"))
+    # the helper's own loop, in-process: it fills the cache from the other end, so the grid then only reads it
+    monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "three"))
+    proc, job = lora._helper(s, runs, {"toy": DATA})
+    assert proc.wait(timeout=120) == 0
+    Path(job).unlink()
+    three = lora.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False)
+    assert three["cached"].all() and np.allclose(one["eval_loss"], three["eval_loss"], atol=1e-5)
