@@ -669,6 +669,7 @@ def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]],
     workers=2 starts a helper process that trains the grid from the other end into the same adapter cache
     (so two cores share it); this process meets it in the middle, evaluates everything, then stops it."""
     import signal
+    import subprocess
 
     helper = _helper(subject, runs, data) if workers > 1 else None
     try:
@@ -680,7 +681,7 @@ def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]],
                 proc.send_signal(signal.SIGINT)  # interrupts a duplicate training; its temp directory is removed
                 try:
                     proc.wait(timeout=60)
-                except Exception:
+                except subprocess.TimeoutExpired:
                     proc.kill()
             os.unlink(job)
     return rows

@@ -108,7 +108,8 @@ charts.line_with_ci(res, "layer", "recovery", "recovery_lo", "recovery_hi", colo
 key = ["family", "component", "layer", "head", "position"]
 den = summ[summ["method"] == "denoise"].set_index(key)
 noi = summ[summ["method"] == "noise"].set_index(key)[["score", "score_lo", "score_hi"]].add_prefix("noise_")
-top = den.join(noi).reset_index().sort_values("score", ascending=False).groupby("family").head(5)
+both = den.join(noi).reset_index().sort_values("score", ascending=False)  # every site: denoising + noising scores
+top = both.groupby("family").head(5)
 # NBVAL_IGNORE_OUTPUT
 top[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo", "kl"]].round(3)
 
@@ -163,10 +164,15 @@ charts.line_with_ci(cr, "k", "recovery", "recovery_lo", "recovery_hi", color="cu
 # CI bounds exceed 0.5 at the same site. Breadth: families with the same kind of finding.
 
 # %%
+def resid(f: str, position: str, method: str) -> pd.DataFrame:
+    """The residual-stream rows of one family, position and method."""
+    return summ[(summ["family"] == f) & (summ["component"] == "resid") & (summ["position"] == position)
+                & (summ["method"] == method)]
+
+
 def carrying(f: str, position: str, method: str) -> list[int]:
     """Layers whose residual at `position` carries the decision (lower 95% CI of the score > 0.5)."""
-    r = summ[(summ["family"] == f) & (summ["component"] == "resid") & (summ["position"] == position)
-             & (summ["method"] == method)]
+    r = resid(f, position, method)
     return sorted(int(x) for x in r.loc[r["score_lo"] > 0.5, "layer"])
 
 
@@ -177,9 +183,7 @@ def crossover(f: str) -> dict:
 
 
 moves = pd.DataFrame([crossover(f) for f in families])
-both = den.join(noi).reset_index()
-writes = both[(both["position"] == "last") & (both["component"] != "resid")]
-writes = writes.sort_values("score", ascending=False).groupby("family").head(1)
+writes = both[(both["position"] == "last") & (both["component"] != "resid")].groupby("family").head(1)
 # NBVAL_IGNORE_OUTPUT
 display(moves, writes[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo"]].round(3))
 
@@ -188,8 +192,7 @@ n_moves = int(moves["last_from"].notna().sum())
 claims = []
 for r in moves.itertuples():
     if pd.isna(r.last_from):
-        b = summ[(summ["family"] == r.family) & (summ["component"] == "resid") & (summ["position"] == "last")
-                 & (summ["method"] == "denoise")].sort_values("score_lo").iloc[-1]
+        b = resid(r.family, "last", "denoise").sort_values("score_lo").iloc[-1]
         text = (f"In {r.family}, a single last-token residual site carries the decision: not supported (best: layer "
                 f"{int(b.layer)}, recovery {b.score:.2f}, lower 95% CI {b.score_lo:.2f} ≤ 0.5)")
     else:

@@ -189,7 +189,7 @@ def test_grid_shared_with_a_helper_process(tmp_path, monkeypatch):
     two = lora.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False, workers=2)
     assert np.allclose(one["eval_loss"], two["eval_loss"], atol=1e-5)
     assert not list((tmp_path / "two").rglob(".tmp-*"))
-    # the helper's own loop, in-process: it fills the cache from the other end, so the grid then only reads it
+    # the helper process alone fills the cache (from the other end), so the grid then only reads it
     monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "three"))
     proc, job = lora._helper(s, runs, {"toy": DATA})
     assert proc.wait(timeout=120) == 0
