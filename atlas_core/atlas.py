@@ -51,7 +51,8 @@ class Atlas:
             recs.append({**dict(zip(KEYS, key)), "n": len(g), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2],
                          "ld_drop": ld[0], "ld_drop_lo": ld[1], "ld_drop_hi": ld[2],
                          "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean())})
-        eff = pd.DataFrame(recs)
+        # held at the precision atlas.json stores, so a loaded atlas answers exactly like the one that saved it
+        eff = pd.DataFrame(json.loads(pd.DataFrame(recs).to_json(orient="records", double_precision=7)))
         return cls(model, fingerprint, n_layers, n_heads, eff, dict(meta or {}))
 
     # -- views -----------------------------------------------------------------------------------
