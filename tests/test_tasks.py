@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from atlas_core import tasks
@@ -142,3 +143,20 @@ def test_baselines_on_tiny_model():
         assert col in df
     assert (df.chance == 0.5).any()  # agreement: is/are
     assert len(df.attrs["validation"]) == 4
+
+
+def test_baselines_for_several_models_in_one_call():
+    from atlas_core.archmap import ArchMap
+    from atlas_core.subject import Subject
+    from atlas_core.tiny import build
+
+    subs = []
+    for fam in ("llama", "qwen2"):
+        model, tok = build(fam, n_layers=2, d=32)
+        subs.append(Subject(f"tiny-{fam}", model, tok, ArchMap.from_model(model), source="tiny"))
+    one = tasks.baselines(subs[1], families=("ioi",), n=6)
+    both = tasks.baselines(subs, families=("ioi",), n=6)
+    assert list(both["model"]) == ["tiny-llama", "tiny-llama", "tiny-qwen2", "tiny-qwen2"]
+    got = both[both.model == "tiny-qwen2"].drop(columns="model").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, one.reset_index(drop=True))
+    assert set(both.attrs["validation"]["model"]) == {"tiny-llama", "tiny-qwen2"}

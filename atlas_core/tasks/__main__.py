@@ -1,4 +1,4 @@
-"""`python -m atlas_core.tasks regenerate | check | report --model NAME | baselines --model NAME`."""
+"""`python -m atlas_core.tasks regenerate | check | report --model NAME | baselines --model NAME[,NAME...]`."""
 
 from __future__ import annotations
 
@@ -40,11 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             _, rep = validate(load_items(None, var, bucket), tok)
             print(f"\n== {a.model}: {var} / {bucket}\n{rep.to_string(index=False)}")
         return 0
-    from .. import load
     from . import baselines
 
-    df = baselines(load(a.model), n=a.n, bucket=a.bucket)
-    cols = ["family", "variant", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "status", "p_answer",
+    df = baselines([m.strip() for m in a.model.split(",")], n=a.n, bucket=a.bucket)
+    cols = ["model", "family", "variant", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "status", "p_answer",
             "logit_diff_clean", "logit_diff_clean_lo", "logit_diff_clean_hi", "logit_diff_corrupt",
             "logit_diff_corrupt_lo", "logit_diff_corrupt_hi", "pair_accuracy", "pair_status"]
     print(df[cols].round(3).to_string(index=False))

@@ -55,8 +55,27 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
 
     Chance for top-1 accuracy is 1 / (number of distinct answers in the family's items; 2 for agreement),
     i.e. a model that knows the answer type but guesses among its values; chance for the pairwise answer-vs-distractor
-    accuracy is 0.5. The validation report (items dropped under this tokenizer) is in `df.attrs['validation']`."""
+    accuracy is 0.5. The validation report (items dropped under this tokenizer) is in `df.attrs['validation']`.
+
+    `subject` may also be a list of subjects or model names: one table for all of them, with a `model` column."""
     import pandas as pd
+
+    if isinstance(subject, (list, tuple)):
+        from .. import load
+
+        parts = [baselines(load(s) if isinstance(s, str) else s, families, variants, n, seed, bucket, batch_size)
+                 for s in subject]
+        tables = []
+        for p in parts:  # attrs hold DataFrames, which pd.concat cannot compare: concatenate bare copies
+            t = p.assign(model=p.attrs["model"])
+            t.attrs = {}
+            tables.append(t)
+        df = pd.concat(tables, ignore_index=True)
+        df = df[["model"] + [c for c in df.columns if c != "model"]]
+        df.attrs["validation"] = pd.concat([p.attrs["validation"].assign(model=p.attrs["model"]) for p in parts],
+                                           ignore_index=True)
+        df.attrs["model"] = ",".join(p.attrs["model"] for p in parts)
+        return df
 
     rows, reports = [], []
     for fam in families or FAMILIES:
