@@ -66,8 +66,9 @@ def _map(a) -> int:
     hub = atlas.hub()
     rs = atlas.run_stats
     print(f"units computed={rs['computed']} cached={rs['cached']}  wall={time.time() - t0:.1f}s")
+    std = f"{hub['seed_std']:.2f}" if len(hub["seed_hubs"]) > 1 else "n/a (one seed)"
     print(f"hub: {hub['component']}/{hub['method']} layer {hub['layer']}  family agreement={hub['family_agreement']:.2f}  "
-          f"seed hubs={hub['seed_hubs']} std={hub['seed_std']:.2f}")
+          f"seed hubs={hub['seed_hubs']} std={std}")
     print(atlas.method_agreement().to_string(index=False))
     print(f"wrote {a.out}/atlas.json and {a.out}/rows.parquet")
     return 0

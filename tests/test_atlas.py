@@ -61,3 +61,16 @@ def test_cli_help_and_one_line_errors(capsys):
         assert main(["map", "--model", "tiny-llama", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err
+
+
+def test_cli_map_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "results"))
+    args = ["map", "--model", "tiny-llama", "--families", "ioi", "--components", "block", "--methods", "zero",
+            "--seeds", "42", "--prompts-per-family", "2", "--no-heads", "--positions", "", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "cached=0" in first and "std=n/a (one seed)" in first and (tmp_path / "out" / "atlas.json").exists()
+    assert main(args) == 0
+    assert "units computed=0" in capsys.readouterr().out
