@@ -29,6 +29,11 @@ SCHEMA = "mi-atlas/atlas@1"
 KEYS = ["component", "layer", "head", "position", "method", "family", "seed"]
 
 
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows as JSON records at the precision atlas.json stores (7 decimals)."""
+    return json.loads(df.to_json(orient="records", double_precision=7))
+
+
 @dataclass
 class Atlas:
     model: str
@@ -52,7 +57,7 @@ class Atlas:
                          "ld_drop": ld[0], "ld_drop_lo": ld[1], "ld_drop_hi": ld[2],
                          "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean())})
         # held at the precision atlas.json stores, so a loaded atlas answers exactly like the one that saved it
-        eff = pd.DataFrame(json.loads(pd.DataFrame(recs).to_json(orient="records", double_precision=7)))
+        eff = pd.DataFrame(_records(pd.DataFrame(recs)))
         return cls(model, fingerprint, n_layers, n_heads, eff, dict(meta or {}))
 
     # -- views -----------------------------------------------------------------------------------
@@ -167,14 +172,14 @@ class Atlas:
     # -- persistence -----------------------------------------------------------------------------
     def to_json(self) -> dict:
         eff = self.effects.sort_values(KEYS).reset_index(drop=True)
-        recs = json.loads(eff.to_json(orient="records", double_precision=7))
+        recs = _records(eff)
         hub = self.hub() if not self._layerwise_any().empty else None
         return {
             "schema": SCHEMA, "model": self.model, "fingerprint": self.fingerprint, "n_layers": self.n_layers,
             "n_heads": self.n_heads, "families": self.families, "seeds": self.seeds,
             "methods": sorted(self.effects["method"].unique()), "components": sorted(self.effects["component"].unique()),
             "primary_metric": self.primary_metric, "effects": recs, "hub": hub,
-            "method_agreement": json.loads(self.method_agreement().to_json(orient="records", double_precision=7)),
+            "method_agreement": _records(self.method_agreement()),
             "meta": self.meta,
         }
 
