@@ -5,8 +5,11 @@ Evidence keys (all optional; a criterion without its evidence counts as not met,
   methods    methods_agreeing / n_methods: met when >= 2/3 of >= 2 methods agree
   control    ci_excludes_control (bool) or p_value: met when the CI excludes the control / p <= 0.05
   breadth    families_agreeing / n_families: met when >= half of >= 2 families agree
-Grades: high = control + >= 2 other criteria; medium = control + 1; low = control alone, or other
-criteria without the control; none = nothing met. Re-executing a chapter recomputes the evidence, so a
+Grades: high = control + >= 2 other criteria, with no contradiction (a seed where the effect fails,
+or methods disagreeing: the effect then depends on the seed or on the ablation chosen; too few seeds
+is missing evidence, not a contradiction); medium = control + >= 1 other;
+low = control alone, or other criteria without the control; none = nothing met. Breadth failing only
+narrows a claim's scope, so it does not cap the grade. Re-executing a chapter recomputes the evidence, so a
 claim whose evidence weakens loses confidence by itself.
 """
 
@@ -53,15 +56,19 @@ def grade(evidence: dict) -> tuple[str, list[str]]:
     crit = _criteria(evidence)
     control = crit["control"][0] is True
     others = sum(1 for k, (ok, _) in crit.items() if k != "control" and ok is True)
-    if control and others >= 2:
+    contradicted = (evidence.get("seeds_replicated", 0) < evidence.get("n_seeds", 0)
+                    or crit["methods"][0] is False)
+    if control and others >= 2 and not contradicted:
         level = "high"
-    elif control and others == 1:
+    elif control and others >= 1:
         level = "medium"
     elif control or others >= 1:
         level = "low"
     else:
         level = "none"
     reasons = [("✓ " if ok else "✗ " if ok is False else "– ") + why for ok, why in crit.values()]
+    if control and others >= 2 and contradicted:
+        reasons.append("capped at medium: contradicted by a seed or a method")
     return level, reasons
 
 

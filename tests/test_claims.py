@@ -34,6 +34,11 @@ def test_each_criterion_and_missing_evidence():
     assert grade({"p_value": 0.05, "n_methods": 3, "methods_agreeing": 1})[0] == "low"
     assert grade({"p_value": 0.05, "n_methods": 1, "methods_agreeing": 1})[0] == "low"  # one method is no agreement
     assert grade({"p_value": 0.05, "n_families": 4, "families_agreeing": 2})[0] == "medium"
+    # two criteria met cannot outvote a contradiction: methods disagree -> at most medium
+    level, reasons = grade({**STRONG, "families_agreeing": 12, "methods_agreeing": 1})
+    assert level == "medium" and reasons[-1].startswith("capped at medium")
+    assert grade({**STRONG, "families_agreeing": 12, "n_seeds": 4, "seeds_replicated": 3})[0] == "medium"
+    assert grade({**STRONG, "families_agreeing": 12, "n_seeds": 2, "seeds_replicated": 2})[0] == "high"  # too few, not contrary
     for key in ("n_seeds", "n_methods", "ci_excludes_control"):  # dropping any evidence lowers a high claim
         assert grade({k: v for k, v in STRONG.items() if k != key})[0] != "high"
     level, reasons = grade(STRONG)
