@@ -94,7 +94,15 @@ neg[["chapter", "claim", "confidence", "why"]] if not neg.empty else print("none
 
 # %% [markdown]
 # ## Caveats, and what we do not claim
-# - The embedded models are **dequantized 4-bit GGUF weights**, not the original checkpoints.
+
+# %% tags=["hide-input"]
+if "GGUF" in subject.source:
+    print(f"These weights are {subject.source}: a quantization round trip of the original checkpoint, so effect sizes "
+          "may differ from it.")
+else:
+    print(f"Weights: {subject.source}.")
+
+# %% [markdown]
 # - Ablation effects are single-site: later layers can compensate (Hydra effect), so a small effect is
 #   not proof that a component is unused, and a large effect is not proof that it computes the behaviour.
 # - Zero, mean and resample ablation answer different questions; where they disagree the method defines
