@@ -51,15 +51,29 @@ def setup() -> None:
     pd.set_option("display.max_colwidth", None)
 
 
+def ordinal_x(field: str = "layer", title: str | None = None) -> alt.X:
+    """An ordinal x axis for integers such as layers: horizontal labels, every other one dropped until
+    they do not overlap (30 layers in a narrow panel read 0, 4, 8, ... instead of a smear)."""
+    return alt.X(f"{field}:O", title=title or field, axis=alt.Axis(labelAngle=0, labelOverlap="parity"))
+
+
 def heatmap(df, x: str, y: str, color: str, facet: str | None = None, tooltip=None, scheme: str = "viridis",
-            width: int = 260, height: int = 180, columns: int = 3) -> alt.Chart:
-    """A rect heatmap (x ordinal, y ordinal for integers else nominal), optionally one panel per `facet` value."""
+            width: int = 260, height: int = 180, columns: int = 3, row=None, column=None,
+            scale: dict | None = None) -> alt.Chart:
+    """A rect heatmap (x ordinal, y ordinal for integers else nominal), optionally one panel per `facet`
+    value (wrapped in `columns`) or a `row` x `column` grid (field names, or alt.Row/alt.Column for a sort);
+    `scale` adds colour-scale options (type, domain, reverse)."""
+    panels = [f for f in (facet, row, column) if isinstance(f, str)]
     chart = alt.Chart(df).mark_rect().encode(
-        x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:O" if df[y].dtype.kind in "iu" else f"{y}:N"),
-        color=alt.Color(f"{color}:Q", scale=alt.Scale(scheme=scheme)),
-        tooltip=tooltip or [x, y, *([facet] if facet else []), alt.Tooltip(f"{color}:Q", format=".3f")],
+        x=ordinal_x(x) if df[x].dtype.kind in "iu" else alt.X(f"{x}:N"),
+        y=alt.Y(f"{y}:O" if df[y].dtype.kind in "iu" else f"{y}:N"),
+        color=alt.Color(f"{color}:Q", scale=alt.Scale(scheme=scheme, **(scale or {}))),
+        tooltip=tooltip or [x, y, *panels, alt.Tooltip(f"{color}:Q", format=".3f")],
     ).properties(width=width, height=height)
-    return chart.facet(facet=f"{facet}:N", columns=columns) if facet else chart
+    if facet:
+        return chart.facet(facet=f"{facet}:N", columns=columns)
+    grid = {k: (f"{v}:N" if isinstance(v, str) else v) for k, v in (("row", row), ("column", column)) if v is not None}
+    return chart.facet(**grid) if grid else chart
 
 
 def bars_with_ci(df, x: str, y: str, lo: str, hi: str, color: str | None = None, width: int = 520,

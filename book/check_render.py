@@ -1,5 +1,6 @@
 """Load built book pages in headless Chromium and check that every chart drew (svg/canvas inside each
-chart div, no error text). Also writes a screenshot per page for a human to look at.
+chart div, no error text), and warn about charts wider than the page's text column (they then need a
+horizontal scroll). Also writes a screenshot per page for a human to look at.
 
     .venv/bin/python book/check_render.py [_build/html] [--screenshots DIR]
 Needs Debian's chromium (apt-get install chromium).
@@ -15,6 +16,7 @@ from pathlib import Path
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-quic"]
+COLUMN_PX = 680  # the article column of sphinx-book-theme in the 1280-px-wide screenshots below
 
 
 def dom(url: str) -> str:
@@ -36,7 +38,10 @@ def check(html_dir: Path, shots: Path | None) -> int:
         d = dom(page.as_uri())
         charts = re.findall(r'<div id="(atlas-chart-[0-9a-f]+)"[^>]*>(.*?)</div>\s*<script', d, flags=re.S)
         drawn = sum(1 for _id, inner in charts if ("<svg" in inner or "<canvas" in inner) and "chart error" not in inner)
-        print(f"{page.name}: {drawn}/{len(charts)} charts drew")
+        widths = [float(m.group(1)) for _id, inner in charts if (m := re.search(r'<svg[^>]*\swidth="([0-9.]+)"', inner))]
+        wide = [f"{w:.0f}" for w in widths if w > COLUMN_PX]
+        print(f"{page.name}: {drawn}/{len(charts)} charts drew"
+              + (f"; warning: {len(wide)} wider than the {COLUMN_PX}-px column ({', '.join(wide)} px)" if wide else ""))
         bad += len(charts) - drawn
         if shots:
             shots.mkdir(parents=True, exist_ok=True)

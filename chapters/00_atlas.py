@@ -58,7 +58,7 @@ if atlas_path.exists():
     hub = atlas.hub()
     print(f"hub: block {hub['layer']} (family agreement {hub['family_agreement']:.2f}, seed hubs {hub['seed_hubs']}); "
           f"excluding layer 0: block {atlas.hub(exclude=(0,))['layer']}")
-    chart = charts.heatmap(m, "layer", "family", "kl", width=520, height=260)
+    chart = charts.heatmap(m, "layer", "family", "kl", width=440, height=260)
 else:
     chart = None
     print(f"No ablation atlas for {model} / {profile} yet: run chapter 02 (make book CHAPTERS=02,00).")

@@ -32,7 +32,7 @@ import time
 import altair as alt
 import pandas as pd
 
-from atlas_core import profiles
+from atlas_core import charts, profiles
 from atlas_core.atlas import map_atlas
 from atlas_core.interventions import head_sweep, layer_sweep
 from atlas_core.screen import attribution, recall
@@ -66,13 +66,11 @@ lay = e[(e["head"] == -1) & (e["position"] == "all")]
 cell = (lay.groupby(["component", "method", "family", "layer"])
         .agg(kl=("kl", "mean"), kl_lo=("kl_lo", "mean"), kl_hi=("kl_hi", "mean"), ld_drop=("ld_drop", "mean"))
         .reset_index())
-alt.Chart(cell).mark_rect().encode(
-    x=alt.X("layer:O"), y=alt.Y("family:N"),
-    color=alt.Color("kl:Q", scale=alt.Scale(scheme="viridis", type="sqrt"), title="KL"),
-    tooltip=["component", "method", "family", "layer", alt.Tooltip("kl:Q", format=".3f"),
-             alt.Tooltip("kl_lo:Q", format=".3f"), alt.Tooltip("kl_hi:Q", format=".3f"),
-             alt.Tooltip("ld_drop:Q", format=".2f")],
-).properties(width=260, height=180).facet(row="component:N", column="method:N")
+charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "sqrt"}, width=140, height=180,
+               column=alt.Column("method:N", sort=["zero", "mean", "resample"]),
+               tooltip=["component", "method", "family", "layer", alt.Tooltip("kl:Q", format=".3f"),
+                        alt.Tooltip("kl_lo:Q", format=".3f"), alt.Tooltip("kl_hi:Q", format=".3f"),
+                        alt.Tooltip("ld_drop:Q", format=".2f")])
 
 # %% [markdown]
 # ## The hub and how stable it is
@@ -117,9 +115,9 @@ alt.Chart(hs).mark_rect().encode(
 # %% tags=["hide-input"]
 pos = atlas.position_effects().stack().rename("kl").reset_index()
 alt.Chart(pos).mark_line(point=True).encode(
-    x="layer:O", y=alt.Y("kl:Q", title="mean KL"), color="position:N",
+    x=charts.ordinal_x(), y=alt.Y("kl:Q", title="mean KL"), color="position:N",
     tooltip=["layer", "position", alt.Tooltip("kl:Q", format=".3f")],
-).properties(width=560, height=220)
+).properties(width=500, height=220)
 
 # %% [markdown]
 # ## Screen vs exact

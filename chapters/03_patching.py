@@ -82,13 +82,11 @@ print(f"{len(items)} prompts over {len(families)} families; {len(units)} patchin
 
 # %% tags=["hide-input"]
 lay = summ[summ["component"] != "head"]
-alt.Chart(
-    lay.assign(panel=lay["position"] + " · " + lay["method"])).mark_rect().encode(
-    x=alt.X("layer:O"), y=alt.Y("component:N"),
-    color=alt.Color("score:Q", scale=alt.Scale(scheme="redblue", domain=[-0.5, 1.5], reverse=True)),
-    tooltip=["family", "component", "layer", "panel", alt.Tooltip("score:Q", format=".2f"),
-             alt.Tooltip("score_lo:Q", format=".2f"), alt.Tooltip("score_hi:Q", format=".2f")],
-).properties(width=170, height=80).facet(row="family:N", column="panel:N")
+charts.heatmap(lay.assign(panel=lay["position"] + " · " + lay["method"]), "layer", "component", "score",
+               row="family", column="panel", scheme="redblue", scale={"domain": [-0.5, 1.5], "reverse": True},
+               width=110, height=80,
+               tooltip=["family", "component", "layer", "panel", alt.Tooltip("score:Q", format=".2f"),
+                        alt.Tooltip("score_lo:Q", format=".2f"), alt.Tooltip("score_hi:Q", format=".2f")])
 
 # %% [markdown]
 # The residual stream at the `diff` token against the last token, denoising, with CIs: the layer where
@@ -96,7 +94,7 @@ alt.Chart(
 
 # %% tags=["hide-input"]
 res = summ[(summ["component"] == "resid") & (summ["method"] == "denoise")]
-charts.line_with_ci(res, "layer", "recovery", "recovery_lo", "recovery_hi", color="position", width=220, height=150).facet(
+charts.line_with_ci(res, "layer", "recovery", "recovery_lo", "recovery_hi", color="position", width=170, height=150).facet(
     facet="family:N", columns=3)
 
 # %% [markdown]
@@ -119,7 +117,7 @@ top[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo", "kl
 
 # %% tags=["hide-input"]
 heads = summ[summ["component"] == "head"]
-charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redblue", width=200, height=120) if len(heads) else None
+charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redblue", width=160, height=120) if len(heads) else None
 
 # %% [markdown]
 # ## Cross-model patching

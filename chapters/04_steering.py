@@ -76,7 +76,7 @@ print(f"study: {len(st.screen)} screened cells, {len(st.per_prompt)} graded rows
 # effect over that sign's strengths.
 
 # %% tags=["hide-input"]
-charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="redblue", width=300, height=110,
+charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="redblue", width=220, height=110,
                columns=2).resolve_scale(color="independent")
 
 # %% [markdown]
@@ -93,7 +93,7 @@ base = alt.Chart(real).encode(x=alt.X("alpha:Q"))
     y=alt.Y("effect:Q", title="effect (logits toward target)"), tooltip=["family", "layer", "alpha", "effect"])
  + alt.Chart(ctl).mark_tick(opacity=0.6).encode(x="alpha:Q", y="effect:Q", color=alt.Color(
      "kind:N", scale=alt.Scale(domain=["random", "shuffled"], range=["grey", "orange"])))).properties(
-    width=200, height=150).facet(facet="family:N", columns=4)
+    width=160, height=150).facet(facet="family:N", columns=3)
 
 # %% [markdown]
 # ## Best layer and sign per target

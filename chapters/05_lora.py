@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from atlas_core import lora, profiles, tasks
+from atlas_core import charts, lora, profiles, tasks
 from atlas_core.atlas import diff, map_atlas
 from atlas_core.claims import Claim, record
 
@@ -73,9 +73,9 @@ picked
 
 # %% tags=["hide-input"]
 alt.Chart(scores.reset_index(names="layer").melt("layer", var_name="family", value_name="kl")).mark_bar().encode(
-    x="layer:O", y=alt.Y("kl:Q", title="block zero-ablation KL"), color="family:N", column="family:N",
+    x=charts.ordinal_x(), y=alt.Y("kl:Q", title="block zero-ablation KL"), color="family:N", column="family:N",
     tooltip=["family", "layer", alt.Tooltip("kl:Q", format=".3f")],
-).properties(width=220, height=140)
+).properties(width=160, height=140)
 
 # %% [markdown]
 # ## Headline: strategy × task, mean ± sd over seeds
@@ -105,7 +105,7 @@ alt.Chart(pts).mark_point(filled=True, size=60).encode(
     x=alt.X("n_trainable:Q", scale=alt.Scale(type="log"), title="trainable parameters"),
     y=alt.Y("eval_loss:Q", title="eval loss"), color="strategy:N", shape="strategy:N",
     tooltip=["family", "strategy", "seed", "layers", "exact_match", "drift"],
-).properties(width=220, height=180).facet(column="family:N")
+).properties(width=160, height=180).facet(column="family:N")
 
 # %% [markdown]
 # ## Did the atlas win?
@@ -166,7 +166,7 @@ rho, p_rho = spearmanr(final["norm"], final["effect"])
 
 # %% tags=["hide-input"]
 alt.Chart(norms).mark_rect().encode(
-    x="layer:O", y="module:N", color=alt.Color("norm:Q", scale=alt.Scale(scheme="viridis")),
+    x=charts.ordinal_x(), y="module:N", color=alt.Color("norm:Q", scale=alt.Scale(scheme="viridis")),
     tooltip=["layer", "module", alt.Tooltip("norm:Q", format=".3f")],
 ).properties(width=420, height=140)
 
@@ -196,7 +196,7 @@ lock.round(3)
 
 # %% tags=["hide-input"]
 alt.Chart(maps).mark_line(point=True).encode(
-    x="layer:O", y=alt.Y("effect:Q", title="adapter-only ablation effect"), color="step:O",
+    x=charts.ordinal_x(), y=alt.Y("effect:Q", title="adapter-only ablation effect"), color="step:O",
     tooltip=["step", "layer", alt.Tooltip("effect:Q", format=".4f"), alt.Tooltip("norm:Q", format=".3f")],
 ).properties(width=420, height=180)
 
@@ -239,9 +239,9 @@ moved[["component", "layer", "a", "b", "delta"]].head(10).round(4)
 
 # %% tags=["hide-input"]
 alt.Chart(moved).mark_bar().encode(
-    x="layer:O", y=alt.Y("delta:Q", title="Δ ablation KL (adapted − base)"), color="component:N",
+    x=charts.ordinal_x(), y=alt.Y("delta:Q", title="Δ ablation KL (adapted − base)"), color="component:N",
     column="component:N", tooltip=["component", "layer", alt.Tooltip("delta:Q", format=".4f")],
-).properties(width=200, height=150)
+).properties(width=160, height=150)
 
 # %% [markdown]
 # ## Claims
