@@ -66,7 +66,7 @@ lay = e[(e["head"] == -1) & (e["position"] == "all")]
 cell = (lay.groupby(["component", "method", "family", "layer"])
         .agg(kl=("kl", "mean"), kl_lo=("kl_lo", "mean"), kl_hi=("kl_hi", "mean"), ld_drop=("ld_drop", "mean"))
         .reset_index())
-charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "sqrt"}, width=140, height=180,
+charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "sqrt"}, width=130, height=180,
                column=alt.Column("method:N", sort=["zero", "mean", "resample"]),
                tooltip=["component", "method", "family", "layer", alt.Tooltip("kl:Q", format=".3f"),
                         alt.Tooltip("kl_lo:Q", format=".3f"), alt.Tooltip("kl_hi:Q", format=".3f"),
