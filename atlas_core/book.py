@@ -85,7 +85,7 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     t_all = time.time()
     for c in todo:
         print(f"[book] executing {c.name} ({params})", flush=True)
-        times[c.stem] = execute(c, EXECUTED / f"{c.stem}.ipynb", params, progress=sys.stderr.isatty())
+        times[c.stem] = execute(c, EXECUTED / f"{c.stem}.ipynb", params, progress=True)
         print(f"[book]   {c.stem}: {times[c.stem]:.1f} s", flush=True)
     missing = [c.stem for c in chapters() if not (EXECUTED / f"{c.stem}.ipynb").exists()]
     if missing:
