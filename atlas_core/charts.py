@@ -51,10 +51,10 @@ def setup() -> None:
     pd.set_option("display.max_colwidth", None)
 
 
-def ordinal_x(field: str = "layer", title: str | None = None) -> alt.X:
+def ordinal_x(field: str = "layer") -> alt.X:
     """An ordinal x axis for integers such as layers: horizontal labels, every other one dropped until
     they do not overlap (30 layers in a narrow panel read 0, 4, 8, ... instead of a smear)."""
-    return alt.X(f"{field}:O", title=title or field, axis=alt.Axis(labelAngle=0, labelOverlap="parity"))
+    return alt.X(f"{field}:O", axis=alt.Axis(labelAngle=0, labelOverlap="parity"))
 
 
 def heatmap(df, x: str, y: str, color: str, facet: str | None = None, tooltip=None, scheme: str = "viridis",

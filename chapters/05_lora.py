@@ -29,8 +29,8 @@
 # of 24 steps (batch 8), 12 sweep runs and 2 surgery adapters, and evaluates each on 24 held-out
 # examples: ~2 min per training on one core, 50-75 min measured with two processes sharing the grid
 # (the slowest chapter of the default book; the default profile starts that second process itself,
-# `workers: 2`; the last cell prints this run's time). Adapters and their evaluations are cached under `results/lora/` (atomic directories),
-# so re-executing the chapter reuses them. 24 steps is a short
+# `workers: 2`; the last cell prints this run's time). Adapters and their evaluations are cached under
+# `results/lora/` (atomic directories), so re-executing the chapter reuses them. 24 steps is a short
 # fine-tune: read the numbers as "what a small, equal budget buys", not as converged performance.
 
 # %% tags=["parameters"]
