@@ -5,6 +5,11 @@ Evidence keys (all optional; a criterion without its evidence counts as not met,
   methods    methods_agreeing / n_methods: met when >= 2/3 of >= 2 methods agree
   control    ci_excludes_control (bool) or p_value: met when the CI excludes the control / p <= 0.05
   breadth    families_agreeing / n_families: met when >= half of >= 2 families agree
+  testable   False when the model does not do the behaviour the claim is about (e.g. no family it solves):
+             the claim is "not testable here" and grades none, whatever else the evidence says
+  selection  a "best" chosen out of n_candidates > 1 must be tested on prompts it was not chosen on
+             (selection = "held-out") or with a multiplicity correction ("holm", "bh"); otherwise its
+             control criterion is not met. The reasons say how many candidates it was chosen from.
 Grades: high = control + >= 2 other criteria, with no contradiction (a seed where the effect fails,
 or methods disagreeing: the effect then depends on the seed or on the ablation chosen; too few seeds
 is missing evidence, not a contradiction); medium = control + >= 1 other;
@@ -23,8 +28,13 @@ import pandas as pd
 from . import registry
 
 
+SELECTIONS = ("held-out", "holm", "bh")
+
+
 def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
     out: dict[str, tuple[bool | None, str]] = {}
+    if ev.get("testable") is False:
+        out["testable"] = (False, f"not testable here: {ev.get('untestable_why', 'the model does not do the behaviour')}")
     if "n_seeds" in ev:
         ok = ev["n_seeds"] >= 3 and ev.get("seeds_replicated", 0) == ev["n_seeds"]
         why = f"replicated in {ev.get('seeds_replicated', 0)}/{ev['n_seeds']} seeds"
@@ -43,6 +53,14 @@ def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
         out["control"] = (ev["p_value"] <= 0.05, f"p = {ev['p_value']:.3g} against the control distribution")
     else:
         out["control"] = (None, "no control comparison")
+    k = ev.get("n_candidates", 1)
+    if k > 1 and out["control"][0] is not None:
+        sel = ev.get("selection", "none")
+        ok, why = out["control"]
+        if sel in SELECTIONS:
+            out["control"] = (ok, f"{why} (best of {k}, {'tested on held-out prompts' if sel == 'held-out' else sel + '-corrected'})")
+        else:
+            out["control"] = (False, f"{why}, but the best of {k} was tested on the prompts it was chosen on")
     if ev.get("n_families", 0) >= 2:
         ok = ev.get("families_agreeing", 0) / ev["n_families"] >= 0.5
         out["breadth"] = (ok, f"{ev.get('families_agreeing', 0)}/{ev['n_families']} families agree")
@@ -54,6 +72,8 @@ def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
 def grade(evidence: dict) -> tuple[str, list[str]]:
     """(confidence, reasons) from the evidence by the rules in the module docstring."""
     crit = _criteria(evidence)
+    if "testable" in crit:
+        return "none", [f"✗ {crit['testable'][1]}"]
     control = crit["control"][0] is True
     others = sum(1 for k, (ok, _) in crit.items() if k != "control" and ok is True)
     contradicted = (evidence.get("seeds_replicated", 0) < evidence.get("n_seeds", 0)

@@ -1,12 +1,26 @@
-"""Small statistics helpers: bootstrap confidence intervals over prompts."""
+"""Statistics the graders rely on, each with a measured error rate (see the method page).
+
+- `bootstrap_ci`: 95% CI of a mean by the *studentized* bootstrap (bootstrap-t). On lognormal, KL-like data
+  (sigma 0.5) it covered 93.8% at n=8 and 94.4% at n=16, where the percentile bootstrap covered 87% / 90%
+  and a t interval 93% / 93% (`coverage` re-measures this; the method page prints the table).
+- `sign_flip_p`: exact paired permutation test (every sign pattern of the differences, up to 2^16; seeded
+  Monte Carlo above). Use it whenever there are fewer than ~8 independent replicates (seeds, families).
+- `proportion_ci`: exact Clopper-Pearson interval of a rate (accuracy, flip rate).
+- `holm`, `bh`: multiplicity-adjusted p-values for a family of tests (a "best" chosen out of many).
+"""
 
 from __future__ import annotations
 
+from itertools import product
+
 import numpy as np
+from scipy import stats as _st
 
 
 def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, stat=np.mean) -> tuple[float, float, float]:
-    """(estimate, low, high): percentile bootstrap over the sample (prompts are a sample, not the population)."""
+    """(estimate, low, high). For the mean: studentized bootstrap; for any other `stat`: percentile bootstrap.
+
+    Prompts are a sample, not the population. One value gives a zero-width interval (no spread measured)."""
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     if x.size == 0:
@@ -16,14 +30,92 @@ def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
         return est, est, est
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    boots = stat(x[idx], axis=1) if stat in (np.mean, np.median) else np.array([stat(x[i]) for i in idx])
+    xb = x[idx]
+    if stat is np.mean:
+        se = x.std(ddof=1) / np.sqrt(x.size)
+        if se == 0:
+            return est, est, est
+        se_b = xb.std(axis=1, ddof=1) / np.sqrt(x.size)
+        ok = se_b > 0
+        t = (xb.mean(axis=1)[ok] - est) / se_b[ok]
+        if t.size < 20:  # almost every resample constant (e.g. one outlier): fall back to a t interval
+            q = _st.t.ppf(1 - alpha / 2, x.size - 1)
+            return est, est - q * se, est + q * se
+        t_lo, t_hi = np.quantile(t, [alpha / 2, 1 - alpha / 2])
+        return est, float(est - t_hi * se), float(est - t_lo * se)
+    boots = stat(xb, axis=1) if stat is np.median else np.array([stat(r) for r in xb])
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return est, float(lo), float(hi)
 
 
 def paired_ci(a, b, **kw) -> tuple[float, float, float]:
-    """Bootstrap CI of the mean paired difference a - b (same prompts under two conditions)."""
+    """CI of the mean paired difference a - b (same prompts under two conditions)."""
     return bootstrap_ci(np.asarray(a, float) - np.asarray(b, float), **kw)
+
+
+def sign_flip_p(d, alternative: str = "greater", n_mc: int = 20000, seed: int = 0) -> float:
+    """p-value of mean(d) under the null that each difference is symmetric about 0 (paired permutation test).
+
+    Exact (all 2^n sign patterns) for n <= 16, seeded Monte Carlo (add-one) above. With n replicates the
+    smallest one-sided p is 2^-n: 3 seeds can never reach 0.05, which is the point."""
+    d = np.asarray(d, dtype=float)
+    d = d[~np.isnan(d)]
+    n = d.size
+    if n == 0:
+        return float("nan")
+    obs = d.mean()
+    if n <= 16:
+        signs = np.array(list(product((1.0, -1.0), repeat=n)))
+        null = signs @ d / n
+        tol = 1e-12 * max(1.0, np.abs(d).max())
+        if alternative == "greater":
+            return float(np.mean(null >= obs - tol))
+        if alternative == "less":
+            return float(np.mean(null <= obs + tol))
+        return float(np.mean(np.abs(null) >= abs(obs) - tol))
+    rng = np.random.default_rng(seed)
+    null = (rng.choice((1.0, -1.0), size=(n_mc, n)) * d).mean(axis=1)
+    hits = {"greater": null >= obs, "less": null <= obs}.get(alternative, np.abs(null) >= abs(obs))
+    return float((1 + hits.sum()) / (1 + n_mc))
+
+
+def proportion_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float, float]:
+    """(rate, low, high): exact Clopper-Pearson interval of k successes in n trials."""
+    if n == 0:
+        return (float("nan"),) * 3
+    lo = _st.beta.ppf(alpha / 2, k, n - k + 1) if k > 0 else 0.0
+    hi = _st.beta.ppf(1 - alpha / 2, k + 1, n - k) if k < n else 1.0
+    return k / n, float(lo), float(hi)
+
+
+def holm(p) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error); NaN stays NaN."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    m = q.size
+    order = np.argsort(q)
+    adj = np.maximum.accumulate((m - np.arange(m)) * q[order]).clip(max=1.0)
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
+    return out
+
+
+def bh(p) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate); NaN stays NaN."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    m = q.size
+    order = np.argsort(q)
+    adj = np.minimum.accumulate((q[order] * m / np.arange(1, m + 1))[::-1])[::-1].clip(max=1.0)
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
+    return out
 
 
 def empirical_p(value: float, null) -> float:
@@ -36,3 +128,23 @@ def zscore(value: float, null) -> float:
     null = np.asarray(null, dtype=float)
     sd = null.std(ddof=1) if null.size > 1 else 0.0
     return float((value - null.mean()) / sd) if sd > 0 else float("inf") * np.sign(value - null.mean())
+
+
+def coverage(n: int, sigma: float = 0.5, reps: int = 1000, seed: int = 0, method=None) -> float:
+    """Measured coverage of a 95% CI of the mean (default: `bootstrap_ci`) on lognormal(0, sigma) samples of size n."""
+    method = method or bootstrap_ci
+    rng = np.random.default_rng(seed)
+    true = float(np.exp(sigma ** 2 / 2))
+    hit = 0
+    for i in range(reps):
+        _, lo, hi = method(rng.lognormal(0.0, sigma, n), seed=i)
+        hit += lo <= true <= hi
+    return hit / reps
+
+
+def percentile_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """Percentile bootstrap of the mean: kept only to show its under-coverage beside `bootstrap_ci`."""
+    x = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    lo, hi = np.quantile(x[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    return float(x.mean()), float(lo), float(hi)

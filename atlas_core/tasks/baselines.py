@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..stats import bootstrap_ci
+from ..stats import bootstrap_ci, proportion_ci
 from .core import FAMILIES, TokItem, load_items, sample, validate
 
 
@@ -39,6 +39,38 @@ def score(subject, items: list[TokItem], batch_size: int = 16) -> dict[str, np.n
         "logit_diff_clean": (lc[r, a] - lc[r, d]).numpy(),
         "logit_diff_corrupt": (lx[r, a] - lx[r, d]).numpy(),
     }
+
+
+FLIP_GATE = 0.7  # a family is testable when the 95% lower bound of its flip rate reaches this
+
+
+def flipped(ld_clean, ld_corrupt) -> np.ndarray:
+    """Items the model solves in the sense localization needs: the clean prompt prefers the answer over the
+    distractor (LD > 0) and the corrupt prompt flips that preference (LD < 0)."""
+    return (np.asarray(ld_clean, float) > 0) & (np.asarray(ld_corrupt, float) < 0)
+
+
+def solved(rows, gate: float = FLIP_GATE):
+    """Per family: items, flipped items, flip rate with its Clopper-Pearson 95% CI, and `testable`
+    (lower bound >= gate). `rows` is any table with family, item_id, ld_clean, ld_corrupt (a sweep's rows,
+    or `score` output); an item seen several times (several units or seeds) counts once."""
+    import pandas as pd
+
+    its = pd.DataFrame(rows)[["family", "item_id", "ld_clean", "ld_corrupt"]].drop_duplicates(["family", "item_id"])
+    its = its.assign(flipped=flipped(its["ld_clean"], its["ld_corrupt"]))
+    out = []
+    for fam, g in its.groupby("family", sort=True):
+        rate, lo, hi = proportion_ci(int(g["flipped"].sum()), len(g))
+        out.append({"family": fam, "n_items": len(g), "n_flipped": int(g["flipped"].sum()), "flip_rate": rate,
+                    "flip_lo": lo, "flip_hi": hi, "testable": bool(lo >= gate)})
+    return pd.DataFrame(out, columns=["family", "n_items", "n_flipped", "flip_rate", "flip_lo", "flip_hi", "testable"])
+
+
+def untestable_why(table) -> str:
+    """One line for a claim that cannot be tested: which families were tried and how often they flipped."""
+    rates = ", ".join(f"{r.family} {r.n_flipped}/{r.n_items}" for r in table.itertuples())
+    return (f"no family passes the flip gate (clean LD > 0 and corrupt LD < 0, 95% lower bound >= {FLIP_GATE}); "
+            f"flipped items: {rates or 'none measured'}")
 
 
 CHOICES = {"agreement": 2}  # answers a model could be guessing among, where not all distinct answers compete
