@@ -1,18 +1,32 @@
-"""The atlas: effects per (component, layer[, head], position, method, family, seed) with bootstrap CIs,
+"""The atlas: effects per (component, layer[, head], position, method, family, seed, split) with 95% CIs,
 ranks, the hub and its stability across families, seeds and methods; saved as a diffable `atlas.json`.
 
-atlas.json schema (`schema: "mi-atlas/atlas@1"`):
+What it measures (see the method page). The headline metric is `ld_frac`: the fraction of the clean
+answer-vs-distractor logit difference an ablation removes, on the items the model *flips* (clean LD > 0,
+corrupt LD < 0), so families are on one normalized scale and only behaviour the model has is localized.
+KL(clean || ablated) over the whole vocabulary stays beside it as a disruption measure. A family whose
+flip rate does not pass `tasks.FLIP_GATE` is not testable: its KL map is shown, but no claim localizes it.
+Every item is assigned once, by a hash of its id, to the `select` or the `test` split: a hub (a best layer
+out of many) is chosen on `select` and tested on `test`, so its control is not graded on the prompts
+that chose it.
+
+atlas.json schema (`schema: "mi-atlas/atlas@2"`):
   model, fingerprint, n_layers, n_heads, families, seeds, methods, components, primary_metric
-  effects: list of {component, layer, head (-1: whole component), position, method, family, seed, n,
-            kl, kl_lo, kl_hi, ld_drop, ld_drop_lo, ld_drop_hi, p_answer, top5_overlap}
-            (kl = mean KL(clean || intervened) over prompts; ld_drop = mean clean - intervened logit diff)
-  hub: {component, method, layer, score, family_agreement, family_top_layers, seed_hubs, seed_std}
-  method_agreement: list of {component, method_a, method_b, spearman}
+  effects: list of {component, layer, head (-1: whole component), position, method, family, seed, split, n,
+            kl, kl_lo, kl_hi, ld_drop, ld_drop_lo, ld_drop_hi, n_solved, ld_frac, ld_frac_lo, ld_frac_hi,
+            p_answer, top5_overlap}
+            (kl = mean KL(clean || intervened) over the cell's prompts; ld_drop = mean clean - intervened
+            logit diff; ld_frac = mean drop / mean clean LD over the cell's flipped prompts, NaN if none)
+  solved: list of {family, n_items, n_flipped, flip_rate, flip_lo, flip_hi, testable}
+  hub: {component, method, metric, layer, score, testable, family_agreement, family_top_layers, seed_hubs,
+        seed_scores}
+  method_agreement: list of {component, method_a, method_b, spearman, p_value}
   meta: free-form run parameters (no timings: the registry holds those)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,15 +37,45 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, sign_flip_p
 
-SCHEMA = "mi-atlas/atlas@1"
-KEYS = ["component", "layer", "head", "position", "method", "family", "seed"]
+SCHEMA = "mi-atlas/atlas@2"
+KEYS = ["component", "layer", "head", "position", "method", "family", "seed", "split"]
+SPLITS = ("select", "test")
+
+
+def split_of(item_id: str) -> str:
+    """The item's split, fixed by its id: the same prompt is in the same split in every seed and run."""
+    return SPLITS[hashlib.blake2b(str(item_id).encode(), digest_size=1).digest()[0] % 2]
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
     """Rows as JSON records at the precision atlas.json stores (7 decimals)."""
     return json.loads(df.to_json(orient="records", double_precision=7))
+
+
+def _cell(g: pd.DataFrame, n_boot: int) -> dict:
+    kl = bootstrap_ci(g["kl"].to_numpy(), n_boot=n_boot)
+    ld = bootstrap_ci(g["ld_drop"].to_numpy(), n_boot=n_boot)
+    f = g[g["flipped"]]
+    den = f["ld_clean"].mean() if len(f) else np.nan
+    fr = bootstrap_ci((f["ld_drop"] / den).to_numpy(), n_boot=n_boot) if len(f) else (np.nan,) * 3
+    return {"n": len(g), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "ld_drop": ld[0], "ld_drop_lo": ld[1],
+            "ld_drop_hi": ld[2], "n_solved": len(f), "ld_frac": fr[0], "ld_frac_lo": fr[1], "ld_frac_hi": fr[2],
+            "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean())}
+
+
+def _means(rows: pd.DataFrame) -> pd.DataFrame:
+    """`_cell`'s point estimates for every cell at once, without intervals."""
+    g = rows.groupby(KEYS, sort=True)
+    out = g.agg(n=("kl", "size"), kl=("kl", "mean"), ld_drop=("ld_drop", "mean"),
+                p_answer=("p_answer", "mean"), top5_overlap=("top5_overlap", "mean"))
+    f = rows[rows["flipped"]].groupby(KEYS, sort=True).agg(n_solved=("kl", "size"), drop=("ld_drop", "mean"),
+                                                           clean=("ld_clean", "mean"))
+    out = out.join(f, how="left")
+    out["n_solved"] = out["n_solved"].fillna(0).astype(int)
+    out["ld_frac"] = out.pop("drop") / out.pop("clean")
+    return out.reset_index()
 
 
 @dataclass
@@ -42,28 +86,36 @@ class Atlas:
     n_heads: int
     effects: pd.DataFrame
     meta: dict = field(default_factory=dict)
-    primary_metric: str = "kl"
+    primary_metric: str = "ld_frac"
+    solved: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, model: str, fingerprint: str, n_layers: int, n_heads: int,
                   meta: dict | None = None, n_boot: int = 1000) -> Atlas:
-        """Aggregate tidy per-prompt rows (from `sweep`) into effects with bootstrap 95% CIs."""
-        recs = []
-        for key, g in rows.groupby(KEYS, sort=True):
-            kl = bootstrap_ci(g["kl"].to_numpy(), n_boot=n_boot)
-            ld = bootstrap_ci(g["ld_drop"].to_numpy(), n_boot=n_boot)
-            recs.append({**dict(zip(KEYS, key)), "n": len(g), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2],
-                         "ld_drop": ld[0], "ld_drop_lo": ld[1], "ld_drop_hi": ld[2],
-                         "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean())})
+        """Aggregate tidy per-prompt rows (from `sweep`) into effects with 95% CIs (studentized bootstrap)."""
+        from .tasks import flipped, solved
+
+        rows = rows.assign(split=[split_of(i) for i in rows["item_id"]],
+                           flipped=flipped(rows["ld_clean"], rows["ld_corrupt"]))
+        if n_boot:
+            recs = pd.DataFrame([{**dict(zip(KEYS, key)), **_cell(g, n_boot)} for key, g in rows.groupby(KEYS, sort=True)])
+        else:  # means only (null simulations): no intervals
+            recs = _means(rows)
         # held at the precision atlas.json stores, so a loaded atlas answers exactly like the one that saved it
-        eff = pd.DataFrame(_records(pd.DataFrame(recs)))
-        return cls(model, fingerprint, n_layers, n_heads, eff, dict(meta or {}))
+        eff = pd.DataFrame(_records(recs))
+        sol = pd.DataFrame(_records(solved(rows)))
+        return cls(model, fingerprint, n_layers, n_heads, eff, dict(meta or {}), solved=sol)
 
     # -- views -----------------------------------------------------------------------------------
     @property
     def families(self) -> list[str]:
         return sorted(self.effects["family"].unique())
+
+    @property
+    def testable_families(self) -> list[str]:
+        """Families the model flips reliably enough to localize (`tasks.solved`)."""
+        return sorted(self.solved.loc[self.solved["testable"], "family"]) if len(self.solved) else []
 
     @property
     def seeds(self) -> list[int]:
@@ -73,94 +125,178 @@ class Atlas:
         e = self.effects
         return e[(e["component"] == component) & (e["method"] == method) & (e["head"] == -1) & (e["position"] == position)]
 
+    def _scope(self, e: pd.DataFrame, metric: str, family: str | None, split: str | None) -> pd.DataFrame:
+        """Effects of one family, or of the families a metric can speak for (ld_frac: the testable ones)."""
+        if split is not None:
+            e = e[e["split"] == split]
+        if family is not None:
+            return e[e["family"] == family]
+        return e[e["family"].isin(self.testable_families)] if metric == "ld_frac" else e
+
     def layer_scores(self, family: str | None = None, component: str = "block", method: str = "zero",
-                     metric: str | None = None, position: str = "all") -> pd.Series:
-        """Mean effect per layer (bigger = more important), over seeds and (if family is None) families."""
+                     metric: str | None = None, position: str = "all", split: str | None = None) -> pd.Series:
+        """Mean effect per layer (bigger = more important), over seeds and (if family is None) families.
+
+        With the default metric `ld_frac`, family=None averages the testable families; a family with no
+        flipped items gives NaN (nothing to localize)."""
         metric = metric or self.primary_metric
         e = self._layerwise(component, method, position)
-        if family is not None:
-            e = e[e["family"] == family]
         if e.empty:
-            raise KeyError(f"no effects for component={component} method={method} family={family} position={position}")
-        fam_mean = e.groupby(["family", "layer"])[metric].mean()  # seeds first, then families equally
+            raise KeyError(f"no effects for component={component} method={method} position={position}")
+        e = self._scope(e, metric, family, split)
+        if e.empty:
+            return pd.Series(np.nan, index=range(self.n_layers), name=metric).rename_axis("layer")
+        fam_mean = e.groupby(["family", "layer"])[metric].mean()  # seeds and splits first, then families equally
         return fam_mean.groupby("layer").mean().rename(metric)
 
     def head_scores(self, family: str | None = None, method: str = "zero", metric: str | None = None) -> pd.DataFrame:
         """Mean effect per (layer, head) as a layers x heads table."""
         metric = metric or self.primary_metric
         e = self.effects[(self.effects["component"] == "head") & (self.effects["method"] == method)]
-        if family is not None:
-            e = e[e["family"] == family]
+        e = self._scope(e, metric, family, None)
         return e.groupby(["family", "layer", "head"])[metric].mean().groupby(["layer", "head"]).mean().unstack("head")
 
-    def ranks(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
+    def ranks(self, component: str = "block", method: str = "zero", metric: str | None = None) -> pd.DataFrame:
         """Per-family rank of every layer (1 = largest effect) and the overall rank."""
-        e = self._layerwise(component, method)
-        t = e.groupby(["family", "layer"])[self.primary_metric].mean().unstack("family")
-        r = t.rank(ascending=False, method="min").astype(int)
-        r["overall"] = self.layer_scores(None, component, method).rank(ascending=False, method="min").astype(int)
+        metric = metric or self.primary_metric
+        e = self._scope(self._layerwise(component, method), metric, None, None)
+        t = e.groupby(["family", "layer"])[metric].mean().unstack("family")
+        r = t.rank(ascending=False, method="min")
+        r["overall"] = self.layer_scores(None, component, method, metric).rank(ascending=False, method="min")
         return r
 
-    def hub(self, component: str | None = None, method: str | None = None, exclude: tuple[int, ...] = ()) -> dict:
-        """The top layer and how much families, seeds agree on it. `exclude` drops layers (e.g. layer 0)."""
+    def hub(self, component: str | None = None, method: str | None = None, exclude: tuple[int, ...] = (),
+            split: str | None = None) -> dict:
+        """The top layer and how far families and seeds agree on it. `exclude` drops layers (e.g. layer 0).
+
+        Scored by `ld_frac` over the testable families; when the model solves none, by KL over all families
+        (a disruption hub, `testable: False`: it says where ablation hurts, not where a behaviour lives)."""
         component = component or self._default("component", ("block", "mlp", "attn", "mixer", "resid"))
         method = method or self._default("method", ("zero", "mean", "resample", "denoise", "noise"))
-        e = self._layerwise(component, method)
+        testable = bool(self.testable_families) and self.primary_metric == "ld_frac"
+        metric = self.primary_metric if testable else "kl"
+        e = self._scope(self._layerwise(component, method), metric, None, split)
         e = e[~e["layer"].isin(exclude)]
-        score = e.groupby(["family", "layer"])[self.primary_metric].mean().groupby("layer").mean()
+        fam = e.groupby(["family", "layer"])[metric].mean()
+        score = fam.groupby("layer").mean()
         hub = int(score.idxmax())
-        fam_top = e.groupby(["family", "layer"])[self.primary_metric].mean().unstack("layer").idxmax(axis=1)
-        seed_top = (e.groupby(["seed", "family", "layer"])[self.primary_metric].mean()
-                    .groupby(["seed", "layer"]).mean().unstack("layer").idxmax(axis=1))
+        fam_top = fam.unstack("layer").idxmax(axis=1)
+        per_seed = e.groupby(["seed", "family", "layer"])[metric].mean().groupby(["seed", "layer"]).mean().unstack("layer")
         return {
-            "component": component, "method": method, "layer": hub, "score": float(score.max()),
-            "excluded": list(exclude),
+            "component": component, "method": method, "metric": metric, "layer": hub, "score": float(score.max()),
+            "testable": testable, "excluded": list(exclude), "n_candidates": int(score.size),
             "family_agreement": float((fam_top == hub).mean()),
             "family_top_layers": {k: int(v) for k, v in fam_top.items()},
-            "seed_hubs": {str(k): int(v) for k, v in seed_top.items()},
-            "seed_std": float(np.std(seed_top.to_numpy().astype(float))) if len(seed_top) > 1 else float("nan"),
+            "seed_hubs": {str(k): int(v) for k, v in per_seed.idxmax(axis=1).items()},
+            "seed_scores": {str(k): float(v) for k, v in per_seed[hub].items()},
         }
 
     def hub_evidence(self, component: str | None = None, method: str | None = None,
                      exclude: tuple[int, ...] = ()) -> dict:
-        """Evidence for "layer H is the hub": replication over seeds, methods and families, and a paired
-        bootstrap CI of the hub's effect minus the median layer's effect over (family, seed) groups."""
-        hub = self.hub(component, method, exclude)
-        comp, meth, h = hub["component"], hub["method"], hub["layer"]
-        methods = sorted(self.effects.loc[self.effects["component"] == comp, "method"].unique())
-        m_hubs = {m: self.hub(comp, m, exclude)["layer"] for m in methods}
-        e = self._layerwise(comp, meth)
-        e = e[~e["layer"].isin(exclude)]
-        t = e.pivot_table(index=["family", "seed"], columns="layer", values=self.primary_metric)
-        median_layer = int(t.mean().sort_values().index[len(t.columns) // 2])
-        d, lo, hi = bootstrap_ci((t[h] - t[median_layer]).to_numpy())
-        return {
-            "hub": h, "component": comp, "method": meth,
-            "seeds_replicated": sum(v == h for v in hub["seed_hubs"].values()), "n_seeds": len(hub["seed_hubs"]),
+        """Evidence for "layer H is the hub", chosen on the select split and tested on the test split.
+
+        Control: the median layer (by select-split score). Test: exact sign-flip test of hub minus control
+        over the (family, seed) cells of the test split, with a 95% CI. Seeds replicate when the hub beats the
+        control on that seed's test cells; other methods agree when their own select-split hub is H; families
+        agree when their own select-split top layer is H. Only testable families count."""
+        sel = self.hub(component, method, exclude, split="select")
+        comp, meth, h, metric = sel["component"], sel["method"], sel["layer"], sel["metric"]
+        ev = {"hub": h, "component": comp, "method": meth, "metric": metric, "excluded": list(exclude),
+              "n_candidates": sel["n_candidates"], "selection": "held-out", "testable": sel["testable"]}
+        if not sel["testable"]:
+            from .tasks import untestable_why
+
+            return {**ev, "untestable_why": untestable_why(self.solved), "control": "none (not testable)"}
+        score = self.layer_scores(None, comp, meth, metric, split="select").drop(list(exclude), errors="ignore")
+        others = score.drop(h).sort_values()
+        control = int(others.index[len(others) // 2])
+        e = self._scope(self._layerwise(comp, meth), metric, None, "test")
+        t = e.pivot_table(index=["family", "seed"], columns="layer", values=metric)
+        d = (t[h] - t[control]).dropna() if {h, control} <= set(t.columns) else pd.Series(dtype=float)
+        est, lo, hi = bootstrap_ci(d.to_numpy())
+        by_seed = d.groupby(level="seed").mean()
+        methods = sorted(set(self.effects.loc[self.effects["component"] == comp, "method"]) - {meth})
+        m_hubs = {m: self.hub(comp, m, exclude, split="select")["layer"] for m in methods}
+        ev.update({
+            "control": f"median layer {control}", "n_cells": int(d.size), "effect_minus_control": est, "ci": [lo, hi],
+            "p_value": sign_flip_p(d.to_numpy()) if d.size else float("nan"),
+            "seeds_replicated": int((by_seed > 0).sum()), "n_seeds": int(by_seed.size),
             "methods_agreeing": sum(v == h for v in m_hubs.values()), "n_methods": len(m_hubs), "method_hubs": m_hubs,
-            "families_agreeing": sum(v == h for v in hub["family_top_layers"].values()),
-            "n_families": len(hub["family_top_layers"]),
-            "control": f"median layer {median_layer}", "effect_minus_control": d, "ci": [lo, hi],
-            "ci_excludes_control": bool(lo > 0),
-        }
+            "families_agreeing": sum(v == h for v in sel["family_top_layers"].values()),
+            "n_families": len(sel["family_top_layers"]),
+        })
+        sink = self._sink(comp, meth, h, metric)
+        if sink is not None:
+            ev["first_token_share"] = sink
+        return ev
 
-    def method_agreement(self) -> pd.DataFrame:
-        """Spearman correlation of layer effects between each pair of methods, per component."""
+    def _sink(self, comp: str, meth: str, h: int, metric: str) -> float | None:
+        """Share of the hub's all-position effect that ablating the first token alone reproduces (attention sink)."""
+        if comp != "block" or meth != "zero":
+            return None
+        try:
+            first = self.layer_scores(None, comp, meth, metric, position="first").get(h, np.nan)
+        except KeyError:
+            return None
+        allp = self.layer_scores(None, comp, meth, metric).get(h, np.nan)
+        return float(first / allp) if allp and np.isfinite(allp) and np.isfinite(first) else None
+
+    def _metric(self) -> str:
+        """The metric a summary can use: the primary one where some family is testable, else KL (disruption)."""
+        return self.primary_metric if self.testable_families or self.primary_metric != "ld_frac" else "kl"
+
+    def method_agreement(self, metric: str | None = None, split: str | None = "test", by_seed: bool = False) -> pd.DataFrame:
+        """Spearman correlation of layer profiles between each pair of methods, per component (and seed), with a
+        one-sided p-value (rho > 0; scipy's exact/t approximation over layers). Default: the test split."""
+        metric = metric or self._metric()
         recs = []
-        e = self.effects[(self.effects["head"] == -1) & (self.effects["position"] == "all")]
-        for comp, g in e.groupby("component"):
-            t = g.groupby(["method", "family", "layer"])[self.primary_metric].mean().groupby(["method", "layer"]).mean()
-            t = t.unstack("method")
+        e = self._scope(self.effects[(self.effects["head"] == -1) & (self.effects["position"] == "all")], metric, None, split)
+        groups = ["component", "seed"] if by_seed else ["component"]
+        for key, g in e.groupby(groups):
+            key = key if isinstance(key, tuple) else (key,)
+            t = g.groupby(["method", "family", "layer"])[metric].mean().groupby(["method", "layer"]).mean()
+            t = t.unstack("method").dropna()
             for a, b in combinations(sorted(t.columns), 2):
-                rho = spearmanr(t[a], t[b]).statistic if len(t) > 2 else float("nan")
-                recs.append({"component": comp, "method_a": a, "method_b": b, "spearman": float(rho)})
-        return pd.DataFrame(recs, columns=["component", "method_a", "method_b", "spearman"])
+                if len(t) > 2 and t[a].nunique() > 1 and t[b].nunique() > 1:
+                    r = spearmanr(t[a], t[b], alternative="greater")
+                    rho, p = float(r.statistic), float(r.pvalue)
+                else:
+                    rho, p = float("nan"), float("nan")
+                recs.append({**dict(zip(groups, key)), "method_a": a, "method_b": b, "spearman": rho, "p_value": p})
+        return pd.DataFrame(recs, columns=[*groups, "method_a", "method_b", "spearman", "p_value"])
 
-    def position_effects(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
+    def agreement_evidence(self, component: str) -> dict:
+        """Evidence for "the ablation methods rank this component's layers alike" (test split, testable families).
+
+        Every pair must agree (intersection-union test: p = the largest pair p-value); a method agrees when all
+        its pairs have p <= 0.05; a seed replicates when every pair's rho > 0 in that seed."""
+        metric = self._metric()
+        ev: dict = {"component": component, "metric": metric, "testable": metric != "kl" or self.primary_metric == "kl"}
+        if not ev["testable"]:
+            from .tasks import untestable_why
+
+            return {**ev, "untestable_why": untestable_why(self.solved)}
+        pairs = self.method_agreement(metric)
+        pairs = pairs[pairs["component"] == component]
+        seeds = self.method_agreement(metric, by_seed=True)
+        seeds = seeds[seeds["component"] == component]
+        methods = sorted(set(pairs["method_a"]) | set(pairs["method_b"]))
+        ok = pairs.assign(ok=pairs["p_value"] <= 0.05)
+        agree = [m for m in methods if ok.loc[(ok["method_a"] == m) | (ok["method_b"] == m), "ok"].all()]
+        seed_ok = seeds.groupby("seed")["spearman"].apply(lambda r: bool((r > 0).all()))
+        return {**ev, "methods": methods, "min_spearman": float(pairs["spearman"].min()),
+                "pairs": {f"{r.method_a}/{r.method_b}": round(r.spearman, 3) for r in pairs.itertuples()},
+                "p_value": float(pairs["p_value"].max()) if len(pairs) else float("nan"),
+                "n_methods": len(methods), "methods_agreeing": len(agree),
+                "n_seeds": int(seed_ok.size), "seeds_replicated": int(seed_ok.sum())}
+
+    def position_effects(self, component: str = "block", method: str = "zero", metric: str | None = None) -> pd.DataFrame:
         """Layer effects at the first vs last token (where those units were run)."""
+        metric = metric or self._metric()
         e = self.effects[(self.effects["component"] == component) & (self.effects["method"] == method)
                          & (self.effects["position"].isin(["first", "last", "all"]))]
-        return e.groupby(["position", "family", "layer"])[self.primary_metric].mean().groupby(["position", "layer"]).mean().unstack("position")
+        e = self._scope(e, metric, None, None)
+        return e.groupby(["position", "family", "layer"])[metric].mean().groupby(["position", "layer"]).mean().unstack("position")
 
     def _default(self, col: str, prefs: tuple[str, ...]) -> str:
         have = set(self.effects[col].unique())
@@ -178,7 +314,7 @@ class Atlas:
             "schema": SCHEMA, "model": self.model, "fingerprint": self.fingerprint, "n_layers": self.n_layers,
             "n_heads": self.n_heads, "families": self.families, "seeds": self.seeds,
             "methods": sorted(self.effects["method"].unique()), "components": sorted(self.effects["component"].unique()),
-            "primary_metric": self.primary_metric, "effects": recs, "hub": hub,
+            "primary_metric": self.primary_metric, "effects": recs, "hub": hub, "solved": _records(self.solved),
             "method_agreement": _records(self.method_agreement()),
             "meta": self.meta,
         }
@@ -206,7 +342,7 @@ class Atlas:
         if d.get("schema") != SCHEMA:
             raise ValueError(f"{path}: not an atlas ({d.get('schema')!r} != {SCHEMA!r})")
         return cls(d["model"], d["fingerprint"], d["n_layers"], d["n_heads"], pd.DataFrame(d["effects"]),
-                   d.get("meta", {}), d.get("primary_metric", "kl"))
+                   d.get("meta", {}), d.get("primary_metric", "ld_frac"), pd.DataFrame(d.get("solved", [])))
 
 
 def diff(a: Atlas, b: Atlas, metric: str = "kl", bins: int | None = None) -> pd.DataFrame:
@@ -291,3 +427,43 @@ def map_atlas(
                     units_computed=stats["computed"], units_cached=stats["cached"], seconds=round(wall, 2), outputs=paths)
     atlas.run_stats = {"computed": stats["computed"], "cached": stats["cached"], "seconds": wall}
     return atlas
+
+
+def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), method: str = "zero", **tags):
+    """The claim "component layer H is the hub", its statement and direction taken from `hub_evidence`."""
+    from .claims import Claim
+
+    ev = atlas.hub_evidence(component, method, exclude)
+    where = f" (excluding layer{'s' if len(exclude) > 1 else ''} {', '.join(map(str, exclude))})" if exclude else ""
+    kw = dict(counterfactual=f"{method}-ablate the {component} write at each layer, all positions",
+              control=ev["control"], evidence=ev, **tags)
+    if not ev["testable"]:
+        return Claim(f"{component}: no {method}-ablation hub{where} can be localized — not testable here, the model "
+                     "solves no task family", metric="fraction of the clean logit difference lost (none solved)", **kw)
+    h, k = ev["hub"], ev["n_candidates"]
+    held = f"held-out {ev['effect_minus_control']:+.2f} vs {ev['control']}, p = {ev['p_value']:.3g}; best of {k} layers"
+    if ev["p_value"] <= 0.05 and ev["effect_minus_control"] > 0:
+        text = f"{component} layer {h} is the {method}-ablation hub{where} ({held})"
+    else:
+        text = f"{component} layer {h} scores highest{where} but does not beat the median layer on held-out prompts ({held})"
+    share = ev.get("first_token_share")
+    if share is not None and share >= 0.5:
+        text += f"; ablating the first token alone reproduces {share:.0%} of its effect (an attention-sink effect)"
+    return Claim(text, metric="fraction of the clean logit difference lost, flipped items of testable families", **kw)
+
+
+def agreement_claim(atlas: Atlas, component: str, **tags):
+    """The claim "the ablation methods rank this component's layers alike", worded from `agreement_evidence`."""
+    from .claims import Claim
+
+    ev = atlas.agreement_evidence(component)
+    kw = dict(metric="Spearman correlation of layer profiles between methods (test split)",
+              counterfactual="the same layers ablated by each method", control="rho = 0 (no shared ranking)",
+              evidence=ev, **tags)
+    if not ev["testable"]:
+        return Claim(f"{component}: whether ablation methods agree is not testable here (the model solves no task family)", **kw)
+    names = ", ".join(ev["methods"])
+    if ev["p_value"] <= 0.05:
+        return Claim(f"{names} ablation rank {component} layers alike (min Spearman {ev['min_spearman']:.2f}, every pair p <= 0.05)", **kw)
+    return Claim(f"{names} ablation do not demonstrably rank {component} layers alike (min Spearman "
+                 f"{ev['min_spearman']:.2f}; largest pair p = {ev['p_value']:.2g})", **kw)

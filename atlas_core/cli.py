@@ -63,12 +63,18 @@ def _map(a) -> int:
     atlas = map_atlas(subject, fams, comps, methods, seeds, a.prompts_per_family, heads=not a.no_heads,
                       positions=_csv(a.positions), bucket=a.bucket, variant=a.variant, out=a.out,
                       progress=not a.no_progress)
-    hub = atlas.hub()
+    ev = atlas.hub_evidence()
     rs = atlas.run_stats
     print(f"units computed={rs['computed']} cached={rs['cached']}  wall={time.time() - t0:.1f}s")
-    std = f"{hub['seed_std']:.2f}" if len(hub["seed_hubs"]) > 1 else "n/a (one seed)"
-    print(f"hub: {hub['component']}/{hub['method']} layer {hub['layer']}  family agreement={hub['family_agreement']:.2f}  "
-          f"seed hubs={hub['seed_hubs']} std={std}")
+    sol = atlas.solved
+    print(f"testable families ({len(atlas.testable_families)}/{len(sol)}): {', '.join(atlas.testable_families) or 'none'}")
+    if ev["testable"]:
+        print(f"hub: {ev['component']}/{ev['method']} layer {ev['hub']} (chosen on the select split of {ev['n_candidates']} "
+              f"layers; test split vs {ev['control']}: {ev['effect_minus_control']:+.3f}, p={ev['p_value']:.3g}; "
+              f"seeds replicated {ev['seeds_replicated']}/{ev['n_seeds']})")
+    else:
+        hub = atlas.hub()
+        print(f"hub: not testable (no family solved); disruption hub by KL: {hub['component']}/{hub['method']} layer {hub['layer']}")
     print(atlas.method_agreement().to_string(index=False))
     print(f"wrote {a.out}/atlas.json and {a.out}/rows.parquet")
     return 0

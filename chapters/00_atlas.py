@@ -47,18 +47,26 @@ print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}
 
 # %% [markdown]
 # ## Hub map
-# Zero-ablation of each block (mean KL over seeds), per task family; the hub and its stability.
+# Zero-ablation of each block, per task family: the fraction of the clean logit difference it removes on
+# the families the model solves (or, where it solves none, KL(clean ‖ ablated): disruption, not behaviour).
 
 # %% tags=["hide-input"]
 if atlas_path.exists():
     atlas = Atlas.load(atlas_path)
     e = atlas.effects
     m = e[(e["component"] == "block") & (e["method"] == "zero") & (e["head"] == -1) & (e["position"] == "all")]
-    m = m.groupby(["family", "layer"])["kl"].mean().reset_index()
-    hub = atlas.hub()
-    print(f"hub: block {hub['layer']} (family agreement {hub['family_agreement']:.2f}, seed hubs {hub['seed_hubs']}); "
-          f"excluding layer 0: block {atlas.hub(exclude=(0,))['layer']}")
-    chart = charts.heatmap(m, "layer", "family", "kl", width=440, height=260)
+    ev = atlas.hub_evidence("block", "zero")
+    metric = ev["metric"]
+    if ev["testable"]:
+        m = m[m["family"].isin(atlas.testable_families)]
+        print(f"testable families: {', '.join(atlas.testable_families)}\nhub: block {ev['hub']} (chosen on the select "
+              f"split of {ev['n_candidates']} layers; test split vs {ev['control']}: {ev['effect_minus_control']:+.3f}, "
+              f"p = {ev['p_value']:.3g}; {ev['families_agreeing']}/{ev['n_families']} families agree)")
+    else:
+        print(f"no family is testable on this model, so there is no hub to report; the map shows disruption (KL)."
+              f"\n{ev['untestable_why']}")
+    m = m.groupby(["family", "layer"])[metric].mean().reset_index()
+    chart = charts.heatmap(m, "layer", "family", metric, width=440, height=260)
 else:
     chart = None
     print(f"No ablation atlas for {model} / {profile} yet: run chapter 02 (make book CHAPTERS=02,00).")
