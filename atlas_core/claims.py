@@ -27,7 +27,6 @@ import pandas as pd
 
 from . import registry
 
-
 SELECTIONS = ("held-out", "holm", "bh")
 
 

@@ -19,7 +19,7 @@ from .interventions import Edit, Unit
 from .subject import Subject
 
 # Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: leave-one-out mean, real-token-aligned resample seeded by the op
 
 
 class Batch:
@@ -41,6 +41,7 @@ class Batch:
         enc = subject.encode(clean)
         self.mask = enc["attention_mask"]
         self.B, self.T = self.mask.shape
+        self.first = (self.mask == 0).sum(-1)  # index of each row's first real token (left padding)
         self.answer_ids = _ids(answer_ids, self.B)
         self.distractor_ids = _ids(distractor_ids, self.B)
         self.diff_pos = None if diff_pos is None else torch.as_tensor(list(diff_pos))
@@ -55,8 +56,7 @@ class Batch:
             self.runs["corrupt"] = self._capture(enc_c["input_ids"], self.mask)
         self._values: dict = {}
         self._tiled: dict = {}
-        gen = torch.Generator().manual_seed(seed)
-        self.perm = _derangement(self.B, gen).to(subject.device)
+        self._donors: dict[int, torch.Tensor] = {}
 
     # -- cached passes ---------------------------------------------------------------------------
     def _capture(self, ids: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -99,7 +99,7 @@ class Batch:
     def positions(self, pos) -> torch.Tensor:
         """(B, T) bool mask of the token positions a site addresses (left padding aware)."""
         real = self.mask.bool()
-        first = (self.mask == 0).sum(-1)
+        first = self.first
         idx = None
         if pos == "all":
             return real
@@ -112,8 +112,12 @@ class Batch:
                 raise ValueError("position 'diff' needs diff_pos (the first token where clean and corrupt differ)")
             idx = first + self.diff_pos.to(first.device)
         elif isinstance(pos, int):
+            n = int(self.mask.sum(-1).min())
+            if not -n <= pos < n:
+                raise ValueError(f"position {pos} is past the shortest prompt of the batch ({n} tokens): "
+                                 f"use an int in [{-n}, {n - 1}] or 'first'/'last'/'all'/'diff'")
             idx = first + pos if pos >= 0 else torch.full_like(first, self.T + pos)
-        idx = idx.clamp(0, self.T - 1)
+        idx = idx.clamp(0, self.T - 1)  # only 'diff' can overrun
         sel = torch.zeros_like(real)
         sel[torch.arange(self.B), idx] = True
         return sel & real
@@ -156,17 +160,8 @@ class Batch:
         sel = self.positions(site.position)
         if op.kind == "zero":
             repl = torch.zeros_like(x)
-        elif op.kind == "mean":
-            ref = self.value("clean", edit)
-            real = self.mask.bool()
-            firsts = self.positions("first")
-            m_first = ref[firsts].mean(0)
-            rest = real & ~firsts
-            m_rest = ref[rest].mean(0) if rest.any() else m_first
-            repl = torch.where(firsts[..., None], m_first, m_rest).expand_as(x)
-        elif op.kind == "resample":
-            repl = self.value("clean", edit)[self.perm]
-            sel = sel & self.mask.bool()[self.perm]  # donor padding is not a value
+        elif op.kind in ("mean", "resample"):
+            repl = self._pooled(edit)
         elif op.kind == "patch":
             repl = self.value(op.source, edit)
         elif op.kind == "add":
@@ -180,6 +175,45 @@ class Batch:
         else:  # pragma: no cover - Op validates kinds
             raise ValueError(op.kind)
         return torch.where(sel[..., None], repl.to(x.dtype), x)
+
+    def donors(self, op_seed: int = 0) -> torch.Tensor:
+        """Row i's resample donor row: a derangement seeded by the batch seed AND the op's seed."""
+        if op_seed not in self._donors:
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{op_seed}".encode()))
+            self._donors[op_seed] = _derangement(self.B, gen).to(self.mask.device)
+        return self._donors[op_seed]
+
+    def _pooled(self, edit: Edit) -> torch.Tensor:
+        """(B, T, d) mean/resample values, taken from the other prompts of the batch (see Op.mean, Op.resample)."""
+        op = edit.op
+        _need_pool(op.kind, self.B)
+        ref = self.value("clean", edit)
+        f, s, n = self._stats(edit)  # float64; only the selected values are rounded to the site's dtype
+        firsts = self.positions("first")[..., None]
+        if op.kind == "mean":  # leave-one-out: the other B-1 prompts, their non-first tokens pooled
+            w = 1 - torch.eye(self.B, dtype=f.dtype, device=f.device)
+            m_first = w @ f / (self.B - 1)
+            cnt = (w @ n)[:, None]
+            m_rest = torch.where(cnt > 0, (w @ s) / cnt.clamp_min(1), m_first)
+            return torch.where(firsts, m_first[:, None].to(ref.dtype), m_rest[:, None].to(ref.dtype))
+        p = self.donors(op.seed)
+        d_first, d_mean = f[p], torch.where(n[:, None] > 0, s / n.clamp_min(1)[:, None], f)[p]
+        aligned = torch.arange(self.T, device=f.device) > self.first[p][:, None]  # a donor non-first real token
+        rest = torch.where(aligned[..., None], ref[p], d_mean[:, None].to(ref.dtype))
+        return torch.where(firsts, d_first[:, None].to(ref.dtype), rest)
+
+    def _stats(self, edit: Edit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per prompt, in float64: its first real token's value (B, d), the sum (B, d) and the count (B,) of its
+        other real tokens' values; computed once per site."""
+        site = edit.site
+        key = ("stats", site.component, site.layer, site.head)
+        if key not in self._values:
+            ref = self.value("clean", edit)
+            rest = self.mask.bool() & ~self.positions("first")
+            f = ref[torch.arange(self.B, device=ref.device), self.first].double()
+            s = torch.where(rest[..., None], ref, 0).sum(1, dtype=torch.float64)
+            self._values[key] = (f, s, rest.sum(1).double())
+        return self._values[key]
 
     # -- running units ---------------------------------------------------------------------------
     def run(self, units: list[Unit], max_tokens: int = 16384) -> list[torch.Tensor]:
@@ -201,6 +235,8 @@ class Batch:
         """Compute the source values (mean/resample/patch) the units need, before any edit hook exists."""
         for u in units:
             for e in u.edits:
+                if e.op.kind in ("mean", "resample"):
+                    _need_pool(e.op.kind, self.B)
                 if e.op.kind in ("mean", "resample", "patch"):
                     self.value(e.op.source or "clean", e)
 
@@ -366,6 +402,11 @@ def _ids(x, B: int) -> torch.Tensor | None:
     if t.numel() != B:
         raise ValueError(f"expected {B} token ids, got {t.numel()}")
     return t
+
+
+def _need_pool(kind: str, B: int) -> None:
+    if B < 2:
+        raise ValueError(f"{kind} ablation needs >= 2 prompts in a batch (got {B}): sample >= 2 prompts per family")
 
 
 def _derangement(n: int, gen: torch.Generator) -> torch.Tensor:

@@ -12,6 +12,16 @@ Site values are what the component writes into the residual stream (its *delta*)
 output - input of the decoder layer, `attn`/`mlp`/`conv`/`mixer` their residual writes (post-norm for
 Gemma3), `head` a head's slice of the attention out-projection input, `q`/`k`/`v`/`o`/`gate`/`up`/`down`
 module outputs, and `resid` the residual stream after the layer.
+
+A `head` edit is the removal of that head's additive term from the attention write only where the write is
+the out-projection itself (llama, qwen2, gpt2, lfm2: write = o_proj(x) = sum of per-head terms). Gemma3 has a
+sandwich norm: write = post_attention_layernorm(o_proj(x)), so zeroing one head's slice of x also rescales
+every other head's term (the RMSNorm is taken over the remaining sum). A Gemma3 head ablation therefore
+measures "the layer's attention without this head, renormalized", not "the full write minus this head's
+share" (pinned by tests/test_engine.py::test_head_ablation_is_additive_on_llama_but_not_on_gemma3).
+
+An int position counts from each prompt's first real token (negative: from its last token) and must lie
+inside the batch's shortest prompt, else ValueError (it never clamps silently).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import torch
 
 COMPONENTS = ("resid", "block", "attn", "mlp", "mixer", "conv", "head", "q", "k", "v", "o", "qkv", "gate", "up", "down")
 OPS = ("zero", "mean", "resample", "patch", "add", "scale", "random")
-POSITIONS = ("all", "first", "last", "diff")  # or an int: index from the first real token (negative: from the end)
+POSITIONS = ("all", "first", "last", "diff")  # or an int: from the first real token (negative: from the end)
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,24 @@ class Op:
 
     @classmethod
     def mean(cls) -> Op:
-        """Mean of the site over the batch's prompts (first token and later tokens averaged separately)."""
+        """Leave-one-out mean: prompt i's value becomes the site's mean over the OTHER prompts of its batch.
+
+        A sweep batch holds sampled prompts of one family, so this is the mean over the family's prompts
+        excluding the ablated one. The first real token gets the mean of the others' first real tokens; every
+        other real token gets the mean over all non-first real tokens of the others (pooled over positions).
+        Needs >= 2 prompts in the batch (ValueError otherwise)."""
         return cls("mean")
 
     @classmethod
     def resample(cls, seed: int = 0) -> Op:
-        """The value from another prompt of the same family in the batch (a seeded derangement)."""
+        """The value from another prompt of the batch (same family): donors are a derangement seeded by this
+        seed together with the batch's seed (`Batch.donors`), so different op seeds give different donors.
+
+        Alignment on real tokens, never on padded indices: the recipient's first real token receives the
+        donor's first real token; every other token is right-aligned (last <- donor's last, second-to-last
+        <- donor's second-to-last, ...). Recipient tokens with no non-first counterpart in a shorter donor
+        receive the donor's mean over its non-first real tokens (its first token if it has no other). Donor
+        padding is never used. Needs >= 2 prompts in the batch (ValueError otherwise)."""
         return cls("resample", seed=seed)
 
     @classmethod

@@ -162,13 +162,20 @@ def _rows(its, units, keys, have, base, seed) -> pd.DataFrame:
 
 
 def _batches(items, batch_size: int) -> list[list]:
+    """One family per batch, each family split into chunks of near-equal size (18 items, batch_size 16 -> 9 + 9).
+
+    A chunk never holds 1 prompt unless its family does (mean/resample need >= 2), even if that makes a chunk
+    exceed batch_size (3 items, batch_size 2 -> one batch of 3)."""
     by_fam: dict[str, list] = {}
     for it in items:
         by_fam.setdefault(it.family, []).append(it)
     out = []
     for fam in sorted(by_fam):
         its = by_fam[fam]
-        out.extend(its[i : i + batch_size] for i in range(0, len(its), batch_size))
+        k = max(1, min(-(-len(its) // batch_size), len(its) // 2))
+        q, r = divmod(len(its), k)
+        ends = [(i + 1) * q + min(i + 1, r) for i in range(k)]
+        out.extend(its[a:b] for a, b in zip([0, *ends], ends))
     return out
 
 

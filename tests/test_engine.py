@@ -51,15 +51,36 @@ def raw_capture(s, prompts, module: str, pre: bool = False):
     return got[0]
 
 
+def _firsts(mask: torch.Tensor) -> list[int]:
+    return [int((row == 0).sum()) for row in mask]
+
+
+def expected_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out mean by plain loops (float64): row i gets the mean over the OTHER prompts, first real token apart."""
+    f, out, x = _firsts(mask), x.clone(), x.double()
+    for i in range(len(f)):
+        others = [j for j in range(len(f)) if j != i]
+        out[i, f[i]] = torch.stack([x[j, f[j]] for j in others]).mean(0)
+        out[i, f[i] + 1:] = torch.cat([x[j, f[j] + 1:] for j in others]).mean(0)
+    return out
+
+
+def expected_resample(x: torch.Tensor, mask: torch.Tensor, donor) -> torch.Tensor:
+    """First real token <- donor's first real token; others right-aligned; no counterpart <- donor's rest mean."""
+    f, out, T = _firsts(mask), x.clone(), x.shape[1]
+    for i, j in enumerate(donor):
+        out[i, f[i]] = x[j, f[j]]
+        for t in range(f[i] + 1, T):
+            out[i, t] = x[j, t] if t > f[j] else x[j, f[j] + 1:].double().mean(0)
+    return out
+
+
 @pytest.mark.embedded
 def test_every_operation_matches_raw_hooks_on_embedded_model(smol, tok):
     items = make_items(tok, 6)
     clean, corrupt = [i.prompt for i in items], [i.corrupt for i in items]
     b = Batch(smol, clean, corrupt, [i.answer_id for i in items], [i.distractor_id for i in items], [i.diff_pos for i in items])
     mask = b.mask.bool()
-    first = (b.mask == 0).sum(-1)
-    firsts = torch.zeros_like(mask)
-    firsts[torch.arange(len(items)), first] = True
     L = "model.layers"
     v = torch.randn(576, generator=torch.Generator().manual_seed(0))
     hd = slice(2 * 64, 3 * 64)
@@ -68,10 +89,9 @@ def test_every_operation_matches_raw_hooks_on_embedded_model(smol, tok):
         x[..., hd] = 0
         return x
 
-    mlp4 = raw_capture(smol, clean, f"{L}.4.mlp")
-    mean_first, mean_rest = mlp4[firsts].mean(0), mlp4[mask & ~firsts].mean(0)
-    attn6 = raw_capture(smol, clean, f"{L}.6.self_attn")
-    donor, donor_real = attn6[b.perm], mask[b.perm]
+    assert len(set(mask.sum(1).tolist())) > 1  # mixed lengths: alignment under left padding is exercised
+    mean4 = expected_mean(raw_capture(smol, clean, f"{L}.4.mlp"), b.mask)
+    resample6 = expected_resample(raw_capture(smol, clean, f"{L}.6.self_attn"), b.mask, b.donors(0).tolist())
     clean_res8 = raw_capture(smol, clean, f"{L}.8")
 
     def set_last(x, src):
@@ -84,9 +104,9 @@ def test_every_operation_matches_raw_hooks_on_embedded_model(smol, tok):
         (Unit.of(Site("head", 7, head=2, position="all"), Op.zero()), clean, f"{L}.7.self_attn.o_proj", zero_head, "pre"),
         (Unit.of(Site("block", 10), Op.zero()), clean, f"{L}.10", lambda d: torch.where(mask[..., None], 0 * d, d), "block"),
         (Unit.of(Site("mlp", 4), Op.mean()), clean, f"{L}.4.mlp",
-         lambda x: torch.where(firsts[..., None], mean_first, torch.where(mask[..., None], mean_rest, x)), "out"),
+         lambda x: torch.where(mask[..., None], mean4, x), "out"),
         (Unit.of(Site("attn", 6), Op.resample()), clean, f"{L}.6.self_attn",
-         lambda x: torch.where((mask & donor_real)[..., None], donor, x), "out"),
+         lambda x: torch.where(mask[..., None], resample6, x), "out"),
         (Unit.of(Site("resid", 8, position="last"), Op.patch("clean")), corrupt, f"{L}.8", lambda x: set_last(x, clean_res8), "out"),
         (Unit.of(Site("resid", 12), Op.add(v, 3.0)), clean, f"{L}.12", lambda x: torch.where(mask[..., None], x + 3 * v, x), "out"),
         (Unit.of(Site("q", 4), Op.scale(0.5)), clean, f"{L}.4.self_attn.q_proj", lambda x: torch.where(mask[..., None], 0.5 * x, x), "out"),
@@ -198,3 +218,144 @@ def test_attribution_screen_is_exact_to_first_order(tok):
     assert ((est - exact).abs() <= 0.02 * exact.abs() + 2e-6).all()  # tiny scaling: linear regime
     r = recall(attribution(s, items, units), ex, k=3)
     assert set(r.columns) >= {"recall_at_k", "pearson"} and r["recall_at_k"].between(0, 1).all()
+
+
+# -- mean / resample semantics, degenerate batches, positions, head-ablation semantics -------------
+def _prompts(tok, n: int = 6) -> list[str]:
+    return [i.prompt for i in make_items(tok, n)]
+
+
+def _batch(s, tok, n: int = 6, **kw) -> Batch:
+    items = make_items(tok, n)
+    return Batch(s, [i.prompt for i in items], [i.corrupt for i in items], [i.answer_id for i in items],
+                 [i.distractor_id for i in items], [i.diff_pos for i in items], **kw)
+
+
+def test_resample_aligns_donors_on_real_tokens(tok):
+    s = tiny_subject("llama", tok)
+    b = _batch(s, tok)
+    mask = b.mask.bool()
+    assert len(set(mask.sum(1).tolist())) > 1  # prompts of different lengths in one batch
+    e = Unit.of(Site("mlp", 1), Op.resample(0)).edits[0]
+    x = b.value("clean", e)
+    r = b.replacement(e, x)
+    # the donor of row i is the row whose last token row i received
+    donor = [next(j for j in range(b.B) if torch.equal(r[i, -1], x[j, -1])) for i in range(b.B)]
+    assert all(i != j for i, j in enumerate(donor)) and sorted(donor) == list(range(b.B))
+    n = mask.sum(1).tolist()
+    assert {n[i] < n[j] for i, j in enumerate(donor)} == {True, False}  # longer and shorter donors both occur
+    want = expected_resample(x, b.mask, donor)
+    assert torch.allclose(r[mask], want[mask], atol=1e-6)
+    assert torch.equal(r[~mask], x[~mask])  # recipient padding untouched
+    # through the forward: the engine equals one raw hook writing the same values
+    ref = raw_logits(s, _prompts(tok), "model.layers.1.mlp", lambda y: torch.where(mask[..., None], want, y))
+    assert (b.run([Unit.of(e.site, e.op)])[0] - ref).abs().max() < 1e-5
+
+
+def test_resample_donors_follow_the_op_seed(tok):
+    s = tiny_subject("llama", tok)
+    b, b2 = _batch(s, tok), _batch(s, tok)
+    site = Site("attn", 2)
+    x = b.value("clean", Unit.of(site, Op.zero()).edits[0])
+
+    def repl(batch, seed):
+        return batch.replacement(Unit.of(site, Op.resample(seed)).edits[0], x)
+
+    assert not torch.equal(repl(b, 0), repl(b, 1))  # different op seeds: different donors
+    assert torch.equal(repl(b, 1), repl(b, 1)) and torch.equal(repl(b, 1), repl(b2, 1))  # same seed: same donors
+    a, c = b.run([Unit.of(site, Op.resample(0)), Unit.of(site, Op.resample(1))])
+    assert not torch.equal(a, c)
+
+
+def test_mean_is_leave_one_out_over_the_other_prompts(tok):
+    s = tiny_subject("llama", tok)
+    b = _batch(s, tok, 5)
+    mask = b.mask.bool()
+    e = Unit.of(Site("mlp", 2), Op.mean()).edits[0]
+    x = b.value("clean", e)
+    r = b.replacement(e, x)
+    want = expected_mean(x, b.mask)
+    assert torch.allclose(r[mask], want[mask], atol=1e-6)
+    assert torch.equal(r[~mask], x[~mask])
+    ref = raw_logits(s, _prompts(tok, 5), "model.layers.2.mlp", lambda y: torch.where(mask[..., None], want, y))
+    assert (b.run([Unit.of(e.site, e.op)])[0] - ref).abs().max() < 1e-5
+
+
+def test_mean_and_resample_refuse_single_prompt_batches(tok):
+    s = tiny_subject("llama", tok)
+    b = Batch(s, ["The capital of France is"])
+    for op in (Op.mean(), Op.resample(0)):
+        with pytest.raises(ValueError, match="sample >= 2 prompts per family"):
+            b.run([Unit.of(Site("mlp", 1), op)])
+    b.run([Unit.of(Site("mlp", 1), Op.zero())])  # other operations still work on one prompt
+
+
+def test_sweep_batches_split_families_evenly():
+    from types import SimpleNamespace
+
+    from atlas_core.sweep import _batches
+
+    def sizes(n, bs, fam="f"):
+        return [len(c) for c in _batches([SimpleNamespace(family=fam, id=i) for i in range(n)], bs)]
+
+    assert sizes(18, 16) == [9, 9] and sizes(17, 16) == [9, 8] and sizes(33, 16) == [11, 11, 11]
+    assert sizes(16, 16) == [16] and sizes(8, 4) == [4, 4] and sizes(1, 16) == [1]
+    assert sizes(3, 2) == [3] and sizes(5, 1) == [3, 2]  # never a 1-prompt batch from a larger family
+    items = [SimpleNamespace(family=f, id=i) for i in range(5) for f in ("b", "a")]
+    got = _batches(items, 4)
+    assert [[it.family for it in c] for c in got] == [["a"] * 3, ["a"] * 2, ["b"] * 3, ["b"] * 2]
+    assert [it.id for c in got for it in c] == [0, 1, 2, 3, 4] * 2  # order kept, nothing lost
+
+
+def test_int_position_past_a_prompt_raises(tok):
+    s = tiny_subject("llama", tok)
+    b = _batch(s, tok, 4)
+    n = int(b.mask.sum(1).min())
+    assert b.positions(n - 1).sum() == b.B and b.positions(-n).sum() == b.B
+    for pos in (n, n + 3, -n - 1):
+        with pytest.raises(ValueError, match=f"position {pos} .*shortest prompt.*{n} tokens"):
+            b.positions(pos)
+    with pytest.raises(ValueError, match="shortest prompt"):
+        b.run([Unit.of(Site("mlp", 1, position=n), Op.zero())])
+    first, last = b.positions("first"), b.positions("last")
+    assert torch.equal(b.positions(0), first) and torch.equal(b.positions(-1), last) and last[:, -1].all()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_head_ablation_is_additive_on_llama_but_not_on_gemma3(family, tok):
+    """A head site zeroes the head's slice of the o_proj input. On llama the attention write IS o_proj(x), so
+    this subtracts exactly the head's own term. On gemma3 the write is post_attention_layernorm(o_proj(x)):
+    removing a head renormalizes the others, so the ablated write is not the full write minus the head's share."""
+    s = tiny_subject(family, tok)
+    b = _batch(s, tok, 3)
+    mask = b.mask.bool()
+    layer, head = 1, 2
+    lay = b.layers[layer]
+    o_proj = lay.get_submodule(s.arch.paths.out_proj)
+    write = lay.get_submodule(s.arch.relative_path("attn", layer))
+    prefix = f"{s.arch.paths.layers}.{layer}"
+    x = raw_capture(s, _prompts(tok, 3), f"{prefix}.{s.arch.paths.out_proj}", pre=True)
+    full = raw_capture(s, _prompts(tok, 3), f"{prefix}.{s.arch.relative_path('attn', layer)}")
+    got: list = []
+    h = write.register_forward_hook(lambda m, a, o: got.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        b.run([Unit.of(Site("head", layer, head=head), Op.zero())])
+    finally:
+        h.remove()
+    ablated = got[0]
+    sl = s.arch.head_slice(head)
+    with torch.inference_mode():
+        z = o_proj(x)
+        z_h = x[..., sl] @ o_proj.weight[:, sl].T  # the head's own term of the out-projection
+        z_wo = o_proj(torch.where(torch.arange(x.shape[-1]) // s.arch.head_dim == head, 0, x))
+        if family == "llama":
+            assert torch.allclose(full[mask], z[mask], atol=1e-5)  # attn write == o_proj(x)
+            assert torch.allclose(ablated[mask], (full - z_h)[mask], atol=1e-5)  # removes exactly its term
+            return
+        # gemma3 sandwich norm: the write is RMSNorm(o_proj(x)) * (1 + w)
+        scale = torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + write.eps) * (1 + write.weight)
+        share = z_h * scale  # the head's part of the full write (the heads' shares sum to it)
+        assert torch.allclose(full[mask], (z * scale)[mask], atol=1e-5)
+        assert torch.allclose(ablated[mask], write(z_wo)[mask], atol=1e-5)  # what it is: the others renormalized
+        gap = (ablated - (full - share))[mask].abs().max()
+        assert gap > 0.01 * full[mask].abs().max()  # not the removal of one additive contribution
