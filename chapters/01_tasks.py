@@ -16,7 +16,9 @@
 # Twelve behaviour families, each a seeded generator of prompts with a one-token answer, a plausible
 # distractor and an equal-length corrupt prompt (symmetric token replacement) whose answer is the
 # distractor. Before mapping a behaviour we check the model can do it: a family at chance would give
-# a confidently wrong map.
+# a confidently wrong map. The gate later chapters use is stricter than "above chance": the model must
+# **flip** the family's prompts — prefer the answer on the clean prompt (LD > 0) and the distractor on the
+# corrupt one (LD < 0) — with a 95% lower bound on the flip rate at or above the gate.
 
 # %% tags=["parameters"]
 model = None
@@ -53,8 +55,9 @@ val
 # %% [markdown]
 # ## Baselines
 # Top-1 accuracy against chance (red ticks: 1 / number of distinct answers), answer probability, and
-# the answer − distractor logit difference on clean and corrupt prompts, with 95% bootstrap CIs over
-# the prompts of the first seed's sample. A working family has LD > 0 on clean and < 0 on corrupt prompts.
+# the answer − distractor logit difference on clean and corrupt prompts, with 95% CIs over the prompts of
+# the first seed's sample (exact Clopper-Pearson for rates). A working family has LD > 0 on clean and < 0 on
+# corrupt prompts: the flip rate.
 
 # %% tags=["hide-input"]
 b = base.assign(label=base["family"] + " · " + base["variant"])
@@ -63,7 +66,7 @@ charts.bars_with_ci(b, "label", "accuracy", "accuracy_lo", "accuracy_hi", color=
 
 # %%
 cols = ["family", "variant", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "status", "p_answer",
-        "logit_diff_clean", "logit_diff_corrupt", "pair_accuracy"]
+        "logit_diff_clean", "logit_diff_corrupt", "pair_accuracy", "flip_rate", "flip_rate_lo", "testable"]
 base[cols].round(3)
 
 # %% [markdown]
@@ -83,18 +86,11 @@ flagged[["family", "variant", "accuracy", "chance", "status", "seeds_above_chanc
 
 # %% [markdown]
 # ## Claims
-# One claim per family and variant: "the model is above chance". Evidence: whether the first seed's CI
-# excludes chance (control) and in how many seeds it does (replication); the confidence is computed
-# from these by the rules on the method page (at most *medium*: no method or breadth evidence applies).
+# Two claims per family and variant, each worded by what was measured: whether the model is above chance
+# (control: chance; replication: the seeds whose CI clears it) and whether it flips the family reliably
+# enough for later chapters to localize it (control: the gate). At most *medium*: no method or breadth
+# evidence applies.
 
 # %%
-claims = [
-    Claim(f"The model is above chance on {r.family} ({r.variant}): top-1 accuracy {r.accuracy:.2f} vs {r.chance:.2f}",
-          metric="top-1 accuracy, bootstrap 95% CI over prompts", counterfactual="none (unmodified model)",
-          control=f"chance = {r.chance:.3f}",
-          evidence={"ci_excludes_control": bool(r.accuracy_lo > r.chance), "seeds_replicated": int(r.seeds_above_chance),
-                    "n_seeds": int(r.n_seeds), "n_prompts": int(r.n)},
-          chapter="01", model=model, profile=profile)
-    for r in base.itertuples()
-]
+claims = tasks.baseline_claims(base, runs, chapter="01", model=model, profile=profile)
 record(claims)[["claim", "confidence", "why"]]

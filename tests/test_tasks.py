@@ -139,8 +139,9 @@ def test_baselines_on_tiny_model():
     df = tasks.baselines(subj, families=("ioi", "agreement"), n=6)
     assert len(df) == 4 and set(df.family) == {"ioi", "agreement"}
     for col in ("accuracy", "accuracy_lo", "accuracy_hi", "p_answer", "logit_diff_clean", "logit_diff_corrupt",
-                "chance", "status", "at_chance"):
+                "chance", "status", "at_chance", "flip_rate", "flip_rate_lo", "testable"):
         assert col in df
+    assert not df["testable"].any()  # a random model flips no family reliably
     assert (df.chance == 0.5).any()  # agreement: is/are
     assert len(df.attrs["validation"]) == 4
 

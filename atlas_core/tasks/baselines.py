@@ -82,8 +82,10 @@ def _status(lo: float, hi: float, chance: float) -> str:
 
 def baselines(subject, families=None, variants=("synthetic", "natural"), n: int = 50, seed: int = 0,
               bucket: str = "short", batch_size: int = 16):
-    """One row per family x variant: accuracy, p(answer), logit differences clean/corrupt, each with a
-    bootstrap CI, and whether the model is at chance.
+    """One row per family x variant: accuracy, p(answer), logit differences clean/corrupt and the flip rate,
+    each with a 95% CI (Clopper-Pearson for rates, studentized bootstrap for means), whether the model is at
+    chance, and whether the family is `testable` (flip-rate lower bound >= FLIP_GATE: what later chapters
+    require before they localize a behaviour).
 
     Chance for top-1 accuracy is 1 / (number of distinct answers in the family's items; 2 for agreement),
     i.e. a model that knows the answer type but guesses among its values; chance for the pairwise answer-vs-distractor
@@ -123,18 +125,53 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
             m = score(subject, its, batch_size)
             chance = 1.0 / CHOICES.get(fam, max(2, len({it.answer.strip() for it in raw})))
             row = {"family": fam, "variant": var, "bucket": bucket, "n": len(its), "chance": chance}
-            for col, vals in (("accuracy", m["correct"]), ("p_answer", m["p_answer"]),
-                              ("logit_diff_clean", m["logit_diff_clean"]),
-                              ("logit_diff_corrupt", m["logit_diff_corrupt"]),
-                              ("pair_accuracy", (m["logit_diff_clean"] > 0).astype(float)),
-                              ("corrupt_accuracy", m["corrupt_correct"])):
+            flips = flipped(m["logit_diff_clean"], m["logit_diff_corrupt"])
+            for col, hits in (("accuracy", m["correct"]), ("pair_accuracy", m["logit_diff_clean"] > 0),
+                              ("corrupt_accuracy", m["corrupt_correct"]), ("flip_rate", flips)):
+                est, lo, hi = proportion_ci(int(np.sum(hits)), len(its))  # rates: exact interval
+                row.update({col: est, f"{col}_lo": lo, f"{col}_hi": hi})
+            for col, vals in (("p_answer", m["p_answer"]), ("logit_diff_clean", m["logit_diff_clean"]),
+                              ("logit_diff_corrupt", m["logit_diff_corrupt"])):
                 est, lo, hi = bootstrap_ci(vals, seed=seed)
                 row.update({col: est, f"{col}_lo": lo, f"{col}_hi": hi})
             row["status"] = _status(row["accuracy_lo"], row["accuracy_hi"], chance)
             row["at_chance"] = row["status"] != "above chance"
             row["pair_status"] = _status(row["pair_accuracy_lo"], row["pair_accuracy_hi"], 0.5)
+            row["testable"] = bool(row["flip_rate_lo"] >= FLIP_GATE)
             rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs["validation"] = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame()
     df.attrs["model"] = getattr(subject, "name", "?")
     return df
+
+
+def baseline_claims(base, runs: dict, **tags) -> list:
+    """Per family x variant: "above chance" and "flips reliably (testable)", worded from the measured rates.
+
+    base: `baselines` of the first seed; runs: {seed: baselines table} (replication over prompt samples)."""
+    from ..claims import Claim
+
+    def seeds_ok(r, col: str, bar: float) -> int:
+        return sum(bool(((t["family"] == r.family) & (t["variant"] == r.variant) & (t[col] >= bar)).any())
+                   for t in runs.values())
+
+    out = []
+    for r in base.itertuples():
+        above = r.accuracy_lo > r.chance
+        ev = {"ci_excludes_control": bool(above), "n_prompts": int(r.n), "n_seeds": len(runs),
+              "seeds_replicated": sum(bool(((t["family"] == r.family) & (t["variant"] == r.variant)
+                                            & (t["accuracy_lo"] > t["chance"])).any()) for t in runs.values())}
+        out.append(Claim(
+            f"The model is {'above chance' if above else 'not above chance'} on {r.family} ({r.variant}): "
+            f"top-1 accuracy {r.accuracy:.2f} [{r.accuracy_lo:.2f}, {r.accuracy_hi:.2f}] vs chance {r.chance:.2f}",
+            metric="top-1 accuracy, Clopper-Pearson 95% CI over prompts", counterfactual="none (unmodified model)",
+            control=f"chance = {r.chance:.3f}", evidence=ev, **tags))
+        ev = {"ci_excludes_control": bool(r.testable), "n_prompts": int(r.n), "n_seeds": len(runs),
+              "seeds_replicated": seeds_ok(r, "flip_rate_lo", FLIP_GATE)}
+        out.append(Claim(
+            f"The model {'flips' if r.testable else 'does not reliably flip'} {r.family} ({r.variant}): flip rate "
+            f"{r.flip_rate:.2f} [{r.flip_rate_lo:.2f}, {r.flip_rate_hi:.2f}] vs gate {FLIP_GATE} — "
+            f"{'testable' if r.testable else 'not testable'} in later chapters",
+            metric="flip rate (clean LD > 0 and corrupt LD < 0), Clopper-Pearson 95% CI",
+            counterfactual="the corrupt prompt (one token replaced)", control=f"gate = {FLIP_GATE}", evidence=ev, **tags))
+    return out
