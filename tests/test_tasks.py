@@ -161,3 +161,18 @@ def test_baselines_for_several_models_in_one_call():
     got = both[both.model == "tiny-qwen2"].drop(columns="model").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, one.reset_index(drop=True))
     assert set(both.attrs["validation"]["model"]) == {"tiny-llama", "tiny-qwen2"}
+
+
+def test_baseline_claims_are_worded_from_the_evidence():
+    def row(acc_lo, flip_lo):
+        return {"family": "ioi", "variant": "synthetic", "n": 50, "accuracy": acc_lo + 0.1, "accuracy_lo": acc_lo,
+                "accuracy_hi": acc_lo + 0.2, "chance": 0.1, "flip_rate": flip_lo + 0.1, "flip_rate_lo": flip_lo,
+                "flip_rate_hi": min(1.0, flip_lo + 0.2), "testable": flip_lo >= tasks.FLIP_GATE}
+
+    good = pd.DataFrame([row(0.5, 0.8)])
+    bad = pd.DataFrame([row(0.05, 0.3)])
+    g = tasks.baseline_claims(good, {1: good, 2: good, 3: good})
+    b = tasks.baseline_claims(bad, {1: bad, 2: bad, 3: bad})
+    assert "is above chance" in g[0].statement and "not above chance" in b[0].statement
+    assert "flips ioi" in g[1].statement and "does not reliably flip" in b[1].statement
+    assert [c.confidence for c in g] == ["medium", "medium"] and [c.confidence for c in b] == ["none", "none"]
