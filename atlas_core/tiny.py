@@ -23,7 +23,10 @@ def config(family: str, vocab_size: int, n_layers: int = 4, d: int = 64, heads: 
     if family == "qwen2":
         return tf.Qwen2Config(**common)
     if family == "gemma3":
-        return tf.Gemma3TextConfig(**common, head_dim=d // heads, sliding_window=8)
+        # every other layer global, so tiny gemma3 exercises both attention kinds (HF's 5:1 pattern would
+        # leave a 4-layer model with none)
+        kinds = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        return tf.Gemma3TextConfig(**common, head_dim=d // heads, sliding_window=8, layer_types=kinds)
     if family == "lfm2":
         kinds = ["conv" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
         return tf.Lfm2Config(**common, layer_types=kinds)

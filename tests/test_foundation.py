@@ -72,4 +72,21 @@ def test_embedded_model_says_paris(smol):
     text = str(smol)
     for needle in ("family=llama", "layers=30", "heads=9", "kv_heads=3", "params=", "dequantized", "float32"):
         assert needle in text
-    assert smol.fingerprint == smol.fingerprint and len(smol.fingerprint) == 24
+    assert len(smol.fingerprint) == 24
+
+
+def test_fingerprint_follows_the_weights(tok):
+    from conftest import tiny_subject
+
+    a, same, other = tiny_subject("llama", tok, seed=0), tiny_subject("llama", tok, seed=0), tiny_subject("llama", tok, seed=1)
+    assert a.fingerprint == same.fingerprint != other.fingerprint
+    edited = tiny_subject("llama", tok, seed=0)
+    with torch.no_grad():
+        edited.model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    assert edited.fingerprint != a.fingerprint
+
+
+def test_tiny_gemma3_has_sliding_and_global_layers():
+    from atlas_core import tiny
+
+    assert set(tiny.config("gemma3", 100).layer_types) == {"sliding_attention", "full_attention"}
