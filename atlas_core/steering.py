@@ -1,4 +1,4 @@
-"""Steering and knockout with contrastive directions, always graded against controls.
+"""Steering and knockout with contrastive directions, always graded against controls on held-out prompts.
 
 A *target* is what we steer: a task family (direction = mean corrupt − mean clean residual at the last
 token, so +α pushes the model from the clean answer toward the corrupt answer) or a concept such as
@@ -7,38 +7,184 @@ atlas vocabulary, `Unit.of(Site("resid", L, position=...), Op.add(v̂ · ‖h_L�
 (cached, resumable): α is in multiples of the layer's typical residual norm ‖h_L‖ (median over the fit
 prompts at the last token), so strengths are comparable across layers and models.
 
+Held-out: each target has three samples — *fit* (the direction), *select* (the best layer and sign) and
+*eval* (every graded number) — that share no template and no text (`split_by_template`; a template is a
+prompt with its lexicon fillers masked, `template`). A concept's fit sentences never contain the probe words
+it is graded by. `audit` checks all of this for every study a chapter runs.
+
 Effect (logits): ``effect = sign · (LD_clean − LD_steered)`` with LD = logit(answer) − logit(distractor),
 sign = +1 for families (the shift toward the corrupt answer, = `ld_drop`) and −1 for concepts (the
-shift toward the positive token). Controls beside every real direction, at the same layer, norm and α:
-random unit directions (≥ 10, seeded) and shuffled-label directions (clean/corrupt labels permuted before
-averaging). A real effect is graded by its z-score and empirical p against those null effects.
+shift toward the positive token). Controls beside every graded direction, at the same layer, norm and α:
+random unit directions (seeded) and shuffled-label directions (labels permuted before averaging). The real
+direction is graded against the *strongest* control by an exact paired sign-flip test over the held-out
+prompts (`p_control`); z-scores and empirical p against the control draws are descriptive only (with k draws an
+empirical p cannot go below 1/(k+1): 0.25 for 3 shuffled draws). A task family the model does not solve
+(`tasks.solved` on the select + eval items) is not testable: its claims say so instead of steering it.
 
-Knockout is negative steering aimed at one family; selectivity = target effect / mean |off-target
-effect|, both as fractions of each family's clean−corrupt gap (ratio of means), with bootstrap CIs.
+Knockout is negative steering aimed at one family; selectivity = target effect − mean |off-target effect|,
+each a fraction of that family's clean−corrupt gap (ratio of means, defined only where the gap's 95% CI
+excludes 0, else NaN = "undefined"), with a bootstrap CI over prompts. `steering_claims` turns the measured
+tables into claims whose wording, direction and confidence all come from the evidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import stats
+from .claims import Claim
 from .engine import Batch
 from .interventions import Edit, Op, Site, Unit
 from .subject import Subject
 
+# Probe prompts for sentiment: neutral openings whose next word is an evaluative adjective. They avoid the
+# subjects and frames of the contrastive fit sentences (data/contrastive/sentiment.jsonl), and the probe words
+# below are dropped from the fit sentences (`concept_target`), so fit and probe share no template, text or word.
 SENTIMENT_TEMPLATES = (
-    "I watched the film last night. Honestly, it was", "The food at that place was",
-    "My first day at the new job was", "The new phone I bought is", "Her performance in the play was",
-    "The weather this weekend was", "The service at the hotel was", "Overall, the book was",
+    "Last night we finally saw the show. It was", "The food at that place was", "My first day at the new job was",
+    "The laptop I bought last month is", "Her acting in the school play was", "The drive home this weekend was",
+    "The staff at the front desk were", "Overall, the novel was", "The view from our room was",
+    "My experience with their support team was", "The second album by that band is", "Our neighbours' garden looks",
+    "The match on Sunday was", "The museum tour yesterday was", "This new recipe for soup tastes",
+    "The flight back from the conference was",
 )
-SENTIMENT_TOKENS = ((" great", " terrible"), (" good", " bad"), (" wonderful", " awful"),
-                    (" excellent", " poor"), (" amazing", " horrible"), (" fantastic", " dreadful"))
+SENTIMENT_TOKENS = ((" good", " bad"), (" great", " terrible"), (" wonderful", " awful"), (" excellent", " poor"))
+
+
+# ---------------------------------------------------------------------------------- held-out splits
+@lru_cache(maxsize=1)
+def _filler_rx() -> re.Pattern:
+    """Every slot filler of the generators (names, nouns, cities, numbers, adjectives, filler sentences, ...),
+    single letters and numbers, longest first, matched case-insensitively as whole words."""
+    from .tasks import generators as G
+    from .tasks import lexicon as L
+
+    words: set[str] = set()
+    for tup in (L.NAMES, L.NOUNS, L.COLORS, L.CITIES, L.PETS, L.JOBS, L.NUMBER_WORDS, L.ORDINALS, L.DAYS, L.MONTHS,
+                L.SPELL_WORDS, L.FILLER, L.SURNAMES, L.TITLES, L.SENTIMENT_SUBJ, G._AGREE_ADJ, G._WORDVALS,
+                G._DELIM_SUBJ, G._DELIM_OUTER, G._DELIM_INNER):
+        words |= set(tup)
+    for rows in (L.COUNTRIES, L.LANDMARKS, L.AGREE_NOUNS, L.ANTONYMS, L.SENTIMENT_ADJ, SENTIMENT_TOKENS):
+        words |= {w.strip() for r in rows for w in r if w}
+    alts = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alts}|[A-Za-z]|\d+)(?!\w)", re.IGNORECASE)
+
+
+def template(text: str) -> str:
+    """A prompt's template: its fillers masked as `_`, runs of slots (word lists) and repeated lines (few-shot
+    demos) collapsed, a leading filler paragraph dropped. A prompt with no text left besides slots (a random
+    word sequence) is its own template."""
+    k = re.sub(r"_(?:[ ,]+_)+", "_", _filler_rx().sub("_", text))
+    lines = k.split("\n")
+    k = re.sub(r"^_\s*\n\n", "", "\n".join(x for i, x in enumerate(lines) if i == 0 or x != lines[i - 1]))
+    return k if re.sub(r"[_\s,]", "", k) else text
+
+
+def texts(x: Any) -> tuple[str, ...]:
+    """The texts of a fit pair (both sentences) or of an item (clean and corrupt prompt)."""
+    return tuple(x) if isinstance(x, tuple) else tuple(dict.fromkeys((x.prompt, x.corrupt)))
+
+
+def _templates(x: Any) -> set[str]:
+    return {template(t) for t in texts(x)}
+
+
+def _order(s: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()
+
+
+def split_by_template(units: Sequence, sizes: Sequence[int], seed: int,
+                      keys: Callable[[Any], Iterable[str]] = _templates) -> list[list]:
+    """Disjoint samples of at most `sizes` units: no key (template, or the text of a template-free prompt) in two
+    of them, and no text inside a text of an earlier part. Units sharing a key form one group; whole groups go,
+    in a seeded order, to the part missing the largest share of its units (then to the one with the fewest groups
+    per unit wanted), and each part is sampled round-robin over its groups. A part stays short (or empty) when
+    there are too few groups."""
+    from . import tasks
+
+    parent = list(range(len(units)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    ukeys = [sorted(keys(u)) for u in units]
+    for i, ks in enumerate(ukeys):
+        for k in ks:
+            parent[root(i)] = root(first.setdefault(k, i))
+    groups: dict[int, list] = {}
+    for i in range(len(units)):
+        groups.setdefault(root(i), []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: _order(min(ukeys[g[0]]), seed))
+    parts: list[list[list]] = [[] for _ in sizes]
+    have = [0] * len(sizes)
+    for g in ordered:
+        need = [(s - h) / s if s else -np.inf for s, h in zip(sizes, have, strict=True)]
+        i = int(np.argmax(need)) if max(need) > 0 else int(np.argmin([len(p) / max(s, 1e-9) for p, s in
+                                                                      zip(parts, sizes, strict=True)]))
+        parts[i].append(tasks.sample([units[j] for j in g], len(g), seed))
+        have[i] += len(g)
+    out: list[list] = []
+    taken: list[str] = []
+    for p, s in zip(parts, sizes, strict=True):
+        pick = _round_robin([[u for u in g if not any(a in b or b in a for a in texts(u) for b in taken)] for g in p])[:s]
+        out.append(pick)
+        taken += [t for u in pick for t in texts(u)]
+    return out
+
+
+def _round_robin(groups: list[list]) -> list:
+    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+
+
+def _has_word(text: str, words: Iterable[str]) -> bool:
+    return any(re.search(rf"(?<!\w){re.escape(w.strip())}(?!\w)", text, re.IGNORECASE) for w in words)
+
+
+def leaks(parts: dict[str, Sequence], probe_words: Sequence[str] = ()) -> list[str]:
+    """What two parts share: a template, or a text (equal or one inside the other); and any probe word inside a
+    fit text (parts named 'fit...'). Empty when the parts are properly held out from one another."""
+    out = []
+    names = list(parts)
+    tpl = {n: {t for x in parts[n] for t in _templates(x)} for n in names}
+    txt = {n: {t for x in parts[n] for t in texts(x)} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if shared := tpl[a] & tpl[b]:
+                out.append(f"{a} and {b} share {len(shared)} template(s), e.g. {sorted(shared)[0]!r}")
+            if inside := [(x, y) for x in txt[a] for y in txt[b] if x in y or y in x]:
+                out.append(f"{a} and {b} share {len(inside)} text(s), e.g. {inside[0][0]!r} / {inside[0][1]!r}")
+    for n in names:
+        if n.startswith("fit") and probe_words and (hit := [t for t in txt[n] if _has_word(t, probe_words)]):
+            out.append(f"{n}: {len(hit)} text(s) contain a probe word, e.g. {hit[0]!r}")
+    return out
+
+
+@dataclass
+class Split:
+    """One target's held-out samples: fit pairs (direction), select items (layer and sign), eval items (grades)."""
+
+    target: str
+    fit: list[tuple[str, str]]
+    select: list
+    eval: list
+    probe_words: tuple[str, ...] = ()  # the answer words a concept is graded by (never in its fit texts)
+
+    def leaks(self) -> list[str]:
+        return leaks({"fit": self.fit, "select": self.select, "eval": self.eval}, self.probe_words)
 
 
 # ---------------------------------------------------------------------------------- directions
@@ -125,14 +271,17 @@ def transfer(dirs: Directions, src: Subject, dst: Subject) -> Directions:
 
 
 # ---------------------------------------------------------------------------------- targets
-def family_target(subject: Subject, family: str, n: int, n_fit: int, seed: int = 0, bucket: str = "short"):
-    """(fit pairs (corrupt, clean), select items, eval items): three disjoint seeded samples of validated items."""
+def family_target(subject: Subject, family: str, n: int, n_fit: int, seed: int = 0, bucket: str = "short") -> Split:
+    """Fit pairs (corrupt, clean), select items and eval items of a family: validated items, disjoint in
+    templates and texts (`split_by_template`)."""
     from . import tasks
 
     items, _ = tasks.validate(tasks.load_items(family, "synthetic", bucket), subject.tokenizer)
-    items = tasks.sample(items, n_fit + 2 * n, seed)
-    fit_items, sel, ev = items[:n_fit], items[n_fit:n_fit + n], items[n_fit + n:]
-    return [(it.corrupt, it.prompt) for it in fit_items], sel, ev
+    fit_items, sel, ev = split_by_template(items, (n_fit, n, n), seed)
+    if not (fit_items and sel and ev):
+        raise ValueError(f"{family}: its {len(items)} items fall into fewer than 3 template groups, so fit, select and "
+                         "eval prompts cannot be held out from one another")
+    return Split(family, [(it.corrupt, it.prompt) for it in fit_items], sel, ev)
 
 
 def concept_items(subject: Subject, concept: str = "sentiment") -> list:
@@ -140,24 +289,48 @@ def concept_items(subject: Subject, concept: str = "sentiment") -> list:
     if concept != "sentiment":
         raise ValueError(f"no probe prompts for concept {concept!r}; known: sentiment")
     tok = subject.tokenizer
-    pairs = [(tok(a, add_special_tokens=False)["input_ids"], tok(b, add_special_tokens=False)["input_ids"])
+    pairs = [(a, b, tok(a, add_special_tokens=False)["input_ids"], tok(b, add_special_tokens=False)["input_ids"])
              for a, b in SENTIMENT_TOKENS]
-    pairs = [(a[0], b[0]) for a, b in pairs if len(a) == 1 and len(b) == 1]
+    pairs = [(a, b, x[0], y[0]) for a, b, x, y in pairs if len(x) == 1 and len(y) == 1]
     if not pairs:
         raise ValueError(f"no {concept} word pair is a single token under {subject.name}'s tokenizer; "
                          "add pairs to steering.SENTIMENT_TOKENS")
-    return [SimpleNamespace(id=f"{concept}{i}-{j}", family=concept, prompt=t, corrupt=t, answer_id=a, distractor_id=b,
-                            diff_pos=0, bucket="short", variant="concept")
-            for i, t in enumerate(SENTIMENT_TEMPLATES) for j, (a, b) in enumerate(pairs)]
+    return [SimpleNamespace(id=f"{concept}{i}-{j}", family=concept, prompt=t, corrupt=t, answer=a, distractor=b,
+                            answer_id=x, distractor_id=y, diff_pos=0, bucket="short", variant="concept")
+            for i, t in enumerate(SENTIMENT_TEMPLATES) for j, (a, b, x, y) in enumerate(pairs)]
 
 
-def concept_target(subject: Subject, concept: str, n: int, n_fit: int, seed: int = 0):
-    """(fit pairs (positive, negative), select items, eval items) for a concept."""
+def concept_target(subject: Subject, concept: str, n: int, n_fit: int, seed: int = 0) -> Split:
+    """Fit pairs (positive, negative), select and eval probe items of a concept. Probe templates are split between
+    select and eval; fit sentences sharing a template or text with any probe prompt, or containing a probe word,
+    are dropped before sampling."""
     from . import tasks
 
-    pairs = tasks.sample(tasks.contrastive(concept), n_fit, seed)
-    items = tasks.sample(concept_items(subject, concept), 2 * n, seed)
-    return pairs, items[:n], items[n:]
+    items = concept_items(subject, concept)
+    sel, ev = split_by_template(items, (n, n), seed)
+    words = tuple(sorted({w.strip() for it in items for w in (it.answer, it.distractor)}))
+    probe_tpl = {template(it.prompt) for it in items}
+    probe_txt = {it.prompt for it in items}
+    pool = [p for p in tasks.contrastive(concept) if not _has_word(" ".join(p), words) and not _templates(p) & probe_tpl
+            and not any(q in t or t in q for t in p for q in probe_txt)]
+    if not pool:
+        raise ValueError(f"{concept}: every fit sentence shares a template, a text or a probe word with the probe prompts")
+    return Split(concept, split_by_template(pool, (n_fit,), seed)[0], sel, ev, words)
+
+
+def bucket_items(subject: Subject, st: Study, family: str, bucket: str, n: int, seed: int) -> list:
+    """Eval items of a family in another length bucket: none shares a template or text with its fit or select
+    prompts (the short bucket gives the study's own eval items)."""
+    from . import tasks
+
+    sp = st.splits[family]
+    if bucket == "short":
+        return sp.eval
+    its, _ = tasks.validate(tasks.load_items(family, "synthetic", bucket), subject.tokenizer)
+    held = {t for x in [*sp.fit, *sp.select] for t in _templates(x)}
+    held_txt = [t for x in [*sp.fit, *sp.select] for t in texts(x)]
+    its = [it for it in its if not _templates(it) & held and not any(h in t for t in texts(it) for h in held_txt)]
+    return tasks.sample(its, n, seed)
 
 
 # ---------------------------------------------------------------------------------- units and effects
@@ -192,8 +365,10 @@ def effects(df: pd.DataFrame, meta: pd.DataFrame, sign: int) -> pd.DataFrame:
 
 
 def grade(per_prompt: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Per (family, layer, α): the real effect with a 95% CI and its z / empirical p against the random and the
-    shuffled-label effects (each control's mean over the same prompts), in the direction of α's sign."""
+    """Per (family, layer, α): the real effect with a 95% CI over prompts and, where controls ran (same prompts,
+    read in the direction of α's sign), the strongest control, its mean effect and `p_control` — the exact paired
+    sign-flip p of (real − strongest control) over prompts. z / empirical p against the random and the
+    shuffled-label draws are descriptive: with k draws an empirical p cannot go below 1/(k + 1)."""
     rows = []
     for (fam, layer, a), g in per_prompt.groupby(["family", "layer", "alpha"]):
         real = g[g["kind"] == "real"]
@@ -203,6 +378,13 @@ def grade(per_prompt: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
         s = 1.0 if a >= 0 else -1.0
         r = {"family": fam, "layer": layer, "alpha": a, "effect": est, "effect_lo": lo, "effect_hi": hi,
              "kl": real["kl"].mean(), "n": len(real)}
+        ctl = g[g["kind"] != "real"]
+        if len(ctl) and a != 0:
+            per = ctl.pivot_table(index="item_id", columns=["kind", "idx"], values="effect")
+            k = (s * per.mean()).idxmax()
+            d = (s * (real.set_index("item_id")["effect"] - per[k])).dropna().to_numpy()
+            r |= {"control": f"{k[0]} #{k[1]}", "control_effect": float(per[k].mean()), "n_controls": per.shape[1],
+                  "p_control": stats.sign_flip_p(d, "greater")}
         for kind in ("random", "shuffled"):
             null = g[g["kind"] == kind].groupby("idx")["effect"].mean().to_numpy()
             if null.size and a != 0:
@@ -214,45 +396,63 @@ def grade(per_prompt: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
 
 
 def best_layers(screen: pd.DataFrame) -> pd.DataFrame:
-    """Per family and sign of α: the layer with the largest mean signed effect over that sign's strengths."""
+    """Per family and sign of α: the layer with the largest mean signed effect over that sign's strengths
+    (`signed`), and how many (layer, sign) cells it was chosen from (`n_candidates`)."""
     d = screen.assign(sign=np.sign(screen["alpha"]).astype(int))
     d = d[d["sign"] != 0]
     m = d.assign(signed=d["effect"] * d["sign"]).groupby(["family", "sign", "layer"])["signed"].mean().reset_index()
-    return m.loc[m.groupby(["family", "sign"])["signed"].idxmax()].reset_index(drop=True)
+    k = m.groupby("family").size().rename("n_candidates")
+    return m.loc[m.groupby(["family", "sign"])["signed"].idxmax()].merge(k, on="family").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------- knockout
-def normalized(ld_drop: np.ndarray, gap: np.ndarray) -> float:
-    """Fraction of the clean−corrupt logit-difference gap removed: mean(ld_drop) / mean(gap)."""
+def gap_defined(gap: np.ndarray) -> bool:
+    """Whether a family's clean−corrupt gap can normalize an effect: its 95% CI (over prompts) excludes 0."""
+    _, lo, hi = stats.bootstrap_ci(gap)
+    return bool(lo > 0 or hi < 0)
+
+
+def _ratio(ld_drop: np.ndarray, gap: np.ndarray) -> float:
     den = float(np.mean(gap))
-    return float(np.mean(ld_drop)) / den if abs(den) > 1e-9 else float("nan")
+    return float(np.mean(ld_drop)) / den if abs(den) > 1e-12 else float("nan")
+
+
+def normalized(ld_drop: np.ndarray, gap: np.ndarray) -> float:
+    """Fraction of the clean−corrupt gap removed, mean(ld_drop) / mean(gap); NaN ("undefined") unless the gap's
+    95% CI excludes 0, so a near-zero gap never inflates the effect."""
+    return _ratio(ld_drop, gap) if gap_defined(gap) else float("nan")
 
 
 def selectivity(target: tuple[np.ndarray, np.ndarray], off: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 1000,
-                seed: int = 0, floor: float = 1e-3) -> tuple[float, float, float]:
-    """(estimate, lo, hi) of target effect / mean |off-target effect|; each effect is `normalized` (ld_drop, gap)
-    of one family; prompts are resampled within every family for the CI; the denominator is floored at `floor`."""
-    def ratio(t, o):
-        den = np.mean([abs(normalized(*x)) for x in o])
-        return normalized(*t) / max(den, floor)
+                seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, lo, hi) of target effect − mean |off-target effect|, each `normalized` (ld_drop, gap) of one
+    family: 0 = as much collateral as target effect, bounded by the effects themselves (no ratio to explode).
+    Off-target families with an undefined gap are left out; NaN when the target's or every off-target gap is
+    undefined. Percentile bootstrap CI, prompts resampled within every family."""
+    nan = (float("nan"),) * 3
+    offs = [x for x in off.values() if gap_defined(x[1])]
+    if not gap_defined(target[1]) or not offs:
+        return nan
 
-    est = ratio(target, list(off.values()))
+    def diff(t, o):
+        return _ratio(*t) - float(np.mean([abs(_ratio(*x)) for x in o]))
+
     rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        def rs(x):
-            i = rng.integers(0, len(x[0]), len(x[0]))
-            return np.asarray(x[0])[i], np.asarray(x[1])[i]
-        boots.append(ratio(rs(target), [rs(x) for x in off.values()]))
-    boots = np.asarray(boots)
+
+    def rs(x):
+        i = rng.integers(0, len(x[0]), len(x[0]))
+        return np.asarray(x[0])[i], np.asarray(x[1])[i]
+
+    boots = np.array([diff(rs(target), [rs(x) for x in offs]) for _ in range(n_boot)])
     boots = boots[np.isfinite(boots)]
     lo, hi = np.quantile(boots, [0.025, 0.975]) if boots.size else (np.nan, np.nan)
-    return est, float(lo), float(hi)
+    return diff(target, offs), float(lo), float(hi)
 
 
 def knockout_table(per_prompt: pd.DataFrame, n_boot: int = 500) -> pd.DataFrame:
-    """Per knockout unit (aimed at `target`): target effect, off-target effect and KL (collateral), selectivity + CI.
-    `per_prompt` holds the units' sweep rows on every family's prompts (columns target, family, ld_drop, ...)."""
+    """Per knockout unit (aimed at `target`): target effect, mean |off-target effect| over the `n_off` families with
+    a defined gap, KL (collateral), selectivity (a difference) + CI. `per_prompt` holds the units' sweep rows
+    on every family's prompts (columns target, family, ld_drop, ld_clean, ld_corrupt, kl, ...)."""
     rows = []
     for (tgt, layer, a), g in per_prompt.groupby(["target", "layer", "alpha"]):
         fam = {f: (x["ld_drop"].to_numpy(), (x["ld_clean"] - x["ld_corrupt"]).to_numpy()) for f, x in g.groupby("family")}
@@ -260,11 +460,11 @@ def knockout_table(per_prompt: pd.DataFrame, n_boot: int = 500) -> pd.DataFrame:
             continue
         off = {f: v for f, v in fam.items() if f != tgt}
         sel, lo, hi = selectivity(fam[tgt], off, n_boot=n_boot)
-        offg = g[g["family"] != tgt]
+        offn = [abs(v) for v in (normalized(*x) for x in off.values()) if np.isfinite(v)]
         rows.append({"target": tgt, "layer": layer, "alpha": a, "target_effect": normalized(*fam[tgt]),
-                     "off_target_effect": float(np.mean([normalized(*v) for v in off.values()])),
-                     "off_target_kl": offg["kl"].mean(), "target_kl": g[g["family"] == tgt]["kl"].mean(),
-                     "selectivity": sel, "selectivity_lo": lo, "selectivity_hi": hi})
+                     "off_target_effect": float(np.mean(offn)) if offn else np.nan, "n_off": len(offn),
+                     "off_target_kl": g[g["family"] != tgt]["kl"].mean(), "target_kl": g[g["family"] == tgt]["kl"].mean(),
+                     "selectivity": sel, "selectivity_lo": lo, "selectivity_hi": hi, "n": len(fam[tgt][0])})
     return pd.DataFrame(rows)
 
 
@@ -299,70 +499,96 @@ def generate(subject: Subject, prompts: Sequence[str], unit: Unit | None = None,
 # ---------------------------------------------------------------------------------- the chapter's pipeline
 @dataclass
 class Study:
-    """Everything one steering study measured: directions, screen, held-out grading, best layers, eval items."""
+    """Everything one steering study measured: directions, held-out splits, screen, held-out grading, best layers."""
 
     dirs: dict[str, Directions]
     sign: dict[str, int]
-    items: dict[str, list]  # held-out evaluation items per target
+    splits: dict[str, Split]
     screen: pd.DataFrame  # real directions, every screened layer × α, selection prompts
     graded: pd.DataFrame  # best layers, every α, held-out prompts, with control statistics
     best: pd.DataFrame  # per target and sign: best layer (chosen on the selection prompts)
     per_prompt: pd.DataFrame  # held-out rows of the graded sweep
+    solved: pd.DataFrame = field(default_factory=pd.DataFrame)  # `tasks.solved` on each family's select + eval items
+
+    @property
+    def items(self) -> dict[str, list]:
+        """Held-out evaluation items per target."""
+        return {t: sp.eval for t, sp in self.splits.items()}
+
+    def untestable(self, target: str) -> str | None:
+        """Why a family's claims cannot be tested on this model (None when they can; concepts have no gate)."""
+        from . import tasks
+
+        if self.sign[target] != 1:
+            return None
+        row = self.solved[self.solved["family"] == target]
+        return None if len(row) and bool(row["testable"].iloc[0]) else tasks.untestable_why(row)
 
 
 def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = ("sentiment",), n: int = 8,
           n_fit: int = 16, layers: Sequence[int] | None = None, screen_alphas: Sequence[float] = (-0.4, 0.4),
           alphas: Sequence[float] = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8), control_alphas: Sequence[float] = (-0.4, 0.4),
           n_random: int = 10, n_shuffled: int = 3, seed: int = 0, cache=None, progress: bool = False) -> Study:
-    """Fit directions per target, screen layers on selection prompts, then grade the best layer of each sign on
-    held-out prompts against random and shuffled-label controls (at `control_alphas`, same layer and norm)."""
+    """Fit directions per target on its fit split, screen layers on its select split, then grade the best layer of
+    each sign on its eval split against random and shuffled-label controls (at `control_alphas`, same layer and
+    norm). Families are gated by `tasks.solved` on their select + eval items."""
+    from . import tasks
     from .sweep import sweep
 
     layers = list(range(subject.arch.n_layers) if layers is None else layers)
-    dirs, sign, ev_items, screens, graded = {}, {}, {}, [], []
+    dirs, sign, splits, screens, graded, base = {}, {}, {}, [], [], []
     for name in [*families, *concepts]:
         is_concept = name in concepts
-        pairs, sel, ev = (concept_target if is_concept else family_target)(subject, name, n, n_fit, seed)
-        d = fit(subject, pairs, name, n_random, n_shuffled, seed)
-        dirs[name], sign[name], ev_items[name] = d, -1 if is_concept else 1, ev
+        sp = (concept_target if is_concept else family_target)(subject, name, n, n_fit, seed)
+        d = fit(subject, sp.fit, name, n_random, n_shuffled, seed)
+        dirs[name], sign[name], splits[name] = d, -1 if is_concept else 1, sp
         us, meta = units(d, layers, screen_alphas)
-        sc = grade(effects(sweep(subject, sel, us, seed=seed, cache=cache, progress=progress, desc=f"screen {name}"),
-                           meta, sign[name]))
+        rows = sweep(subject, sp.select, us, seed=seed, cache=cache, progress=progress, desc=f"screen {name}")
+        sc = grade(effects(rows, meta, sign[name]))
         screens.append(sc)
-        best = best_layers(sc)
         us, meta = [], []
-        for b in best.itertuples():
+        for b in best_layers(sc).itertuples():
             sa = [a for a in alphas if np.sign(a) == b.sign]
             ca = [a for a in control_alphas if np.sign(a) == b.sign]
             for ks, al in ((("real",), sa), (("random", "shuffled"), ca)):
                 u, m = units(d, [b.layer], al, kinds=ks)
                 us += u
                 meta.append(m)
-        meta = pd.concat(meta).drop_duplicates("unit")
-        graded.append(effects(sweep(subject, ev, us, seed=seed, cache=cache, progress=progress, desc=f"grade {name}"),
-                              meta, sign[name]))
+        ev = sweep(subject, sp.eval, us, seed=seed, cache=cache, progress=progress, desc=f"grade {name}")
+        graded.append(effects(ev, pd.concat(meta).drop_duplicates("unit"), sign[name]))
+        if not is_concept:
+            base += [rows, ev]
     per_prompt = pd.concat(graded, ignore_index=True)
     screen = pd.concat(screens, ignore_index=True)
-    return Study(dirs, sign, ev_items, screen, grade(per_prompt), best_layers(screen), per_prompt)
+    solved = tasks.solved(pd.concat(base)) if base else tasks.solved(pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
+    return Study(dirs, sign, splits, screen, grade(per_prompt), best_layers(screen), per_prompt, solved)
 
 
 def summary(st: Study, n_layers: int) -> pd.DataFrame:
-    """Per target: best layer (and its depth) and sign, the held-out effect at the control strength, z / p against
-    random and shuffled-label controls."""
-    g = st.graded.dropna(subset=["z_random"]).copy()
-    g["sign"] = np.sign(g["alpha"]).astype(int)
-    g = g.merge(st.best[["family", "sign", "layer"]], on=["family", "sign", "layer"])
-    g = g.loc[g.groupby("family")["z_random"].idxmax()]
+    """Per target, the (layer, sign) chosen on the selection prompts out of `n_candidates`, graded on the held-out
+    prompts at the largest control strength of that sign: effect with CI, the strongest control and the paired
+    sign-flip p against it, and whether the target is testable on this model."""
+    chosen = st.best.loc[st.best.groupby("family")["signed"].idxmax()]
+    g = st.graded.dropna(subset=["p_control"]).assign(sign=lambda x: np.sign(x["alpha"]).astype(int))
+    g = g.merge(chosen[["family", "sign", "layer", "n_candidates"]], on=["family", "sign", "layer"])
+    g = g.loc[g.assign(m=g["alpha"].abs()).groupby("family")["m"].idxmax()].copy()
     g["depth"] = g["layer"] / max(1, n_layers - 1)
-    cols = ["family", "layer", "depth", "sign", "alpha", "effect", "effect_lo", "effect_hi", "random_mean", "random_max",
-            "z_random", "p_random", "shuffled_mean", "z_shuffled", "p_shuffled", "kl"]
+    g["kind"] = ["concept" if st.sign[f] == -1 else "family" for f in g["family"]]
+    why = {f: st.untestable(f) for f in g["family"]}
+    g["testable"] = [why[f] is None for f in g["family"]]
+    g["untestable_why"] = [why[f] or "" for f in g["family"]]
+    g["held_out"] = [not st.splits[f].leaks() for f in g["family"]]
+    cols = ["family", "kind", "layer", "depth", "sign", "alpha", "n_candidates", "effect", "effect_lo", "effect_hi",
+            "control", "control_effect", "n_controls", "p_control", "n_random", "n_shuffled", "z_random", "z_shuffled",
+            "kl", "n", "testable", "untestable_why", "held_out"]
     return g[[c for c in cols if c in g]].reset_index(drop=True)
 
 
 def knockout(subject: Subject, st: Study, alpha: float, families: Sequence[str] | None = None, seed: int = 0,
              cache=None, progress: bool = False, n_boot: int = 500) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Negative steering aimed at each family (its direction toward the corrupt answer, +α, at its best layer of
-    that sign) run on every family's held-out prompts: (selectivity table, per-prompt rows)."""
+    that sign, chosen on the selection prompts) run on every family's held-out prompts: (selectivity table with
+    testability and `n_candidates`, per-prompt rows)."""
     from .sweep import sweep
 
     fams = [f for f in (families or st.dirs) if st.sign[f] == 1]
@@ -372,10 +598,19 @@ def knockout(subject: Subject, st: Study, alpha: float, families: Sequence[str] 
         u, m = units(st.dirs[f], [int(best.loc[f, "layer"])], [alpha])
         us += u
         meta.append(m)
-    meta = pd.concat(meta)
     items = [it for f in fams for it in st.items[f]]
-    rows = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=progress, desc="knockout"), meta, 1)
-    return knockout_table(rows, n_boot=n_boot), rows
+    rows = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=progress, desc="knockout"), pd.concat(meta), 1)
+    ko = knockout_table(rows, n_boot=n_boot)
+    if ko.empty:
+        return ko, rows
+    why = {r.target: st.untestable(r.target) or ("" if r.n_off else "no other family's clean−corrupt gap has a 95% "
+                                                 "CI excluding 0, so selectivity is undefined") for r in ko.itertuples()}
+    pos = st.screen[st.screen["alpha"] > 0]
+    ko["n_candidates"] = ko["target"].map(pos.groupby("family")["layer"].nunique())
+    ko["testable"] = [not why[t] for t in ko["target"]]
+    ko["untestable_why"] = ko["target"].map(why)
+    ko["held_out"] = [not st.splits[t].leaks() for t in ko["target"]]
+    return ko, rows
 
 
 def concept_kl(subject: Subject, st: Study, concept: str, alpha: float, seed: int = 0, cache=None) -> pd.DataFrame:
@@ -387,3 +622,86 @@ def concept_kl(subject: Subject, st: Study, concept: str, alpha: float, seed: in
     items = [it for f, its in st.items.items() if st.sign[f] == 1 for it in its]
     df = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=False), meta, 1)
     return df.groupby("family").agg(kl=("kl", "mean"), ld_drop=("ld_drop", "mean")).reset_index()
+
+
+def audit(st: Study, extra: dict[str, tuple[str, Sequence]] | None = None) -> list[str]:
+    """Every leak between what a direction was fit or selected on and what it is graded on, for all the studies
+    run on `st`: each target's fit / select / eval; every target's fit against every target's eval (knockout and
+    off-target runs apply one target's direction to the others' prompts); and `extra` item sets graded with a
+    target's direction (name -> (target, items), e.g. another length bucket). Empty = properly held out."""
+    out = [f"{t}: {x}" for t, sp in st.splits.items() for x in sp.leaks()]
+    fits = [p for sp in st.splits.values() for p in sp.fit]
+    evals = [it for sp in st.splits.values() for it in sp.eval]
+    out += [f"across targets: {x}" for x in leaks({"fit (all targets)": fits, "eval (all targets)": evals})]
+    for name, (t, its) in (extra or {}).items():
+        sp = st.splits[t]
+        out += [f"{name}: {x}" for x in leaks({"fit": sp.fit, "select": sp.select, name: its}, sp.probe_words)]
+    return out
+
+
+# ---------------------------------------------------------------------------------- claims
+def _toward(kind: str, sign: int) -> str:
+    if kind == "concept":
+        return "the positive word" if sign > 0 else "the negative word"
+    return "the corrupt answer" if sign > 0 else "the clean answer"
+
+
+def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None, *, model: str, profile: str,
+                    chapter: str = "04", level: float = 0.05) -> list[Claim]:
+    """Claims from `summary` (one row per target) and a `knockout` table. Wording (direction, whether the effect
+    beats its controls, how many candidates a best was chosen from) and evidence all come from the measured rows:
+    control = paired sign-flip p against the strongest control (steering) or a selectivity CI above 0 (knockout);
+    breadth = testable targets that pass it; selection = held-out when the target's splits share nothing.
+    Targets the model does not solve give claims that say "not testable here"."""
+    def beats(r) -> bool:
+        return bool(r.p_control <= level and r.sign * (r.effect - r.control_effect) > 0)
+
+    ok = [r.testable and beats(r) for r in summary.itertuples()]
+    n_t, n_ok = int(summary["testable"].sum()), int(sum(ok))
+    out = []
+    for r in summary.itertuples():
+        cf = f"add α·‖h_L‖·v̂ to the residual stream after layer {r.layer}, last token"
+        ctl = f"{r.n_random:.0f} random + {r.n_shuffled:.0f} shuffled-label directions, same layer, norm and α"
+        common = dict(counterfactual=cf, control=ctl, chapter=chapter, model=model, profile=profile)
+        metric = "logit-difference shift toward the target, held-out prompts; paired sign-flip test vs the strongest control"
+        if not r.testable:
+            out.append(Claim(f"Steering {r.family}: not testable here ({r.untestable_why})", metric=metric,
+                             evidence={"testable": False, "untestable_why": r.untestable_why}, **common))
+            continue
+        aligned = r.sign * r.effect
+        verdict = ("beyond" if beats(r) else "but not reliably beyond" if r.sign * (r.effect - r.control_effect) > 0
+                   else "no more than")
+        out.append(Claim(
+            f"Steering {r.family} along its contrastive direction at layer {r.layer} "
+            f"({'+' if r.sign > 0 else '−'}α = {abs(r.alpha):g}·‖h‖; layer and sign chosen out of {r.n_candidates} "
+            f"candidates on selection prompts) moves the logit difference {abs(r.effect):.2f} "
+            f"{'toward' if aligned > 0 else 'away from'} {_toward(r.kind, r.sign)} (effect {r.effect:+.2f}, 95% CI "
+            f"{r.effect_lo:+.2f} to {r.effect_hi:+.2f}, {r.n} held-out prompts), {verdict} the strongest of {int(r.n_controls)} controls "
+            f"({r.control} {r.control_effect:+.2f}; paired sign-flip p = {r.p_control:.2g})",
+            metric=metric, evidence={"p_value": float(r.p_control), "n_candidates": int(r.n_candidates),
+                                     "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok,
+                                     "n_families": n_t, "n_prompts": int(r.n)}, **common))
+    if knockout is None or knockout.empty:
+        return out
+    ok = knockout["testable"] & (knockout["selectivity_lo"] > 0)
+    n_t, n_ok = int(knockout["testable"].sum()), int(ok.sum())
+    for r in knockout.itertuples():
+        common = dict(metric="fraction of each family's clean − corrupt gap removed: target − mean |off-target|",
+                      counterfactual=f"+{r.alpha:g}·‖h‖ along the family's direction at layer {r.layer}, last token",
+                      control="the same edit on the other families' held-out prompts (0 = as much collateral as effect)",
+                      chapter=chapter, model=model, profile=profile)
+        if not r.testable:
+            out.append(Claim(f"Knocking out {r.target}: not testable here ({r.untestable_why})",
+                             evidence={"testable": False, "untestable_why": r.untestable_why}, **common))
+            continue
+        verdict = ("selective" if r.selectivity_lo > 0 else "less selective than its collateral" if r.selectivity_hi < 0
+                   else "not distinguishable from non-selective")
+        out.append(Claim(
+            f"Knocking out {r.target} (+{r.alpha:g}·‖h‖ at layer {r.layer}, chosen out of {r.n_candidates} layers on "
+            f"selection prompts) removes {r.target_effect:.2f} of its gap vs {r.off_target_effect:.2f} of {r.n_off} other "
+            f"families' gaps: {verdict} (difference {r.selectivity:+.2f}, 95% CI {r.selectivity_lo:+.2f} to "
+            f"{r.selectivity_hi:+.2f}; off-target KL {r.off_target_kl:.3f})",
+            evidence={"ci_excludes_control": bool(r.selectivity_lo > 0), "n_candidates": int(r.n_candidates),
+                      "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok, "n_families": n_t},
+            **common))
+    return out

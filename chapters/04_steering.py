@@ -23,16 +23,19 @@
 # **Effect** (logits) = the shift of the logit difference toward the target: LD_clean − LD_steered for
 # families (LD = answer − distractor; the distractor is the corrupt prompt's answer), the increase of
 # logit(positive token) − logit(negative token) for sentiment. **Controls**, beside every graded
-# direction, at the same layer, norm and α: ≥ 10 seeded random directions (a null distribution) and
-# shuffled-label directions (labels permuted before averaging). A direction is graded by how far its
-# effect exceeds these controls (z-score, empirical p, CI vs the largest control), never by size alone.
+# direction, at the same layer, norm and α: seeded random directions (a null distribution) and
+# shuffled-label directions (labels permuted before averaging). A direction is graded against the
+# *strongest* of these controls by an exact paired sign-flip test over the held-out prompts, never by
+# size alone (z-scores against the draws are descriptive).
 #
-# Honest selection: the best layer of each sign is chosen on *selection* prompts; all graded numbers
-# come from disjoint *held-out* prompts; directions are fit on a third disjoint set.
+# Honest selection: directions are fit on one set of prompts, the best layer and sign are chosen on a
+# second (*selection*), and every graded number comes from a third (*held-out*); the three share no
+# template and no text, and a concept's fit sentences never contain the words it is graded by (the
+# audit below checks this for every study in the chapter). A task family the model does not solve is
+# not testable: it is still steered and charted, but its claims say "not testable here".
 #
-# **Budget** (default profile, SmolLM2-135M): 6 families + sentiment, 8 + 8 prompts, 16 fit pairs,
-# every layer × 8 strengths screened, the same 8 strengths held out at the best layer of each sign, 10
-# random + 3 shuffled controls at α = ±0.4; minutes on one CPU core (the sweep cache makes re-runs fast).
+# **Budget**: printed below from the profile (minutes on one CPU core in the default profile; the sweep
+# cache makes re-runs fast).
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -44,11 +47,10 @@ results_dir = None  # default: $ATLAS_RESULTS or results/
 import time
 
 import altair as alt
-import numpy as np
 import pandas as pd
 
 from atlas_core import charts, load, patching, stats, steering, tasks
-from atlas_core.claims import Claim, record
+from atlas_core.claims import record
 from atlas_core.profiles import chapter
 from atlas_core.sweep import sweep
 
@@ -59,6 +61,9 @@ n_layers = subject.arch.n_layers
 layers = list(range(0, n_layers, S["layer_stride"]))
 T0 = time.time()
 print(subject)
+print(f"budget ({profile}): {len(families)} families + {', '.join(S['concepts'])}; {S['n']} selection + {S['n']} held-out "
+      f"prompts, {S['n_fit']} fit pairs per target; {len(layers)} layers × {len(S.get('screen_alphas', (-0.4, 0.4)))} "
+      f"strengths screened; {S['n_random']} random + {S['n_shuffled']} shuffled-label controls per graded cell")
 
 # %% [markdown]
 # ## Screen and held-out grading
@@ -68,6 +73,20 @@ t0 = time.time()
 st = steering.study(subject, families, S["concepts"], S["n"], S["n_fit"], layers, n_random=S["n_random"],
                     n_shuffled=S["n_shuffled"], seed=seed, screen_alphas=S.get("screen_alphas", (-0.4, 0.4)))
 print(f"study: {len(st.screen)} screened cells, {len(st.per_prompt)} graded rows, {time.time() - t0:.0f} s")
+
+# %% [markdown]
+# Which families does the model solve? A family is testable when the 95% lower bound of its flip rate
+# (clean prompt prefers the answer, corrupt prompt flips it) over its selection + held-out items passes
+# the gate; the held-out audit lists any template, text or probe word shared between fit, selection and
+# held-out prompts (empty = properly held out).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+st.solved.round(3)
+
+# %%
+leaks = steering.audit(st)
+print("held-out audit:", "no shared template, text or probe word" if not leaks else "\n".join(leaks))
 
 # %% [markdown]
 # Effect of the real direction at every screened layer × strength α (selection prompts; blue = toward
@@ -81,8 +100,8 @@ charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="re
 
 # %% [markdown]
 # ## Dose–response at the best layers, against the controls
-# Held-out prompts; points are the real direction (95% CI); grey ticks are the 10 random directions
-# and orange ticks the shuffled-label directions at the control strengths.
+# Held-out prompts; points are the real direction (95% CI); grey ticks are the random directions and
+# orange ticks the shuffled-label directions at the control strengths.
 
 # %% tags=["hide-input"]
 pp = st.per_prompt
@@ -97,8 +116,9 @@ base = alt.Chart(real).encode(x=alt.X("alpha:Q"))
 
 # %% [markdown]
 # ## Best layer and sign per target
-# The sign whose best layer has the larger z against the random directions; `random_max` is the
-# largest control effect, `z_shuffled` / `p_shuffled` grade against the shuffled-label directions.
+# Layer and sign chosen on the selection prompts (the larger mean signed effect, out of
+# `n_candidates` layer × sign cells), graded on the held-out prompts at the control strength:
+# `control` is the strongest control there and `p_control` the paired sign-flip p of real − control.
 
 # %%
 best = steering.summary(st, n_layers)
@@ -107,19 +127,23 @@ best.round(3)
 
 # %% [markdown]
 # ## Off-target effects and knockout
-# Knockout = negative steering aimed at one family: its direction toward the corrupt answer (+0.4 at
-# its best positive-sign layer), run on every family's held-out prompts. Effects are fractions of each
-# family's clean − corrupt gap; selectivity = target effect / mean |off-target effect| with a
-# bootstrap CI over prompts; collateral damage = mean KL(clean ‖ steered) on the other families.
+# Knockout = negative steering aimed at one family: its direction toward the corrupt answer (+α at its
+# best positive-sign layer), run on every family's held-out prompts. Effects are fractions of each
+# family's clean − corrupt gap (undefined where that gap's 95% CI includes 0); selectivity = target
+# effect − mean |off-target effect| (0 = as much collateral as effect) with a bootstrap CI over prompts;
+# collateral damage = mean KL(clean ‖ steered) on the other families.
 
 # %%
-ko, ko_rows = steering.knockout(subject, st, alpha=0.4, seed=seed)
+ko_alpha = 0.4
+ko, ko_rows = steering.knockout(subject, st, alpha=ko_alpha, seed=seed)
 ko = ko.sort_values("selectivity", ascending=False)
 # NBVAL_IGNORE_OUTPUT
 ko.round(3)
 
 # %% tags=["hide-input"]
-charts.bars_with_ci(ko, "target", "selectivity", "selectivity_lo", "selectivity_hi", width=400)
+defined = ko.dropna(subset=["selectivity"])
+(charts.bars_with_ci(defined, "target", "selectivity", "selectivity_lo", "selectivity_hi", width=400) if len(defined)
+ else print("selectivity undefined for every target: no family's clean − corrupt gap has a CI excluding 0"))
 
 # %% [markdown]
 # The cross-family matrix (fraction of each row family's gap removed by the column family's knockout):
@@ -131,11 +155,11 @@ m = ko_rows.groupby(["target", "family"]).apply(
 charts.heatmap(m, "target", "family", "gap_removed", scheme="redblue", width=220, height=180)
 
 # %% [markdown]
-# Sentiment steering (+0.4 at its best layer) on the task families' prompts: KL and LD change.
+# Sentiment steering (+α at its best layer) on the task families' prompts: KL and LD change.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-steering.concept_kl(subject, st, "sentiment", 0.4, seed=seed).round(3) if "sentiment" in st.dirs else None
+steering.concept_kl(subject, st, "sentiment", ko_alpha, seed=seed).round(3) if "sentiment" in st.dirs else None
 
 # %% [markdown]
 # ## Multi-layer steering
@@ -147,7 +171,7 @@ ml_units, ml_meta = [], []
 for b in st.best[st.best["sign"] == 1].itertuples():
     for w in (1, 3, 5):
         lay = [x for x in range(b.layer - w // 2, b.layer + w // 2 + 1) if 0 <= x < n_layers]
-        u = steering.multi_layer(st.dirs[b.family], lay, 0.4)
+        u = steering.multi_layer(st.dirs[b.family], lay, ko_alpha)
         ml_units.append((b.family, u))
         ml_meta.append({"unit": u.key, "target": b.family, "width": len(lay), "center": b.layer})
 ml = pd.concat([sweep(subject, st.items[f], [u], seed=seed, progress=False) for f, u in ml_units])
@@ -158,16 +182,16 @@ ml.groupby(["target", "center", "width"]).agg(effect=("effect", "mean"), kl=("kl
 
 # %% [markdown]
 # ## Effect by prompt-length bucket
-# The direction fit on short prompts, applied at +0.4 on its best layer, on short vs medium prompts.
+# The direction fit on short prompts, applied at +α on its best layer, on short vs longer prompts
+# whose templates it was neither fit nor selected on.
 
 # %%
-rows = []
+rows, bucket_sets = [], {}
 for f in [f for f in families if st.sign[f] == 1]:
     b = st.best[(st.best["family"] == f) & (st.best["sign"] == 1)].iloc[0]
-    us, meta = steering.units(st.dirs[f], [int(b.layer)], [0.4])
+    us, meta = steering.units(st.dirs[f], [int(b.layer)], [ko_alpha])
     for bucket in S["buckets"]:
-        its, _ = tasks.validate(tasks.load_items(f, "synthetic", bucket), subject.tokenizer)
-        its = tasks.sample(its, S["n"], seed + 1) if bucket != "short" else st.items[f]
+        its = bucket_sets[f"{f} {bucket}"] = steering.bucket_items(subject, st, f, bucket, S["n"], seed + 1)
         if not its:
             continue
         e = steering.effects(sweep(subject, its, us, seed=seed, progress=False), meta, 1)
@@ -176,20 +200,22 @@ for f in [f for f in families if st.sign[f] == 1]:
         rows.append({"family": f, "bucket": bucket, "n": len(its), "effect": est, "effect_lo": lo, "effect_hi": hi,
                      "gap_removed": gap})
 by_bucket = pd.DataFrame(rows)
+leaks = steering.audit(st, {k: (k.split()[0], v) for k, v in bucket_sets.items()})
+print("held-out audit, length buckets:", "no shared template or text" if not leaks else "\n".join(leaks))
 # NBVAL_IGNORE_OUTPUT
 by_bucket.round(3)
 
 # %% [markdown]
 # ## Steering during generation
-# Greedy continuations with the sentiment direction added at every position of its best layer.
+# Greedy continuations of held-out probe prompts with the sentiment direction added at every position
+# of its best layer.
 
 # %%
-gen_prompts = ["I watched the film last night. Honestly, it was", "My week at the new school was",
-               "The restaurant down the street"]
 if "sentiment" in st.dirs:
+    gen_prompts = list(dict.fromkeys(it.prompt for it in st.items["sentiment"]))[:3]
     lay = int(st.best[(st.best["family"] == "sentiment") & (st.best["sign"] == 1)]["layer"].iloc[0])
     gen = {}
-    for a in (-0.4, 0.0, 0.4):
+    for a in (-ko_alpha, 0.0, ko_alpha):
         u = steering.units(st.dirs["sentiment"], [lay], [a], position="all")[0][0]
         gen[f"α={a:+.1f}"] = steering.generate(subject, gen_prompts, u, max_new_tokens=S["gen_tokens"])
     generations = pd.DataFrame(gen, index=gen_prompts)
@@ -213,7 +239,7 @@ for subj, d in ((subject, st.dirs[f0]), (other, moved)):
     g = steering.grade(steering.effects(sweep(subj, st.items[f0], us, seed=seed, progress=False), meta, 1))
     rows.append(g.assign(model=subj.name))
 # NBVAL_IGNORE_OUTPUT
-pd.concat(rows)[["model", "family", "layer", "alpha", "effect", "random_max", "z_random"]].round(3)
+pd.concat(rows)[["model", "family", "layer", "alpha", "effect", "control_effect", "p_control", "z_random"]].round(3)
 
 # %% [markdown]
 # ## Best steering depth across models
@@ -230,7 +256,8 @@ except ValueError as e:
 n2 = sub2.arch.n_layers
 st2 = steering.study(sub2, S["compare_families"] or list(tasks.FAMILIES), S["concepts"], S["n"], S["n_fit"],
                      list(range(0, n2, S["compare_stride"])), n_random=S["n_random"], n_shuffled=S["n_shuffled"], seed=seed)
-print(f"{sub2.name}: {time.time() - t0:.0f} s")
+leaks = steering.audit(st2)
+print(f"{sub2.name}: {time.time() - t0:.0f} s; held-out audit:", "clean" if not leaks else "\n".join(leaks))
 
 # %%
 print(transfer_error)
@@ -241,42 +268,14 @@ depth.pivot_table(index="family", columns="model", values=["layer", "depth", "z_
 
 # %% [markdown]
 # ## Claims
-# Steering claims are graded against the controls: the control criterion is met only when the held-out
-# 95% CI of the effect lies beyond every random and shuffled-label control effect (sign-aligned);
-# breadth counts the targets for which that holds. Knockout claims need the selectivity CI above 1.
+# Built by `steering.steering_claims` from the tables above: a steering claim meets its control criterion
+# when the paired sign-flip p of its held-out effect against the strongest control is ≤ 0.05 (a few
+# prompts cannot reach that: the smallest p over n prompts is 2⁻ⁿ); breadth counts the testable
+# targets that meet it; every claim says how many layer × sign candidates its best was chosen from on
+# the selection prompts. Knockout claims need the selectivity CI above 0. Families the model does not
+# solve give "not testable here".
 
 # %%
-def beats_controls(r) -> bool:
-    s = np.sign(r.alpha)
-    g = st.graded.set_index(["family", "layer", "alpha"]).loc[(r.family, r.layer, r.alpha)]
-    ctrl = ctl[(ctl["family"] == r.family) & (ctl["layer"] == r.layer) & (ctl["alpha"] == r.alpha)]["effect"]
-    return bool(len(ctrl) and s * (g["effect_lo"] if s > 0 else g["effect_hi"]) > (s * ctrl).max())
-
-
-best["beats_controls"] = [beats_controls(r) for r in best.itertuples()]
-n_ok = int(best["beats_controls"].sum())
-claims = [
-    Claim(f"Steering {r.family} along its contrastive direction at layer {r.layer} ({'+' if r.sign > 0 else '−'}α={abs(r.alpha):g}·‖h‖) "
-          f"moves the logit difference {abs(r.effect):.2f} {'toward' if r.effect >= 0 else 'away from'} the target "
-          f"(effect {r.effect:+.2f}, 95% CI {r.effect_lo:+.2f} to {r.effect_hi:+.2f}); random directions: mean "
-          f"{r.random_mean:+.2f}, z = {r.z_random:.1f} in the direction of α's sign",
-          metric="logit-difference shift toward the target, held-out prompts, bootstrap 95% CI",
-          counterfactual=f"add α·‖h_L‖·v̂ to the residual stream after layer {r.layer}, last token",
-          control=f"{S['n_random']} random + {S['n_shuffled']} shuffled-label directions, same layer, norm and α",
-          evidence={"ci_excludes_control": bool(r.beats_controls), "families_agreeing": n_ok, "n_families": len(best),
-                    "z_random": float(r.z_random), "p_random": float(r.p_random)},
-          chapter="04", model=model, profile=profile)
-    for r in best.itertuples()
-]
-claims += [
-    Claim(f"Knocking out {r.target} (its direction, +0.4·‖h‖ at layer {r.layer}) removes {r.target_effect:.2f} "
-          f"of its gap vs {r.off_target_effect:.2f} elsewhere (selectivity {r.selectivity:.1f}, CI {r.selectivity_lo:.1f}–{r.selectivity_hi:.1f}; "
-          f"off-target KL {r.off_target_kl:.3f})",
-          metric="fraction of the clean − corrupt gap removed, target / mean |off-target|",
-          counterfactual="negative steering aimed at one family",
-          control="the same edit on the other families' prompts (selectivity 1 = not selective)",
-          evidence={"ci_excludes_control": bool(r.selectivity_lo > 1)}, chapter="04", model=model, profile=profile)
-    for r in ko.itertuples()
-]
+claims = steering.steering_claims(best, ko, model=model, profile=profile)
 print(f"chapter time {time.time() - T0:.0f} s")
 record(claims)[["claim", "confidence", "why"]]

@@ -1,8 +1,12 @@
-"""Steering through the sweep engine: α = 0 is clean, controls, shuffled labels, selectivity, transfer, generation."""
+"""Steering through the sweep engine: α = 0 is clean, controls, shuffled labels, selectivity, transfer, generation;
+held-out splits disjoint in templates and texts, best-of-k selected apart, claims derived from evidence."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_items, tiny_subject
@@ -56,8 +60,26 @@ def test_selectivity_math():
     t = (np.array([2.0, 2.0]), np.array([4.0, 4.0]))  # target: half the gap removed
     off = {"a": (np.array([0.1, 0.1]), np.array([1.0, 1.0])), "b": (np.array([-0.3, -0.3]), np.array([1.0, 1.0]))}
     est, lo, hi = steering.selectivity(t, off, n_boot=50)
-    assert est == pytest.approx(0.5 / 0.2) and lo == pytest.approx(est) and hi == pytest.approx(est)
+    assert est == pytest.approx(0.5 - 0.2) and lo == pytest.approx(est) and hi == pytest.approx(est)
     assert steering.normalized(np.array([1.0]), np.array([0.0])) != steering.normalized(np.array([1.0]), np.array([0.0]))
+
+
+def test_selectivity_does_not_explode_and_is_undefined_without_a_gap():
+    """A near-zero off-target effect used to be floored at 1e-3 and inflate the ratio up to 1000x; a gap whose CI
+    includes 0 made `normalized` arbitrary. Now: a bounded difference, and NaN ("undefined") where a gap is not
+    measurably non-zero."""
+    rng = np.random.default_rng(0)
+    t = (np.full(8, 2.0) + rng.normal(0, 0.1, 8), np.full(8, 4.0) + rng.normal(0, 0.1, 8))
+    tiny_off = {"a": (np.full(8, 1e-5), np.full(8, 1.0) + rng.normal(0, 0.1, 8))}
+    est, lo, hi = steering.selectivity(t, tiny_off, n_boot=200)
+    assert est == pytest.approx(steering.normalized(*t) - 1e-5, abs=1e-3) and est <= steering.normalized(*t) + 1e-9
+    assert lo <= est <= hi and hi < 1.0  # never beyond the target effect's own scale
+    no_gap = (np.ones(8), np.array([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.5, -0.5]))  # mean 0: CI includes 0
+    assert np.isnan(steering.normalized(*no_gap))
+    assert all(np.isnan(steering.selectivity(t, {"z": no_gap}, n_boot=20)))  # no defined off-target family
+    assert all(np.isnan(steering.selectivity(no_gap, tiny_off, n_boot=20)))  # undefined target
+    both = steering.selectivity(t, {**tiny_off, "z": no_gap}, n_boot=50)
+    assert both[0] == pytest.approx(est)  # the undefined family is left out, not floored
 
 
 def test_transfer_width_mismatch_names_both_widths(setup, tok):
@@ -91,3 +113,160 @@ def test_concept_items_ignore_a_tokenizers_bos(tok):
     with pytest.raises(ValueError, match="single token"):
         steering.concept_items(SimpleNamespace(tokenizer=lambda t, add_special_tokens=True: {"input_ids": [1, 2]},
                                                name="x"))
+
+
+# ---------------------------------------------------------------------------------- held-out, selection, claims
+@pytest.fixture(scope="module")
+def study_run(tok):
+    """The chapter's pipeline on a random-init tiny model: study, summary, knockout, bucket items and claims."""
+    s = tiny_subject("llama", tok)
+    st = steering.study(s, ["ioi", "antonyms"], ["sentiment"], n=4, n_fit=8, layers=[0, 2], n_random=4, n_shuffled=3,
+                        seed=42)
+    sm = steering.summary(st, s.arch.n_layers)
+    ko, _ = steering.knockout(s, st, alpha=0.4, seed=42, n_boot=50)
+    buckets = {f"{f} {b}": (f, steering.bucket_items(s, st, f, b, 4, 43)) for f in ("ioi", "antonyms")
+               for b in ("short", "medium")}
+    claims = steering.steering_claims(sm, ko, model=s.name, profile="test")
+    return s, st, sm, ko, buckets, claims
+
+
+def _words(texts):
+    return {w.lower() for t in texts for w in re.findall(r"\w+", t)}
+
+
+def test_template_masks_fillers_only():
+    ioi = ["When Mary and John went to the park, John gave a ball to", "When Kate and Tom went to the park, Kate gave a ball to"]
+    assert steering.template(ioi[0]) == steering.template(ioi[1])
+    assert steering.template(ioi[0]) != steering.template("Then, Mary and John had a long argument. Afterwards John said to")
+    seq = "rocket harbor shoe blanket rocket harbor"  # nothing but fillers: its own template
+    assert steering.template(seq) == seq
+    filler = "The mayor gave a short speech and then cut the ribbon."  # a lexicon filler paragraph is dropped
+    assert steering.template(f"{filler}\n\n{ioi[0]}") == steering.template(ioi[0])
+    few = ["left: right\nup: down\nsafe:", "win: lose\nhot: cold\nbig: small\nfast:"]  # demos collapse
+    assert steering.template(few[0]) == steering.template(few[1])
+
+
+def test_every_study_holds_out_templates_texts_and_probe_words(study_run):
+    """Fit / select / eval of every study chapter 04 runs (task-family steering, concept steering, knockout and
+    off-target runs across targets, length buckets, transfer on the eval items) share no template and no text,
+    and a concept's probe words never occur in its fit sentences."""
+    _, st, _, _, buckets, _ = study_run
+    assert steering.audit(st, buckets) == []
+    for t, sp in st.splits.items():
+        parts = {"fit": [x for p in sp.fit for x in p], "select": [x for it in sp.select for x in (it.prompt, it.corrupt)],
+                 "eval": [x for it in sp.eval for x in (it.prompt, it.corrupt)]}
+        assert all(parts.values()), t
+        for a, b in (("fit", "select"), ("fit", "eval"), ("select", "eval")):
+            assert not set(parts[a]) & set(parts[b]), (t, a, b)
+            assert not {steering.template(x) for x in parts[a]} & {steering.template(x) for x in parts[b]}, (t, a, b)
+        if st.sign[t] == -1:  # concept: the answer words it is graded by are absent from the fit sentences
+            probe = {w.strip().lower() for it in sp.eval + sp.select for w in (it.answer, it.distractor)}
+            assert probe and not probe & _words(parts["fit"]), t
+            assert probe <= set(sp.probe_words) and not set(sp.probe_words) & _words(parts["fit"])
+    fits = [x for sp in st.splits.values() for p in sp.fit for x in p]  # knockout / off-target: any fit vs any eval
+    evals = [it.prompt for sp in st.splits.values() for it in sp.eval]
+    assert not {steering.template(x) for x in fits} & {steering.template(x) for x in evals}
+    for name, (f, its) in buckets.items():
+        sp = st.splits[f]
+        held = {steering.template(x) for p in sp.fit for x in p} | {steering.template(it.prompt) for it in sp.select}
+        assert its and not {steering.template(it.prompt) for it in its} & held, name
+    leaky = steering.Split("x", [("The food at that place was great.", "The food at that place was bad.")],
+                           st.splits["sentiment"].select, st.splits["sentiment"].select, ("great", "bad"))
+    assert len(leaky.leaks()) >= 3  # shared select/eval templates and texts, and probe words in the fit texts
+
+
+def _study(screen: pd.DataFrame, graded: pd.DataFrame, testable: bool = True) -> steering.Study:
+    sp = steering.Split("ioi", [("a", "b")], [], [])
+    solved = pd.DataFrame([{"family": "ioi", "n_items": 16, "n_flipped": 16 if testable else 2, "flip_rate": 1.0,
+                            "flip_lo": 0.8 if testable else 0.01, "flip_hi": 1.0, "testable": testable}])
+    return steering.Study({}, {"ioi": 1}, {"ioi": sp}, screen, graded, steering.best_layers(screen), pd.DataFrame(), solved)
+
+
+def test_best_of_many_is_chosen_on_select_and_graded_on_eval():
+    """The sign and layer come from the selection screen, not from the held-out grades; the claim says how many
+    candidates it was chosen from and carries n_candidates and selection='held-out'."""
+    screen = pd.DataFrame({"family": "ioi", "layer": [0, 0, 1, 1], "alpha": [-0.4, 0.4, -0.4, 0.4],
+                           "effect": [-0.1, 0.2, -0.3, 2.0]})  # selection prompts favour +α at layer 1
+    ctl = {"control": "random #0", "n_controls": 13, "n_random": 10, "n_shuffled": 3, "kl": 0.1, "n": 8, "effect_lo": 0,
+           "effect_hi": 0}
+    graded = pd.DataFrame([  # held-out: -α at layer 1 looks far better (the old code picked the sign by this z)
+        {"family": "ioi", "layer": 1, "alpha": 0.4, "effect": 0.5, "control_effect": 0.1, "p_control": 0.02, "z_random": 2.0, **ctl},
+        {"family": "ioi", "layer": 1, "alpha": -0.4, "effect": -3.0, "control_effect": -0.1, "p_control": 0.004,
+         "z_random": 9.0, **ctl}])
+    sm = steering.summary(_study(screen, graded), n_layers=2)
+    assert (sm["sign"].item(), sm["layer"].item(), sm["alpha"].item(), sm["n_candidates"].item()) == (1, 1, 0.4, 4)
+    (c,) = steering.steering_claims(sm, model="m", profile="p")
+    assert c.evidence["n_candidates"] == 4 and c.evidence["selection"] == "held-out"
+    assert "out of 4 candidates" in c.statement and "best of 4, tested on held-out prompts" in " ".join(c.reasons)
+
+
+def _summary(effect: float, p: float, control: float = 0.1, sign: int = 1, family: str = "ioi") -> dict:
+    return {"family": family, "kind": "family", "layer": 3, "depth": 0.5, "sign": sign, "alpha": 0.4 * sign,
+            "n_candidates": 10, "effect": effect, "effect_lo": effect - 0.2, "effect_hi": effect + 0.2,
+            "control": "random #2", "control_effect": control, "n_controls": 13, "p_control": p, "n_random": 10,
+            "n_shuffled": 3, "kl": 0.1, "n": 8, "testable": True, "untestable_why": "", "held_out": True}
+
+
+def _knockout(lo: float, hi: float, target: str = "ioi") -> dict:
+    return {"target": target, "layer": 3, "alpha": 0.4, "target_effect": 0.6, "off_target_effect": 0.1, "n_off": 2,
+            "off_target_kl": 0.01, "target_kl": 0.2, "selectivity": (lo + hi) / 2, "selectivity_lo": lo,
+            "selectivity_hi": hi, "n": 8, "n_candidates": 5, "testable": True, "untestable_why": "", "held_out": True}
+
+
+def test_claims_follow_the_evidence():
+    """The same pipeline fed opposite evidence: the statement flips and the confidence drops."""
+    rank = {"none": 0, "low": 1, "medium": 2, "high": 3}
+    good = steering.steering_claims(pd.DataFrame([_summary(1.5, 0.004), _summary(1.2, 0.01, family="antonyms")]),
+                                    pd.DataFrame([_knockout(0.2, 0.5), _knockout(0.1, 0.4, "antonyms")]),
+                                    model="m", profile="p")
+    bad = steering.steering_claims(pd.DataFrame([_summary(0.05, 0.6), _summary(1.2, 0.01, family="antonyms")]),
+                                   pd.DataFrame([_knockout(-0.3, 0.2), _knockout(0.1, 0.4, "antonyms")]),
+                                   model="m", profile="p")
+    assert "toward the corrupt answer" in good[0].statement and " beyond the strongest" in good[0].statement
+    assert "no more than the strongest" in bad[0].statement
+    assert rank[bad[0].confidence] < rank[good[0].confidence]
+    assert ": selective" in good[2].statement and "not distinguishable from non-selective" in bad[2].statement
+    assert rank[bad[2].confidence] < rank[good[2].confidence]
+    reversed_ = steering.steering_claims(pd.DataFrame([_summary(-1.5, 1.0), _summary(1.2, 0.01, family="antonyms")]),
+                                         model="m", profile="p")
+    assert "away from the corrupt answer" in reversed_[0].statement
+    assert rank[reversed_[0].confidence] < rank[good[0].confidence]
+    assert good[0].evidence["families_agreeing"] == 2 and bad[0].evidence["families_agreeing"] == 1
+    untestable = steering.steering_claims(pd.DataFrame([{**_summary(1.5, 0.004), "testable": False,
+                                                         "untestable_why": "flipped items: ioi 2/16"}]),
+                                          model="m", profile="p")
+    assert untestable[0].confidence == "none" and "not testable here" in untestable[0].statement
+
+
+def test_few_prompts_get_an_exact_sign_flip_p_that_cannot_pass():
+    """With fewer than ~8 prompts the p-value is an exact sign-flip p: 4 prompts can never reach 0.05, however
+    large the effect; 8 can. The empirical p against 3 shuffled draws (never below 0.25) grades nothing."""
+    def rows(n):
+        out = [{"family": "ioi", "item_id": f"i{i}", "layer": 0, "alpha": 0.4, "kind": "real", "idx": 0, "effect": 10.0 + i,
+                "kl": 0.0} for i in range(n)]
+        out += [{"family": "ioi", "item_id": f"i{i}", "layer": 0, "alpha": 0.4, "kind": k, "idx": j,
+                 "effect": 0.1 * ((i + j) % 3 - 1), "kl": 0.0} for i in range(n) for k, m in (("random", 10), ("shuffled", 3))
+                for j in range(m)]
+        return pd.DataFrame(out)
+
+    g4, g8 = steering.grade(rows(4)).iloc[0], steering.grade(rows(8)).iloc[0]
+    assert g4["p_control"] == pytest.approx(1 / 16) and g8["p_control"] == pytest.approx(1 / 256)
+    assert g4["p_shuffled"] >= 0.25 and g4["n_shuffled"] == 3
+    (c4,), (c8,) = (steering.steering_claims(pd.DataFrame([{**_summary(10.0, g["p_control"]), "n": n}]), model="m",
+                                             profile="p") for g, n in ((g4, 4), (g8, 8)))
+    assert c4.evidence["p_value"] > 0.05 and c4.confidence == "none" and c8.confidence == "low"
+
+
+def test_unsolved_families_are_not_testable(study_run):
+    """A random-init model flips no family: its family steering and knockout claims say 'not testable here'."""
+    _, st, sm, ko, _, claims = study_run
+    assert not st.solved["testable"].any() and set(st.solved["family"]) == {"ioi", "antonyms"}
+    fam = [c for c in claims if not c.statement.startswith("Steering sentiment")]
+    assert len(fam) == 4 and all("not testable here" in c.statement and c.confidence == "none" for c in fam)
+    assert not sm.loc[sm["kind"] == "family", "testable"].any() and not ko["testable"].any()
+
+
+def test_random_init_model_earns_no_claim_above_low(study_run):
+    _, _, sm, _, _, claims = study_run
+    assert len(claims) == 5 and {c.confidence for c in claims} <= {"none", "low"}
+    assert (sm["n_candidates"] == 4).all() and (sm["held_out"]).all()
