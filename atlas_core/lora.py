@@ -5,18 +5,29 @@ per-module `scaling` for adapter-only ablation); the model's own loss trains the
 
 - `lora_config`: one call from an atlas (+ family, number of layers, modules, strategy) to a `LoraConfig`.
   Strategies: ``atlas`` (the layers the atlas ranks highest for the family), ``atlas-late`` (the same,
-  restricted to the later half of the network), ``random`` (as many random layers; the seed is the
-  draw), ``all-linear`` (every layer), ``none`` (no adapter: the base model's row).
+  restricted to the later half of the network), ``random`` (random layers; the seed is the draw),
+  ``all-linear`` (every layer), ``none`` (no adapter: the base model's row). The atlas ranks layers by its
+  primary metric (`ld_frac`); a family the model does not solve has no such scores, so atlas targeting is
+  not testable for it and the layers come from the KL map instead, labelled ``basis="kl"``
+  (disruption-targeted) on the target, every row and every claim. `random_matched` draws random layers
+  whose trainable-parameter count matches the atlas target's within 5% (hybrid models have layers of
+  different sizes); `compare` flags a comparison where no draw can.
 - `train`: deterministic given the seed (right-padded batches, loss on completion tokens only, constant
   learning rate, so the step-k checkpoint of a long run equals a k-step run); adapters are cached under
   ``results/lora/`` keyed by (model fingerprint, family, target, training config, data), written to a
   temporary folder and renamed, so a re-executed chapter reuses them and a killed run leaves no half file.
+- `task_data`: train / eval examples with limits read off the data: `max_len` fits the longest tokenized
+  example (none is truncated) and each family's generation cap the longest reference completion + a margin
+  (a perfect model scores exact match 1).
 - `evaluate`: eval loss, exact match of greedy completions (`atlas_core.tasks.exact_match`) and drift,
   the mean KL(base || adapted) of the next token at the last prompt position on other families' prompts.
 - surgery: `update_norms` (‖B·A‖·scaling per layer and module), `layer_ablation` (disable the adapter in
   one layer at a time), `truncated` (SVD of B·A to a lower rank), `lock_in` (effect maps over checkpoints),
   `adapted_subject` (merged copy for an atlas diff), and `attach`, whose size check turns an adapter that
   does not fit a model into a one-line ValueError naming both shapes.
+- claims: `compare` (atlas minus each other strategy, paired by seed, exact sign-flip test over seeds),
+  `norm_effect` (per-layer ‖B·A‖ vs adapter-only ablation effect, exact permutation test) and `lora_claims`,
+  whose statements and evidence come from those tables and `targeting` only.
 """
 
 from __future__ import annotations
@@ -38,10 +49,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .claims import Claim
+from .engine import position_ids
 from .paths import results_dir
+from .stats import sign_flip_p
 from .subject import Subject
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 STRATEGIES = ("atlas", "atlas-late", "random", "all-linear")
 ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
 MODULE_SETS: dict[str, tuple[str, ...]] = {
@@ -50,18 +64,22 @@ MODULE_SETS: dict[str, tuple[str, ...]] = {
 }
 OPTIMIZERS = ("adamw", "adafactor", "lion")
 LION_LR_FACTOR = 1 / 3  # Lion wants a 3-10x smaller step than AdamW (Chen et al. 2023)
+PARAM_TOL = 0.05  # random-matched: trainable parameters within 5% of the atlas target's
+GEN_MARGIN = 2  # generation cap = longest reference completion (tokens, with EOS) + this
 
 
 # --------------------------------------------------------------------------- targeting
 @dataclass(frozen=True)
 class Target:
-    """Where an adapter goes: strategy, layers (None = all), canonical modules, rank, alpha."""
+    """Where an adapter goes: strategy, layers (None = all), canonical modules, rank, alpha, and the atlas
+    metric that chose the layers (`basis`: "" unless an atlas strategy; "kl" = disruption-targeted)."""
 
     strategy: str
     layers: tuple[int, ...] | None
     modules: tuple[str, ...] = ALL_LINEAR
     r: int = 8
     alpha: float = 16.0
+    basis: str = ""
 
     @property
     def tag(self) -> str:
@@ -69,17 +87,72 @@ class Target:
         return f"{self.strategy}_L{lay}_{'+'.join(self.modules)}_r{self.r}"
 
 
-def layer_scores(atlas, family: str, component: str = "block", method: str = "zero") -> pd.Series:
-    """Per-layer importance from an `Atlas` (`.layer_scores`), a Series, or a {family: Series} dict."""
+def primary_metric(atlas) -> str:
+    """The metric an atlas ranks by (`ld_frac` for an `Atlas`); "score" for plain Series / dict scores."""
+    return getattr(atlas, "primary_metric", "score")
+
+
+def layer_scores(atlas, family: str, component: str = "block", method: str = "zero",
+                 metric: str | None = None) -> pd.Series:
+    """Per-layer importance from an `Atlas` (`.layer_scores` under `metric`, default its primary one), a Series,
+    or a {family: Series} dict. NaN layers are dropped; a family the atlas does not count as solved under
+    `ld_frac` (not in `testable_families`) has no usable scores: an empty Series."""
     if hasattr(atlas, "layer_scores"):
-        s = atlas.layer_scores(family, component=component, method=method)
+        metric = metric or primary_metric(atlas)
+        s = atlas.layer_scores(family, component=component, method=method, metric=metric)
+        if metric == "ld_frac" and family not in getattr(atlas, "testable_families", [family]):
+            s = s.iloc[:0]
     elif isinstance(atlas, pd.Series):
         s = atlas
     elif isinstance(atlas, dict):
         s = pd.Series(atlas[family]) if family in atlas else pd.Series(atlas)
     else:
         raise TypeError(f"cannot read layer scores from {type(atlas).__name__}: pass an Atlas, a Series or a dict")
-    return s.astype(float).sort_index()
+    return s.astype(float).dropna().sort_index().rename_axis("layer")
+
+
+def atlas_scores(atlas, family: str, component: str = "block", method: str = "zero", metric: str | None = None,
+                 fallback: str | None = "kl") -> tuple[pd.Series, str]:
+    """(scores, basis): the layer scores that target a family and the metric they come from. The atlas's
+    `metric` where the family has usable scores; else the `fallback` metric (KL: disruption-targeted, which
+    the basis says); a ValueError ("not testable here") when neither has any."""
+    metric = metric or primary_metric(atlas)
+    s = layer_scores(atlas, family, component, method, metric)
+    if len(s) or fallback is None or not hasattr(atlas, "layer_scores"):
+        if not len(s):
+            raise ValueError(f"atlas targeting is not testable here: no usable {metric} scores for {family}")
+        return s, metric
+    s = layer_scores(atlas, family, component, method, fallback)
+    if not len(s):
+        raise ValueError(f"no usable {metric} or {fallback} scores for {family}")
+    return s, fallback
+
+
+def why_unscored(atlas, family: str, metric: str | None = None) -> str:
+    """One line on why a family has no usable atlas scores (its flip counts, where the atlas has them)."""
+    metric = metric or primary_metric(atlas)
+    sol = getattr(atlas, "solved", None)
+    row = sol[sol["family"] == family] if isinstance(sol, pd.DataFrame) and len(sol) else pd.DataFrame()
+    got = (f"the model flips {int(row['n_flipped'].iloc[0])}/{int(row['n_items'].iloc[0])} {family} items"
+           if len(row) else f"the model is not counted as solving {family}")
+    return f"{got} (not testable under the flip gate), so the {metric} atlas cannot rank its layers"
+
+
+def targeting(atlas, families: Sequence[str], arch, k: int, metric: str | None = None,
+              fallback: str | None = "kl") -> pd.DataFrame:
+    """Per family: the metric the atlas targets by, what targeted it here (basis), the atlas and atlas-late
+    layers, and why the atlas metric could not (empty when it could). Index: family."""
+    metric = metric or primary_metric(atlas)
+    rows = []
+    for f in families:
+        _, basis = atlas_scores(atlas, f, metric=metric, fallback=fallback)
+        fell = basis != metric
+        rows.append({"family": f, "metric": metric, "basis": basis,
+                     "targeting": f"disruption-targeted ({basis} fallback)" if fell else f"atlas-targeted ({basis})",
+                     **{s: target(atlas, f, arch, k, s, metric=metric, fallback=fallback).layers
+                        for s in ("atlas", "atlas-late")},
+                     "why": why_unscored(atlas, f, metric) if fell else ""})
+    return pd.DataFrame(rows).set_index("family")
 
 
 def select_layers(scores: pd.Series | None, n_layers: int, k: int, strategy: str, seed: int = 0) -> tuple[int, ...] | None:
@@ -106,14 +179,58 @@ def select_layers(scores: pd.Series | None, n_layers: int, k: int, strategy: str
 
 
 def target(atlas, family: str, arch, k: int, strategy: str = "atlas", modules: Sequence[str] | str = ALL_LINEAR,
-           seed: int = 0, r: int = 8, alpha: float | None = None, component: str = "block", method: str = "zero") -> Target:
-    """The `Target` a strategy picks (atlas may be None for random / all-linear)."""
+           seed: int = 0, r: int = 8, alpha: float | None = None, component: str = "block", method: str = "zero",
+           metric: str | None = None, fallback: str | None = "kl") -> Target:
+    """The `Target` a strategy picks (atlas may be None for random / all-linear); see `atlas_scores`."""
     mods = MODULE_SETS[modules] if isinstance(modules, str) else tuple(modules)
-    scores = layer_scores(atlas, family, component, method) if strategy.startswith("atlas") else None
+    scores, basis = (atlas_scores(atlas, family, component, method, metric, fallback) if strategy.startswith("atlas")
+                     else (None, ""))
     if strategy == "all-linear":
         mods = ALL_LINEAR
     layers = select_layers(scores, arch.n_layers, k, strategy, seed)
-    return Target(strategy, layers, mods, r, float(alpha if alpha is not None else 2 * r))
+    return Target(strategy, layers, mods, r, float(alpha if alpha is not None else 2 * r), basis)
+
+
+def layer_params(model: torch.nn.Module, arch, modules: Sequence[str], r: int) -> pd.Series:
+    """Trainable LoRA parameters per layer, r·(in + out) summed over the targeted modules the layer has
+    (a hybrid model's convolution layers lack the attention projections). Index: every layer."""
+    names = target_names(arch, modules)
+    pat = re.compile(rf"{re.escape(arch.paths.layers)}\.(\d+)\.(.+)$")
+    out = dict.fromkeys(range(arch.n_layers), 0)
+    for name, mod in model.named_modules():
+        if (m := pat.search(name)) and m.group(2) in names and getattr(mod, "weight", None) is not None:
+            out[int(m.group(1))] += r * sum(mod.weight.shape)
+    return pd.Series(out, name="params")
+
+
+def random_matched(counts: pd.Series, total: int, k: int, seed: int, exclude: tuple[int, ...] | None = None,
+                   tol: float = PARAM_TOL, tries: int = 2000) -> tuple[int, ...] | None:
+    """Random layers whose parameter count (`counts` per layer) is within `tol` of `total`, other than the
+    `exclude` set (the atlas's own: a control equal to it compares a run with itself). k layers when that
+    works (the first draw is `select_layers`' random draw), else the nearest number of layers; None when no
+    draw matches."""
+    rng = np.random.default_rng([seed, 7919])
+    n = len(counts)
+    c = counts.sort_index().to_numpy()
+    for m in sorted(range(1, n + 1), key=lambda m: (abs(m - k), m)):
+        for _ in range(tries):
+            draw = tuple(sorted(int(i) for i in rng.choice(n, size=m, replace=False)))
+            if draw != exclude and abs(c[list(draw)].sum() - total) <= tol * total:
+                return draw
+    return None
+
+
+def matched_target(subject: Subject, ref: Target, seed: int, tol: float = PARAM_TOL) -> Target:
+    """The random-matched control of an atlas target: random layers with its trainable-parameter count within
+    `tol` (see `random_matched`); when none exists, as many random layers, not the target's own (`compare`
+    then flags the row as unmatched)."""
+    counts = layer_params(subject.model, subject.arch, ref.modules, ref.r)
+    total = int(counts[list(ref.layers)].sum()) if ref.layers is not None else int(counts.sum())
+    k = len(ref.layers) if ref.layers is not None else subject.arch.n_layers
+    layers = (random_matched(counts, total, k, seed, ref.layers, tol)
+              or random_matched(counts, total, k, seed, ref.layers, tol=np.inf, tries=100)  # k layers, not ref's
+              or select_layers(None, subject.arch.n_layers, k, "random", seed))
+    return Target("random", layers, ref.modules, ref.r, ref.alpha)
 
 
 def target_names(arch, modules: Sequence[str]) -> list[str]:
@@ -160,7 +277,7 @@ class TrainConfig:
     batch: int = 8
     optimizer: str = "adamw"
     seed: int = 0
-    max_len: int = 96
+    max_len: int | None = None  # None: no truncation (`task_data` derives one that truncates nothing)
 
 
 def train_tokenizer(subject: Subject):
@@ -170,7 +287,7 @@ def train_tokenizer(subject: Subject):
     return tok
 
 
-def _encode_pair(tok, ex: dict, max_len: int) -> tuple[list[int], list[int]]:
+def _encode_pair(tok, ex: dict, max_len: int | None) -> tuple[list[int], list[int]]:
     p = tok(ex["prompt"])["input_ids"]
     c = tok(ex["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids = (p + c)[:max_len]
@@ -178,7 +295,7 @@ def _encode_pair(tok, ex: dict, max_len: int) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
-def collate(tok, examples: Sequence[dict], max_len: int) -> dict[str, torch.Tensor]:
+def collate(tok, examples: Sequence[dict], max_len: int | None) -> dict[str, torch.Tensor]:
     """Right-padded batch with labels -100 on prompt and padding (the model's own loss then ignores them)."""
     pairs = [_encode_pair(tok, ex, max_len) for ex in examples]
     n = max(len(i) for i, _ in pairs)
@@ -387,7 +504,7 @@ def train(subject: Subject, family: str, examples: Sequence[dict], t: Target, tc
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def completion_loss(model, tok, examples: Sequence[dict], max_len: int = 96, batch: int = 16,
+def completion_loss(model, tok, examples: Sequence[dict], max_len: int | None = None, batch: int = 16,
                     per_example: bool = False) -> float | np.ndarray:
     """Mean next-token loss over completion tokens (token-weighted), or one mean per example."""
     tot, n, each = 0.0, 0, []
@@ -419,11 +536,13 @@ def generate(model, subject: Subject, prompts: Sequence[str], max_new_tokens: in
 
 @torch.no_grad()
 def last_logprobs(model, subject: Subject, prompts: Sequence[str], batch: int = 16) -> torch.Tensor:
-    """Log-probabilities of the next token at the last prompt position (left padding)."""
+    """Log-probabilities of the next token at the last prompt position (left padding; positions counted from
+    each row's first real token, so an absolute-position model sees the same positions as unpadded)."""
     out = []
     for i in range(0, len(prompts), batch):
         enc = subject.encode(list(prompts[i:i + batch]))
-        out.append(torch.log_softmax(model(**enc, logits_to_keep=1).logits[:, -1].float(), -1))
+        logits = model(**enc, position_ids=position_ids(enc["attention_mask"]), logits_to_keep=1).logits
+        out.append(torch.log_softmax(logits[:, -1].float(), -1))
     return torch.cat(out)
 
 
@@ -441,7 +560,7 @@ class EvalSet:
     drift_prompts: list[str]
     exact_match: Callable[[str, dict], bool]
     max_new_tokens: int
-    max_len: int = 96
+    max_len: int | None = None
 
     @property
     def key(self) -> str:
@@ -517,7 +636,7 @@ def scaled(pm, arch, layers: Sequence[int] | None = None, factor: float = 0.0, a
             lm.scaling[adapter_name] = s
 
 
-def layer_ablation(pm, subject: Subject, examples: Sequence[dict], max_len: int = 96) -> pd.DataFrame:
+def layer_ablation(pm, subject: Subject, examples: Sequence[dict], max_len: int | None = None) -> pd.DataFrame:
     """Adapter-only ablation: eval-loss increase when the adapter is disabled in one layer at a time.
 
     Rows: every adapted layer, plus 'all' (adapter off everywhere, i.e. the base model)."""
@@ -559,7 +678,7 @@ def truncated(pm, arch, rank: int, adapter_name: str = "default"):
                 B.copy_(b0)
 
 
-def effect_map(subject: Subject, adapter_path: Path, examples: Sequence[dict], max_len: int = 96) -> pd.DataFrame:
+def effect_map(subject: Subject, adapter_path: Path, examples: Sequence[dict], max_len: int | None = None) -> pd.DataFrame:
     """Per-layer update norm and adapter-only ablation effect of one saved adapter (or checkpoint)."""
     with attach(subject, adapter_path) as pm:
         norms = update_norms(pm, subject.arch).groupby("layer")["norm"].apply(lambda s: float(np.sqrt((s**2).sum())))
@@ -568,7 +687,7 @@ def effect_map(subject: Subject, adapter_path: Path, examples: Sequence[dict], m
     return abl.join(norms).reset_index()
 
 
-def lock_in(subject: Subject, adapter: Adapter, examples: Sequence[dict], max_len: int = 96) -> pd.DataFrame:
+def lock_in(subject: Subject, adapter: Adapter, examples: Sequence[dict], max_len: int | None = None) -> pd.DataFrame:
     """Effect maps at every checkpoint (and the end): tidy rows (step, layer, norm, effect)."""
     steps = dict(adapter.checkpoints)
     steps[adapter.train.steps] = adapter.path
@@ -696,7 +815,7 @@ def _grid(subject, runs, data, evalsets, progress) -> pd.DataFrame:
         else:
             ad = train(subject, fam, data[fam], t, tc, progress=progress)
             res, n, tl, secs, cached = evaluate(subject, evalsets[fam], ad), ad.n_trainable, ad.final_loss, ad.seconds, ad.cached
-        rows.append({**labels, "strategy": t.strategy, "layers": "all" if t.layers is None else list(t.layers),
+        rows.append({**labels, "strategy": t.strategy, "basis": t.basis, "layers": "all" if t.layers is None else list(t.layers),
                      "modules": "+".join(t.modules), "r": t.r, "optimizer": tc.optimizer, "seed": tc.seed,
                      "steps": tc.steps, "n_trainable": n, "train_loss": tl, "train_seconds": secs, "cached": cached,
                      **{k: v for k, v in res.items() if k != "samples"}})
@@ -715,19 +834,20 @@ def with_(tc: TrainConfig, **kw) -> TrainConfig:
 # --------------------------------------------------------------------------- chapter 05 plumbing
 # Profile sizes for chapter 05 (read by `profile`; a "lora" entry in atlas_core.profiles overrides them).
 # "families" (None = the three training families) narrows the chapter; smoke trains on one family only.
+# Sequence length and generation caps are not profile settings: `task_data` reads them off the data.
 # default: 3 tasks x 4 strategies x 3 seeds = 36 trainings of `steps` steps + 12 sweep runs + 2 surgery adapters
 # (~2 min each on one CPU core).
 PROFILES: dict[str, dict] = {
-    "smoke": {"families": ["json_schema"], "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "batch": 2, "max_len": 96,
-              "n_train": 16, "n_eval": 4, "n_drift": 2, "max_new_tokens": 8, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
+    "smoke": {"families": ["json_schema"], "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "batch": 2,
+              "n_train": 16, "n_eval": 4, "n_drift": 2, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
               "ranks": [1, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 1, 2],
               "ablation_n": 2, "atlas_prompts": 4, "diff_components": ["block"]},
-    "default": {"workers": 2, "k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "max_len": 96, "n_train": 400, "n_eval": 24,
-                "n_drift": 12, "max_new_tokens": 28, "sweep_family": "json_schema", "modules": ["o", "qkv", "attn", "mlp"],
+    "default": {"workers": 2, "k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "n_train": 400, "n_eval": 24,
+                "n_drift": 12, "sweep_family": "json_schema", "modules": ["o", "qkv", "attn", "mlp"],
                 "ranks": [1, 4, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16],
                 "ablation_n": 12, "atlas_prompts": 16, "diff_components": ["block", "attn", "mlp"]},
-    "full": {"k": 6, "r": 8, "steps": 100, "lr": 1e-3, "batch": 8, "max_len": 128, "n_train": 400, "n_eval": 120,
-             "n_drift": 50, "max_new_tokens": 40, "sweep_family": "json_schema",
+    "full": {"k": 6, "r": 8, "steps": 100, "lr": 1e-3, "batch": 8, "n_train": 400, "n_eval": 120,
+             "n_drift": 50, "sweep_family": "json_schema",
              "modules": ["o", "q", "k", "v", "gate", "up", "down", "qkv", "gate_up_down", "attn", "mlp"],
              "ranks": [1, 2, 4, 16, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 10, 25, 50],
              "ablation_n": 50, "atlas_prompts": 50, "diff_components": ["block", "attn", "mlp"]},
@@ -740,41 +860,54 @@ def profile(name: str, override: dict | None = None) -> dict:
     return {**PROFILES[name], **(override or {})}
 
 
-def task_data(subject: Subject, families: Sequence[str], P: dict) -> tuple[dict[str, list[dict]], dict[str, EvalSet]]:
-    """Train examples and eval sets per family from the task suite; drift prompts = the other families' eval prompts."""
+def completion_ids(tok, ex: dict) -> list[int]:
+    """The tokens a perfect model generates for an example: its completion as training encodes it, then EOS."""
+    return tok(ex["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def task_data(subject: Subject, families: Sequence[str], P: dict) -> tuple[dict[str, list[dict]], dict[str, EvalSet], dict]:
+    """(train examples, eval sets, profile with `max_len`) per family from the task suite; drift prompts = the
+    other families' eval prompts.
+
+    The limits come from the data: `max_len` is the longest tokenized train or eval example (prompt, completion,
+    EOS), so no example is cut before the loss; a family's generation cap is its longest reference completion
+    (tokens, EOS included) + `GEN_MARGIN`, so the reference completions score exact match 1."""
     from . import tasks
 
     train = {f: tasks.training_split(f, "train")[: P["n_train"]] for f in families}
     evals = {f: tasks.training_split(f, "eval")[: P["n_eval"]] for f in families}
     drift = {f: [e["prompt"] for e in tasks.training_split(f, "eval")[-P["n_drift"]:]] for f in tasks.TRAIN_FAMILIES}
-    tok = subject.tokenizer
-    sets = {}
-    for f in families:
-        longest = max(len(tok(e["completion"], add_special_tokens=False)["input_ids"]) for e in evals[f])
-        sets[f] = EvalSet(f, evals[f], [p for g, ps in drift.items() if g != f for p in ps],
-                          lambda text, ex, f=f: tasks.exact_match(f, text, ex), min(longest + 2, P["max_new_tokens"]),
-                          P["max_len"])
-    return train, sets
+    tok = train_tokenizer(subject)
+    max_len = max(len(_encode_pair(tok, e, None)[0]) for f in families for e in train[f] + evals[f])
+    sets = {f: EvalSet(f, evals[f], [p for g, ps in drift.items() if g != f for p in ps],
+                       lambda text, ex, f=f: tasks.exact_match(f, text, ex),
+                       max(len(completion_ids(tok, e)) for e in evals[f]) + GEN_MARGIN, max_len)
+            for f in families}
+    return train, sets, {**P, "max_len": max_len}
 
 
-def headline_runs(atlas, arch, families: Sequence[str], seeds: Sequence[int], P: dict,
+def headline_runs(atlas, subject: Subject, families: Sequence[str], seeds: Sequence[int], P: dict,
                   strategies: Sequence[str] = STRATEGIES) -> list[tuple[dict, Target, TrainConfig]]:
-    """Identical steps, learning rate and seed across strategies; the random draw is the seed; plus the base model."""
+    """Identical steps, learning rate and seed across strategies, plus the base model. The random control is
+    drawn per seed to match the atlas target's trainable-parameter count (`matched_target`)."""
+    arch = subject.arch
     runs = []
     for f in families:
         runs.append(({"family": f, "experiment": "headline"}, Target("none", (), ()), TrainConfig(steps=0, seed=0)))
+        ref = target(atlas, f, arch, P["k"], "atlas", ALL_LINEAR, r=P["r"]) if atlas is not None else None
         for s in seeds:
-            tc = TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", s, P["max_len"])
+            tc = TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", s, P.get("max_len"))
             for st in strategies:
-                runs.append(({"family": f, "experiment": "headline"},
-                             target(atlas, f, arch, P["k"], st, ALL_LINEAR, seed=s, r=P["r"]), tc))
+                t = (matched_target(subject, ref, s) if st == "random" and ref is not None
+                     else target(atlas, f, arch, P["k"], st, ALL_LINEAR, seed=s, r=P["r"]))
+                runs.append(({"family": f, "experiment": "headline"}, t, tc))
     return runs
 
 
 def sweep_runs(atlas, arch, seed: int, P: dict) -> list[tuple[dict, Target, TrainConfig]]:
     """Module, rank and optimizer sweeps around the atlas-guided run (all modules, rank r, AdamW) on one family."""
     f = P["sweep_family"]
-    tc = TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", seed, P["max_len"])
+    tc = TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", seed, P.get("max_len"))
     base = target(atlas, f, arch, P["k"], "atlas", ALL_LINEAR, seed=seed, r=P["r"])
     runs = [({"family": f, "experiment": "modules", "value": "all"}, base, tc)]
     runs += [({"family": f, "experiment": "modules", "value": m}, replace(base, modules=MODULE_SETS.get(m, (m,))), tc)
@@ -787,7 +920,7 @@ def sweep_runs(atlas, arch, seed: int, P: dict) -> list[tuple[dict, Target, Trai
 
 
 def truncation_curve(subject: Subject, adapter: Adapter, examples: Sequence[dict], ranks: Sequence[int],
-                     max_len: int = 96) -> pd.DataFrame:
+                     max_len: int | None = None) -> pd.DataFrame:
     """Eval loss and last-position KL(full adapter || truncated) when every B·A is cut to each rank by SVD."""
     tok = train_tokenizer(subject)
     prompts = [e["prompt"] for e in examples]
@@ -807,6 +940,130 @@ def module_norms(subject: Subject, adapter: Adapter) -> pd.DataFrame:
     """‖B·A‖·scaling per (layer, module) of a saved adapter."""
     with attach(subject, adapter) as pm:
         return update_norms(pm, subject.arch)
+
+
+# --------------------------------------------------------------------------- claims of chapter 05
+CONTROL_P = 0.05  # the claims grader's control criterion
+
+
+def compare(head: pd.DataFrame, ref: str = "atlas", others: Sequence[str] = ("random", "atlas-late", "all-linear"),
+            tol: float = PARAM_TOL) -> pd.DataFrame:
+    """`ref` minus each other strategy, paired by seed (same steps, learning rate, seed), per family.
+
+    p_value: exact sign-flip test over seeds, one-sided (ref reaches lower eval loss); min_p = 2^-n_seeds, the
+    smallest p that many seeds can give. param_ratio: other / ref trainable parameters (mean over seeds);
+    params_matched: within `tol` in every seed (the random control must be; the others are not meant to)."""
+    rows = []
+    for f, g in head[head["strategy"].isin([ref, *others])].groupby("family", sort=False):
+        w = g.pivot_table(index="seed", columns="strategy", values=["eval_loss", "exact_match", "n_trainable"])
+        basis = str(g.loc[g["strategy"] == ref, "basis"].iloc[0]) if "basis" in g and (g["strategy"] == ref).any() else ""
+        for o in others:
+            if ref not in w["eval_loss"] or o not in w["eval_loss"]:
+                continue
+            both = w.dropna(subset=[("eval_loss", ref), ("eval_loss", o)])
+            d = (both["eval_loss"][ref] - both["eval_loss"][o]).to_numpy()
+            ratio = (both["n_trainable"][o] / both["n_trainable"][ref]).to_numpy()
+            rows.append({"family": f, "vs": o, "basis": basis, "n_seeds": d.size, "d_eval_loss": float(d.mean()),
+                         "p_value": sign_flip_p(d, "less"), "min_p": 0.5 ** d.size, "seeds_better": int((d < 0).sum()),
+                         "d_exact_match": float((both["exact_match"][ref] - both["exact_match"][o]).mean()),
+                         "param_ratio": float(ratio.mean()), "params_matched": bool(np.all(np.abs(ratio - 1) <= tol))})
+    return pd.DataFrame(rows)
+
+
+def spearman_perm(x, y, n_mc: int = 20000, seed: int = 0) -> tuple[float, float, float]:
+    """(rho, two-sided p, smallest attainable p) of a Spearman correlation by a permutation test: exact (every
+    pairing) up to 8 points, seeded Monte Carlo (add-one) above. NaN rho and p for a constant input."""
+    from itertools import permutations
+
+    from scipy.stats import rankdata
+
+    def z(v):
+        r = rankdata(np.asarray(v, float))
+        return (r - r.mean()) / r.std() if r.std() > 0 else None
+
+    zx, zy = z(x), z(y)
+    if zx is None or zy is None:
+        return float("nan"), float("nan"), float("nan")
+    n, obs = zx.size, float(np.mean(zx * zy))
+    if n <= 8:
+        null = (zy[np.array(list(permutations(range(n))))] * zx).mean(1)
+        p = float(np.mean(np.abs(null) >= abs(obs) - 1e-9))
+        return obs, p, float(np.mean(np.abs(null) >= np.abs(null).max() - 1e-9))
+    perms = np.random.default_rng(seed).permuted(np.tile(np.arange(n), (n_mc, 1)), axis=1)
+    null = (zy[perms] * zx).mean(1)
+    return obs, float((1 + np.sum(np.abs(null) >= abs(obs) - 1e-9)) / (1 + n_mc)), 1 / (1 + n_mc)
+
+
+def norm_effect(final: pd.DataFrame) -> dict:
+    """Per-layer update norm vs adapter-only ablation effect of one adapter (`effect_map` rows): Spearman rho,
+    exact permutation p (two-sided), the smallest p the number of layers allows, and that number."""
+    rho, p, min_p = spearman_perm(final["norm"], final["effect"])
+    return {"rho": rho, "p_value": p, "min_p": min_p, "n_layers": len(final)}
+
+
+def _cannot(n: int, what: str, min_p: float) -> str:
+    return (f"; {n} {what} cannot give p below {min_p:.3g}, so this cannot pass the control criterion (p ≤ {CONTROL_P})"
+            if min_p > CONTROL_P else "")
+
+
+def lora_claims(verdict: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int, chapter: str = "05",
+                model: str = "", profile: str = "") -> list[Claim]:
+    """Chapter 05's claims from `compare` (vs random), `norm_effect` and `targeting`; every statement, direction
+    and piece of evidence is read off those tables.
+
+    Per family: "atlas-guided" where the atlas's metric targeted the layers; where it could not (the model does
+    not solve the family), a "not testable here" claim plus a "disruption-targeted" one for the KL fallback; a
+    comparison whose random control does not match the parameter count is not graded."""
+    meta = {"chapter": chapter, "model": model, "profile": profile}
+    vs = verdict[verdict["vs"] == "random"]
+    graded = vs[vs["params_matched"].astype(bool)]
+    claims = []
+    for r in vs.itertuples():
+        tg = targets.loc[r.family]
+        fell = tg["basis"] != tg["metric"]
+        by = {"kl": "KL"}.get(tg["basis"], tg["basis"])
+        who = (f"disruption-targeted LoRA ({k} layers ranked by ablation {by}, not by the behaviour)" if fell
+               else f"atlas-guided LoRA ({k} layers ranked by {by})")
+        common = {"metric": "eval loss on held-out completions",
+                  "counterfactual": f"same steps/lr/seed, layers chosen by {'the KL map' if fell else 'the atlas'}",
+                  "control": f"random layers with the same trainable parameters (±{PARAM_TOL:.0%}), a new draw per seed",
+                  **meta}
+        if fell:
+            claims.append(Claim(f"{r.family}: atlas-guided LoRA ({tg['metric']}) against random-matched layers is not "
+                                f"testable here", evidence={"testable": False, "untestable_why": tg["why"]}, **common))
+        if not r.params_matched:
+            claims.append(Claim(
+                f"{r.family}: {who} against random layers is not graded: no random layer set matches its trainable "
+                f"parameters within {PARAM_TOL:.0%} (random / targeted = {r.param_ratio:.2f})",
+                evidence={"testable": False, "untestable_why": "the random control cannot match the parameter count"},
+                **common))
+            continue
+        lower = r.d_eval_loss < 0
+        verb = ("reaches lower eval loss than random-matched layers" if lower and r.p_value <= CONTROL_P
+                else f"has lower eval loss than random-matched layers in {r.seeds_better}/{r.n_seeds} seeds, but not "
+                     "significantly" if lower
+                else "does not reach lower eval loss than random-matched layers")
+        agree = (graded["d_eval_loss"] < 0) if lower else (graded["d_eval_loss"] >= 0)
+        claims.append(Claim(
+            f"{r.family}: {who} {verb} (Δ eval loss {r.d_eval_loss:+.3f}; exact sign-flip p = "
+            f"{r.p_value:.3g} over {r.n_seeds} seeds{_cannot(r.n_seeds, 'seeds', r.min_p)})",
+            # a disruption-targeted comparison says nothing about where a behaviour lives: its control alone
+            # grades it (at most low), however many seeds replicate it
+            evidence={"p_value": float(r.p_value)} if fell else
+                     {"p_value": float(r.p_value), "n_seeds": int(r.n_seeds),
+                      "seeds_replicated": int(r.seeds_better if lower else r.n_seeds - r.seeds_better),
+                      "n_families": len(graded), "families_agreeing": int(agree.sum())}, **common))
+    rho, p = norm["rho"], norm["p_value"]
+    word = ("cannot be related (a constant per-layer map)" if not np.isfinite(rho)
+            else ("rises" if rho > 0 else "falls") if p <= CONTROL_P else "shows no clear association")
+    claims.append(Claim(
+        f"Per layer, the all-linear adapter's update norm ‖B·A‖ {word} with the harm of disabling it there "
+        f"(Spearman {rho:.2f}, exact permutation p = {p:.3g} over {norm['n_layers']} layers"
+        f"{_cannot(norm['n_layers'], 'layers', norm['min_p'])})",
+        metric="Spearman(per-layer update norm, adapter-only ablation effect)",
+        counterfactual="adapter disabled in one layer", control="no association (rho = 0, layers permuted)",
+        evidence={"p_value": float(p) if np.isfinite(p) else 1.0}, **meta))
+    return claims
 
 
 if __name__ == "__main__":  # the run_grid helper process: python -m atlas_core.lora JOB.pkl
