@@ -25,8 +25,10 @@ def next_token(logits: torch.Tensor, clean: torch.Tensor, answer: torch.Tensor |
     return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
 
 
-def recovery(ld: np.ndarray, ld_clean: np.ndarray, ld_corrupt: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Normalized recovery (LD - LD_corrupt) / (LD_clean - LD_corrupt); NaN where clean and corrupt agree."""
-    den = ld_clean - ld_corrupt
+def recovery(ld: np.ndarray, ld_clean: np.ndarray, ld_corrupt: np.ndarray, min_gap: float = 0.5) -> np.ndarray:
+    """Per-prompt normalized recovery (LD - LD_corrupt) / (LD_clean - LD_corrupt); NaN where the clean - corrupt gap
+    is below `min_gap` logits (negative or near zero: the ratio would only inflate noise). Grade recovery as a ratio
+    of means over flipped prompts (`patching.recovery_ci`), never as a mean of these ratios."""
+    den = np.asarray(ld_clean, float) - np.asarray(ld_corrupt, float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.abs(den) > eps, (ld - ld_corrupt) / den, np.nan)
+        return np.where(den >= min_gap, (np.asarray(ld, float) - ld_corrupt) / den, np.nan)

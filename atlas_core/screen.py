@@ -109,21 +109,33 @@ def _estimate(b: Batch, run: str, units: list[Unit]) -> list[np.ndarray]:
 
 
 def recall(est: pd.DataFrame, exact: pd.DataFrame, k: int = 10, by=("component",)) -> pd.DataFrame:
-    """Recall of the exact top-k units (by |mean logit-diff change|) among the screen's top-k, per group,
-    with the Pearson correlation of estimated vs exact mean effects."""
+    """Recall of the exact top-k units (by |mean logit-diff change|) among the screen's top-k, per group, against
+    its chance level k/N (`p`: hypergeometric, `recall_p`), with the Pearson correlation of estimated vs exact mean
+    effects. The exact change is taken against the run the unit edits, as the screen's is: the corrupt run for
+    denoising patches, the clean run otherwise."""
     keys = ["family", "component", "layer", "head", "position", "method"]
     e = est.groupby(keys)["ld_change_est"].mean()
-    x = (-exact.groupby(keys)["ld_drop"].mean()).rename("ld_change_exact")
+    ref = np.where(exact["method"] == "denoise", exact["ld_corrupt"], exact["ld_clean"])
+    x = exact.assign(ld_change_exact=exact["logit_diff"] - ref).groupby(keys)["ld_change_exact"].mean()
     j = pd.concat([e, x], axis=1).dropna().reset_index()
     recs = []
     for g, t in j.groupby(list(by)):
         kk = min(k, len(t))
         top_e = set(t["ld_change_est"].abs().nlargest(kk).index)
         top_x = set(t["ld_change_exact"].abs().nlargest(kk).index)
+        hits = len(top_e & top_x)
         r = np.corrcoef(t["ld_change_est"], t["ld_change_exact"])[0, 1] if len(t) > 2 else np.nan
         recs.append({**dict(zip(by, g if isinstance(g, tuple) else (g,))), "k": kk, "n_units": len(t),
-                     "recall_at_k": len(top_e & top_x) / kk, "pearson": float(r)})
+                     "recall_at_k": hits / kk, "chance": kk / len(t), "p": recall_p(hits, kk, len(t)), "pearson": float(r)})
     return pd.DataFrame(recs)
+
+
+def recall_p(hits: int, k: int, n: int) -> float:
+    """One-sided p of recall@k: P(overlap >= hits) when the screen's top-k are k of the n units drawn at random
+    (hypergeometric; expected recall k/n). k = n gives p = 1: a screen that must pick everything shows nothing."""
+    from scipy.stats import hypergeom
+
+    return float(hypergeom.sf(hits - 1, n, k, k))
 
 
 def timed_attribution(*args, **kw) -> tuple[pd.DataFrame, float]:

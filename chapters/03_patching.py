@@ -20,15 +20,17 @@
 # prompt with the corrupt activation (`Op.patch("corrupt")`): does this site alone break it?
 #
 # Metric: normalized recovery of the mean logit difference (answer − distractor),
-# (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt), ratio of means over prompts with a 95% bootstrap
-# CI. `score` = recovery for denoising and 1 − recovery for noising (the fraction destroyed), so 1 always
-# means "this site carries the decision". Sites: residual stream (`resid`), the block's write
-# (`block`), attention and MLP writes, and single heads, at the **last token** and at the **first token
-# where clean and corrupt differ** (`diff`: the subject / name / operand that carries the answer).
+# (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt), a ratio of means over **flipped** prompts (clean
+# LD > 0 > corrupt LD) with a 95% bootstrap CI; a cell whose mean clean − corrupt gap is not clearly
+# positive gets no value. `score` = recovery for denoising and 1 − recovery for noising (the fraction
+# destroyed), so 1 always means "this site carries the decision". Sites: residual stream (`resid`), the
+# block's write (`block`), attention and MLP writes, and single heads, at the **last token** and at the
+# **span**: every token where clean and corrupt differ (the subject / name / operand that carries the answer).
 #
-# **Budget** (default profile, SmolLM2-135M): 3 families × 8 prompts, every layer for resid/block/attn/mlp
-# × 2 positions × 2 methods, heads (denoising, last token) every 3rd layer, and cross-model patching on
-# one family; about 6 minutes on one CPU core, seconds from the sweep cache.
+# Only families the model solves are patched: the flip gate (`tasks.solved`) asks that the 95% lower
+# bound of the flip rate reaches 0.7 on a larger sample; a family that fails it is "not testable here".
+# The profile sets the families, the gate sample, the flipped prompts patched per family, the layers and
+# the heads (`profiles.py`); the sweep is cached, so a rerun takes seconds.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -40,13 +42,11 @@ results_dir = None  # default: $ATLAS_RESULTS or results/
 import time
 
 import altair as alt
-import pandas as pd
 from IPython.display import display
 
 from atlas_core import charts, patching, tasks
-from atlas_core.claims import Claim, record
+from atlas_core.claims import record
 from atlas_core.profiles import chapter
-from atlas_core.sweep import sweep
 
 ctx = chapter(model, profile, seeds, results_dir)
 model, seed, subject, P = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["patching"]
@@ -58,22 +58,43 @@ T0 = time.time()
 print(subject)
 
 # %% [markdown]
+# ## Which families can be localized
+# The flip gate on the gate sample, and how many tokens each prompt shares with its corrupt prompt:
+# the first differing token (`diff`) is only part of the change wherever a family differs in several.
+
+# %%
+sel = patching.select(subject, families, P["n_gate"], P["n"], seed)
+# NBVAL_IGNORE_OUTPUT
+display(sel.solved.round(3), patching.differing_tokens(sel.scored))
+
+# %% [markdown]
+# A check, not a finding: writing the clean layer-0 input (the token embeddings) into the corrupt run at
+# the first differing token, and at every differing token. The span patch turns the corrupt prompt into
+# the clean one, so its logit difference must equal the clean one exactly (recovery 1 on flipped prompts).
+
+# %%
+inp = patching.input_patch(subject, sel.sampled)
+chk = inp.assign(err=(inp["logit_diff"] - inp["ld_clean"]).abs()).groupby(["family", "position"])
+# NBVAL_IGNORE_OUTPUT
+chk.agg(max_tokens=("n_diff", "max"), max_abs_error=("err", "max")).join(
+    patching.summarize(inp.assign(component="input", layer=-1, head=-1, method="denoise"),
+                       by=("family", "position"))[["family", "position", "recovery", "n"]].set_index(["family", "position"])).round(3)
+
+# %% [markdown]
 # ## The sweep
+# Every unit on the flipped prompts of the families that pass the gate.
 
 # %% tags=["hide-output"]
-valid, report = tasks.validate([it for f in families for it in tasks.load_items(f, "synthetic", "short")], subject.tokenizer)
-items = [it for f in families for it in tasks.sample([i for i in valid if i.family == f], P["n"], seed)]
 units = patching.units(arch, P.get("components", ("resid", "block", "attn", "mlp")), ("last", "diff"), ("denoise", "noise"),
                        layers=layers, head_layers=range(0, n_layers, P["head_stride"]))
 t0 = time.time()
-df = sweep(subject, items, units, seed=seed, desc="patching")
+df = patching.sweep_span(subject, sel.items, units, seed=seed, desc="patching")
 summ = patching.summarize(df)
-print(f"{len(units)} units x {len(families)} families; computed={df.attrs['computed']} cached={df.attrs['cached']}; "
-      f"{time.time() - t0:.0f} s")
+print(f"computed={df.attrs['computed']} cached={df.attrs['cached']}; {time.time() - t0:.0f} s")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{len(items)} prompts over {len(families)} families; {len(units)} patching units")
+print(f"{len(sel.items)} flipped prompts over {len(sel.testable)} of {len(families)} families; {len(units)} patching units")
 
 # %% [markdown]
 # ## Where the decision lives: layer × component maps
@@ -86,28 +107,30 @@ charts.heatmap(lay.assign(panel=lay["position"] + " · " + lay["method"]), "laye
                row="family", column="panel", scheme="redblue", scale={"domain": [-0.5, 1.5], "reverse": True},
                width=110, height=80,
                tooltip=["family", "component", "layer", "panel", alt.Tooltip("score:Q", format=".2f"),
-                        alt.Tooltip("score_lo:Q", format=".2f"), alt.Tooltip("score_hi:Q", format=".2f")])
+                        alt.Tooltip("score_lo:Q", format=".2f"), alt.Tooltip("score_hi:Q", format=".2f")]
+               ) if len(lay) else print("no family passes the flip gate: nothing to map")
 
 # %% [markdown]
-# The residual stream at the `diff` token against the last token, denoising, with CIs: the layer where
-# the two curves cross is where the answer-relevant information has been moved to the last position.
+# The residual stream at the span against the last token, denoising, with CIs: the layer where the two
+# curves cross is where the answer-relevant information has been moved to the last position. (The final
+# layer's last-token residual is the logits' input: it restores everything by construction.)
 
 # %% tags=["hide-input"]
 res = summ[(summ["component"] == "resid") & (summ["method"] == "denoise")]
 charts.line_with_ci(res, "layer", "recovery", "recovery_lo", "recovery_hi", color="position", width=170, height=150).facet(
-    facet="family:N", columns=3)
+    facet="family:N", columns=3) if len(res) else None
 
 # %% [markdown]
 # ## Top sites per family
 # The five strongest denoising sites (component, layer, position) per family, and the noising score of
-# the same site: a site that both restores and breaks the behaviour carries it on its own.
+# the same site: a site that both restores and breaks the behaviour carries it on its own. A description
+# of this sample: the claims below choose on half the prompts and test on the other half.
 
 # %%
 key = ["family", "component", "layer", "head", "position"]
 den = summ[summ["method"] == "denoise"].set_index(key)
 noi = summ[summ["method"] == "noise"].set_index(key)[["score", "score_lo", "score_hi"]].add_prefix("noise_")
-both = den.join(noi).reset_index().sort_values("score", ascending=False)  # every site: denoising + noising scores
-top = both.groupby("family").head(5)
+top = den.join(noi).reset_index().sort_values("score", ascending=False).groupby("family").head(5)
 # NBVAL_IGNORE_OUTPUT
 top[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo", "kl"]].round(3)
 
@@ -123,114 +146,42 @@ charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redbl
 # ## Cross-model patching
 # Activations of this model (A) written into a copy B of the same architecture whose decoder weights
 # carry seeded noise (as a fine-tune would leave them; a LoRA-adapted copy from chapter 05 plugs in
-# the same way). A's block writes replace B's for layers 0..k, for growing k; recovery measures how far
-# B's logit difference moves to A's, and KL(A ‖ patched B) how far its whole next-token distribution.
-# Patching every layer makes B's final residual equal A's, so the curve must end at 1. Is it monotonic?
+# the same way), on the first family that passes the gate. A's block writes replace B's for layers 0..k,
+# for growing k; recovery measures how far B's logit difference moves to A's, and KL(A ‖ patched B) how
+# far its whole next-token distribution. Patching every layer makes B's final residual equal A's, so the
+# curve ends at 1 by construction; does it rise before that?
 
 # %% tags=["hide-output"]
-other = patching.perturbed(subject, sigma=P["cross_sigma"], seed=1)
-ks = sorted(set(layers) | {n_layers - 1})
-cum = [u for u in patching.cumulative("block", n_layers) if len(u.edits) - 1 in ks]
-single = [u for u in patching.units(arch, ("resid",), ("all",), ("denoise",), layers=ks)]
-fam0 = families[0]
-cross = patching.cross_patch(other, subject, [it for it in items if it.family == fam0], cum + single)
+fam0 = sel.testable[0] if sel.testable else None
+cross = None
+if fam0:
+    other = patching.perturbed(subject, sigma=P["cross_sigma"], seed=1)
+    ks = sorted(set(layers) | {n_layers - 1})
+    cum = [u for u in patching.cumulative("block", n_layers) if len(u.edits) - 1 in ks]
+    single = patching.units(arch, ("resid",), ("all",), ("denoise",), layers=ks)
+    cross = patching.cross_patch(other, subject, [it for it in sel.items if it.family == fam0], cum + single)
 
 # %%
-cr = []
-for _, g in cross.groupby("unit"):
-    comp, n = g["component"].iloc[0], int(g["n_layers_patched"].iloc[0])
-    est, lo, hi = patching.recovery_ci(g["logit_diff"], g["ld_clean"], g["ld_corrupt"])
-    last = int(g["layer"].iloc[0]) + n - 1 if comp == "block" else int(g["layer"].iloc[0])
-    cr.append({"curve": "blocks 0..k (A's writes)" if comp == "block" else "resid at k only", "k": last,
-               "recovery": est, "recovery_lo": lo, "recovery_hi": hi, "kl": g["kl"].mean()})
-cr = pd.DataFrame(cr)
-mono = patching.monotonic(cr[cr["curve"].str.startswith("blocks")].sort_values("k")["recovery"].to_numpy())
-mono_kl = patching.monotonic(-cr[cr["curve"].str.startswith("blocks")].sort_values("k")["kl"].to_numpy(), tol=1e-3)
-gap = cross.groupby("item_id")[["ld_clean", "ld_corrupt"]].first().mean()
-print(f"{fam0}: mean LD A = {gap['ld_clean']:.2f}, B = {gap['ld_corrupt']:.2f}; recovery monotonic: {mono[0]} "
-      f"({mono[1]} drops > 0.02); KL non-increasing: {mono_kl[0]} ({mono_kl[1]} rises)")
-charts.line_with_ci(cr, "k", "recovery", "recovery_lo", "recovery_hi", color="curve", width=420)
+if cross is not None:
+    tr = patching.cross_trend(cross, n_layers)
+    print(f"{fam0}: mean LD gap A − B = {tr['gap']:.2f}; slope {tr['slope']:+.3f} of the gap per layer (p = {tr['p']:.3g}); "
+          f"{tr['drops']} drops > 0.02")
+    display(charts.line_with_ci(patching.cross_curve(cross), "k", "recovery", "recovery_lo", "recovery_hi", color="curve", width=420))
+else:
+    print("no family passes the flip gate: no cross-model curve")
 
 # %% [markdown]
 # ## Claims
-# Patching the residual stream at the `diff` token early on restores everything by construction: it
-# replaces the one token that differs. The informative facts are (1) **where the information moves**:
-# the last layer at which the `diff`-token residual still carries the decision and the first layer at
-# which the last-token residual does (both: lower 95% CI of denoising recovery > 0.5); and (2) **which
-# component write at the last token** carries it (block, attention, MLP or head; not the residual).
-# Control: the unpatched corrupt run (recovery 0). Methods: denoising and noising agree when both lower
-# CI bounds exceed 0.5 at the same site. Breadth: families with the same kind of finding.
+# Built by `patching.patching_claims` from the measurements. Per family that passes the gate: (1) **where
+# the decision reaches the last position**: the earliest layer before the final one whose last-token
+# residual restores at least half of the gap, chosen on half the prompts and tested on the other half
+# (exact sign-flip test; noising the same site is the second method); (2) **the strongest single write at
+# the last token** (block, attention, MLP or head), chosen and tested the same way against the unpatched
+# corrupt run. Then the cross-model trend over the layers before the last. Breadth: families with the
+# same kind of finding. A family that fails the gate says so.
 
 # %%
-def resid(f: str, position: str, method: str) -> pd.DataFrame:
-    """The residual-stream rows of one family, position and method."""
-    return summ[(summ["family"] == f) & (summ["component"] == "resid") & (summ["position"] == position)
-                & (summ["method"] == method)]
-
-
-def carrying(f: str, position: str, method: str) -> list[int]:
-    """Layers whose residual at `position` carries the decision (lower 95% CI of the score > 0.5)."""
-    r = resid(f, position, method)
-    return sorted(int(x) for x in r.loc[r["score_lo"] > 0.5, "layer"])
-
-
-def crossover(f: str) -> dict:
-    d, last, last_noise = carrying(f, "diff", "denoise"), carrying(f, "last", "denoise"), carrying(f, "last", "noise")
-    return {"family": f, "diff_until": d[-1] if d else None, "last_from": last[0] if last else None,
-            "noise_agrees": bool(last and last[0] in last_noise)}
-
-
-moves = pd.DataFrame([crossover(f) for f in families])
-writes = both[(both["position"] == "last") & (both["component"] != "resid")].groupby("family").head(1)
-# NBVAL_IGNORE_OUTPUT
-display(moves, writes[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo"]].round(3))
-
-# %%
-n_moves = int(moves["last_from"].notna().sum())
-claims = []
-for r in moves.itertuples():
-    if pd.isna(r.last_from):
-        b = resid(r.family, "last", "denoise").sort_values("score_lo").iloc[-1]
-        text = (f"In {r.family}, a single last-token residual site carries the decision: not supported (best: layer "
-                f"{int(b.layer)}, recovery {b.score:.2f}, lower 95% CI {b.score_lo:.2f} ≤ 0.5)")
-    else:
-        src = ("no layer of the changed token's residual carries it alone" if pd.isna(r.diff_until)
-               else f"the changed token's residual carries it up to layer {int(r.diff_until)}")
-        text = (f"In {r.family}, the decision reaches the last position at layer {int(r.last_from)} (of 0–{n_layers - 1}): "
-                f"{src}, the last token's from layer {int(r.last_from)} on (denoising recovery, lower 95% CI > 0.5)")
-    claims.append(Claim(text, metric="normalized recovery of the mean logit difference, bootstrap 95% CI over prompts",
-                        counterfactual="clean residual stream at one layer and position in the corrupt prompt",
-                        control="unpatched corrupt run (recovery 0)",
-                        evidence={"ci_excludes_control": bool(pd.notna(r.last_from)), "n_methods": 2,
-                                  "methods_agreeing": 1 + int(r.noise_agrees), "n_families": len(moves),
-                                  "families_agreeing": n_moves if pd.notna(r.last_from) else len(moves) - n_moves},
-                        chapter="03", model=model, profile=profile))
-kinds = writes["component"].value_counts()
-
-
-def site_name(r) -> str:
-    return f"head {r.head} of layer {r.layer}" if r.component == "head" else f"the {r.component} of layer {r.layer}"
-
-
-claims += [
-    Claim(f"In {r.family}, the strongest single write at the last token is {site_name(r)}: patching it into the corrupt run "
-          f"restores {r.score:.2f} of the logit difference (95% CI {r.score_lo:.2f}–{r.score_hi:.2f}); noising it "
-          + ("was not measured" if pd.isna(r.noise_score) else f"removes {r.noise_score:.2f}"),
-          metric="normalized recovery of the mean logit difference, bootstrap 95% CI over prompts",
-          counterfactual=f"clean {r.component} output at layer {r.layer}, last position, in the corrupt prompt",
-          control="unpatched corrupt run (recovery 0)",
-          evidence={"ci_excludes_control": bool(r.score_lo > 0), "n_methods": 1 if pd.isna(r.noise_score) else 2,
-                    "methods_agreeing": int(r.score_lo > 0.5) + int(r.noise_score_lo > 0.5),
-                    "n_families": len(writes), "families_agreeing": int(kinds[r.component])},
-          chapter="03", model=model, profile=profile)
-    for r in writes.itertuples()
-]
-fin = cr[cr["curve"].str.startswith("blocks")].sort_values("k").iloc[-1]
-claims.append(Claim(
-    f"Writing A's block outputs into a noised copy B recovers A's logit difference {'monotonically' if mono[0] else 'non-monotonically'} "
-    f"as more layers are patched ({mono[1]} drops), reaching {fin.recovery:.2f} with all layers",
-    metric="normalized recovery toward model A, ratio of means", counterfactual="A's block writes at layers 0..k in B",
-    control="unpatched B (recovery 0)", evidence={"ci_excludes_control": bool(fin.recovery_lo > 0)},
-    chapter="03", model=model, profile=profile))
+claims = patching.patching_claims(df, sel.solved, n_layers, cross=cross, cross_family=fam0, seed=seed,
+                                  chapter="03", model=model, profile=profile)
 print(f"chapter time {time.time() - T0:.0f} s")
 record(claims)[["claim", "confidence", "why"]]
