@@ -19,7 +19,7 @@ random unit directions (seeded) and shuffled-label directions (labels permuted b
 direction is graded against the *strongest* control by an exact paired sign-flip test over the held-out
 prompts (`p_control`); z-scores and empirical p against the control draws are descriptive only (with k draws an
 empirical p cannot go below 1/(k+1): 0.25 for 3 shuffled draws). A task family the model does not solve
-(`tasks.solved` on the select + eval items) is not testable: its claims say so instead of steering it.
+(`tasks.gate`, or `tasks.solved` on the select + eval items) is not testable: its claims say so instead of steering it.
 
 Knockout is negative steering aimed at one family; selectivity = target effect − mean |off-target effect|,
 each a fraction of that family's clean−corrupt gap (ratio of means, defined only where the gap's 95% CI
@@ -528,10 +528,12 @@ class Study:
 def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = ("sentiment",), n: int = 8,
           n_fit: int = 16, layers: Sequence[int] | None = None, screen_alphas: Sequence[float] = (-0.4, 0.4),
           alphas: Sequence[float] = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8), control_alphas: Sequence[float] = (-0.4, 0.4),
-          n_random: int = 10, n_shuffled: int = 3, seed: int = 0, cache=None, progress: bool = False) -> Study:
+          n_random: int = 10, n_shuffled: int = 3, seed: int = 0, cache=None, progress: bool = False,
+          solved: pd.DataFrame | None = None) -> Study:
     """Fit directions per target on its fit split, screen layers on its select split, then grade the best layer of
     each sign on its eval split against random and shuffled-label controls (at `control_alphas`, same layer and
-    norm). Families are gated by `tasks.solved` on their select + eval items."""
+    norm). Families are gated by `solved` (e.g. `tasks.gate`, on more items), else by `tasks.solved` on their
+    select + eval items."""
     from . import tasks
     from .sweep import sweep
 
@@ -560,7 +562,8 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
             base += [rows, ev]
     per_prompt = pd.concat(graded, ignore_index=True)
     screen = pd.concat(screens, ignore_index=True)
-    solved = tasks.solved(pd.concat(base)) if base else tasks.solved(pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
+    if solved is None:
+        solved = tasks.solved(pd.concat(base) if base else pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
     return Study(dirs, sign, splits, screen, grade(per_prompt), best_layers(screen), per_prompt, solved)
 
 

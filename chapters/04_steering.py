@@ -70,13 +70,14 @@ print(f"budget ({profile}): {len(families)} families + {', '.join(S['concepts'])
 
 # %% tags=["hide-output"]
 t0 = time.time()
+gate = tasks.gate(subject, families, n=S["n_gate"], seed=seed)  # the flip gate, on more items than the study uses
 st = steering.study(subject, families, S["concepts"], S["n"], S["n_fit"], layers, n_random=S["n_random"],
-                    n_shuffled=S["n_shuffled"], seed=seed, screen_alphas=S.get("screen_alphas", (-0.4, 0.4)))
+                    n_shuffled=S["n_shuffled"], seed=seed, screen_alphas=S.get("screen_alphas", (-0.4, 0.4)), solved=gate)
 print(f"study: {len(st.screen)} screened cells, {len(st.per_prompt)} graded rows, {time.time() - t0:.0f} s")
 
 # %% [markdown]
 # Which families does the model solve? A family is testable when the 95% lower bound of its flip rate
-# (clean prompt prefers the answer, corrupt prompt flips it) over its selection + held-out items passes
+# (clean prompt prefers the answer, corrupt prompt flips it) over a larger sample of its items passes
 # the gate; the held-out audit lists any template, text or probe word shared between fit, selection and
 # held-out prompts (empty = properly held out).
 

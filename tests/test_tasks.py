@@ -176,3 +176,10 @@ def test_baseline_claims_are_worded_from_the_evidence():
     assert "is above chance" in g[0].statement and "not above chance" in b[0].statement
     assert "flips ioi" in g[1].statement and "does not reliably flip" in b[1].statement
     assert [c.confidence for c in g] == ["medium", "medium"] and [c.confidence for c in b] == ["none", "none"]
+
+
+def test_gate_scores_more_items_than_a_chapter_samples(tok):
+    from conftest import tiny_subject
+
+    g = tasks.gate(tiny_subject("llama", tok), ["ioi", "antonyms"], n=12)
+    assert g["family"].tolist() == ["antonyms", "ioi"] and (g["n_items"] == 12).all() and not g["testable"].any()
