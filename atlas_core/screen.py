@@ -142,3 +142,31 @@ def timed_attribution(*args, **kw) -> tuple[pd.DataFrame, float]:
     t0 = time.perf_counter()
     df = attribution(*args, **kw)
     return df, time.perf_counter() - t0
+
+
+def screen_claims(rec: pd.DataFrame, atlas, **tags) -> list:
+    """One claim per (component, method) group of `recall`: does the screen's top-k beat chance (k/N)?
+
+    p-values are Holm-adjusted over the groups (one family of tests); a model that solves no family makes the
+    logit difference meaningless, so there the claims are not testable."""
+    from .claims import Claim
+    from .stats import holm
+    from .tasks import untestable_why
+
+    adj = holm(rec["p"].to_numpy()) if len(rec) else np.array([])
+    out = []
+    for r, p in zip(rec.itertuples(), adj):
+        what = f"{r.component}/{r.method}"
+        kw = dict(metric="recall@k of the exact top-k units by |logit-difference change|",
+                  counterfactual="first-order (attribution) estimate vs exact intervention",
+                  control=f"chance recall k/N = {r.chance:.2f}", **tags)
+        if not atlas.testable_families:
+            out.append(Claim(f"the attribution screen on {what} units: not testable here (the model solves no family)",
+                             evidence={"testable": False, "untestable_why": untestable_why(atlas.solved)}, **kw))
+            continue
+        verdict = "finds more of" if p <= 0.05 else "does not find more of"
+        out.append(Claim(
+            f"the attribution screen {verdict} the exact top-{r.k} {what} units than chance (recall {r.recall_at_k:.2f} "
+            f"vs {r.chance:.2f} of {r.n_units}; Holm p = {p:.3g} over {len(rec)} groups)",
+            evidence={"p_value": float(p), "recall_at_k": float(r.recall_at_k), "chance": float(r.chance)}, **kw))
+    return out

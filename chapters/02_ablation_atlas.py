@@ -14,11 +14,12 @@
 # # 02 · Ablation atlas
 #
 # Which layers, components and heads does each behaviour need? We remove each one — zero, mean
-# and resample ablation — and measure how far the next-token distribution moves
-# (KL(clean ‖ ablated), the atlas's primary metric) and how much the answer-vs-distractor logit
-# difference drops, over every task family and three prompt-sampling seeds. Every effect carries a
-# bootstrap 95% CI over prompts. See the [method page](../method.md) for what each method can and
-# cannot tell you.
+# and resample ablation — and measure the **fraction of the clean answer-vs-distractor logit difference
+# it removes** (`ld_frac`), on the prompts the model flips (clean LD > 0, corrupt LD < 0) of the families
+# it solves. KL(clean ‖ ablated) over the whole vocabulary is kept beside it as a measure of *disruption*:
+# it moves under any damage, whether or not the behaviour needs the component. Every effect carries a
+# studentized-bootstrap 95% CI over prompts; a "hub" is chosen on one half of the prompts and tested on
+# the other. See the [method page](../method.md) for what each method can and cannot tell you.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -32,10 +33,10 @@ import time
 import altair as alt
 import pandas as pd
 
-from atlas_core import charts, profiles
+from atlas_core import charts, profiles, tasks
 from atlas_core.atlas import map_atlas
 from atlas_core.interventions import head_sweep, layer_sweep
-from atlas_core.screen import attribution, recall
+from atlas_core.screen import attribution, recall, screen_claims
 from atlas_core.sweep import Cache, sweep
 
 ctx = profiles.chapter(model, profile, seeds, results_dir)
@@ -56,16 +57,43 @@ print(f"{len(atlas.effects)} effects; units computed={atlas.run_stats['computed'
       f"cached={atlas.run_stats['cached']}; {time.time() - t0:.0f} s")
 
 # %% [markdown]
-# ## Layer × family maps
-# Mean KL(clean ‖ ablated) per layer and family, averaged over seeds; one panel per component and
-# method. Hover for the CI of each cell.
+# ## Which families can be localized
+# A family is testable when the model flips its prompts reliably: the 95% Clopper-Pearson lower bound of
+# the flip rate (clean LD > 0 and corrupt LD < 0) must reach the gate. Families that fail are shown in the
+# disruption map below but no claim localizes them.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"gate: flip-rate lower bound >= {tasks.FLIP_GATE}; testable: {', '.join(atlas.testable_families) or 'none'}")
+atlas.solved.round(3)
+
+# %% [markdown]
+# ## Behaviour maps: fraction of the clean logit difference removed
+# Per layer and testable family (flipped prompts, averaged over seeds and both splits); one panel per
+# component and method.
 
 # %% tags=["hide-input"]
 e = atlas.effects
 lay = e[(e["head"] == -1) & (e["position"] == "all")]
 cell = (lay.groupby(["component", "method", "family", "layer"])
-        .agg(kl=("kl", "mean"), kl_lo=("kl_lo", "mean"), kl_hi=("kl_hi", "mean"), ld_drop=("ld_drop", "mean"))
+        .agg(kl=("kl", "mean"), kl_lo=("kl_lo", "mean"), kl_hi=("kl_hi", "mean"), ld_drop=("ld_drop", "mean"),
+             ld_frac=("ld_frac", "mean"))
         .reset_index())
+beh = cell[cell["family"].isin(atlas.testable_families)]
+if beh.empty:
+    print("No family is testable on this model: there is no behaviour to localize (see the disruption map).")
+else:
+    display(charts.heatmap(beh, "layer", "family", "ld_frac", row="component", width=130, height=120,
+                           column=alt.Column("method:N", sort=["zero", "mean", "resample"]),
+                           tooltip=["component", "method", "family", "layer", alt.Tooltip("ld_frac:Q", format=".2f"),
+                                    alt.Tooltip("kl:Q", format=".3f")]))
+
+# %% [markdown]
+# ## Disruption maps: KL(clean ‖ ablated)
+# Mean KL per layer and family (every family, every prompt), averaged over seeds. Hover for the CI of
+# each cell. Large KL says ablation damages the output; it does not say the component carries the task.
+
+# %% tags=["hide-input"]
 charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "sqrt"}, width=130, height=180,
                column=alt.Column("method:N", sort=["zero", "mean", "resample"]),
                tooltip=["component", "method", "family", "layer", alt.Tooltip("kl:Q", format=".3f"),
@@ -74,21 +102,26 @@ charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "s
 
 # %% [markdown]
 # ## The hub and how stable it is
-# The hub is the layer whose ablation moves the output most, averaged over families. Family
-# agreement is the fraction of families whose own top layer is the hub; seed stability is the
-# spread of the hub over prompt-sampling seeds. Layer 0 usually dominates any ablation (everything
-# downstream reads the token embedding through it), so we also report the hub without layer 0.
+# The hub is the layer whose zero-ablation removes the largest fraction of the clean logit difference,
+# averaged over testable families, **chosen on the select half of the prompts**. On the test half it must
+# beat the median layer (exact sign-flip test over family x seed cells). Family agreement counts families
+# whose own top layer is the hub; seeds replicate when the hub beats the median on that seed's test
+# prompts; methods agree when mean and resample choose the same layer. `first_token_share` is how much of
+# the effect ablating the first token alone reproduces (an attention sink when >= 0.5). Layer 0 usually
+# dominates any ablation, so we also report the hub without it.
 
 # %%
 hubs = pd.DataFrame([atlas.hub_evidence(c, "zero", ex) for c in A["components"] for ex in ((), (0,))])
-hubs["excluding"] = ["-", "layer 0"] * len(A["components"])
+cols = ["component", "excluded", "testable", "hub", "n_candidates", "control", "effect_minus_control", "p_value",
+        "families_agreeing", "n_families", "seeds_replicated", "n_seeds", "methods_agreeing", "n_methods",
+        "first_token_share"]
 # NBVAL_CHECK_OUTPUT
-hubs[["component", "excluding", "hub", "families_agreeing", "n_families", "seeds_replicated", "n_seeds",
-      "methods_agreeing", "n_methods", "effect_minus_control", "ci_excludes_control"]].round(3)
+hubs.reindex(columns=cols).round(3)
 
 # %% [markdown]
 # ## Do ablation methods agree?
-# Spearman correlation between the layer profiles of each pair of methods (per component). Low
+# Spearman correlation between the layer profiles of each pair of methods (per component; test split;
+# the behaviour metric on testable families, KL where none is testable), with a one-sided p-value. Low
 # correlation means the method defines what "importance" means here (Miller et al. 2024).
 
 # %%
@@ -126,18 +159,20 @@ alt.Chart(pos).mark_line(point=True).encode(
 # top-k among the screen's top-k, Pearson correlation, and the speedup. Where recall is low, the
 # screen must not be used to choose what to verify.
 
-# %%
-from atlas_core import tasks
+# The comparison uses the testable families (the logit difference means something there); on a model
+# that solves none it runs on every family as a diagnostic of the screen, and its claims are not testable.
 
-items_all, _ = tasks.validate([it for f in atlas.families for it in tasks.load_items(f)], subject.tokenizer)
-items = [it for f in atlas.families
+# %%
+fams = atlas.testable_families or atlas.families
+items_all, _ = tasks.validate([it for f in fams for it in tasks.load_items(f)], subject.tokenizer)
+items = [it for f in fams
          for it in tasks.sample([i for i in items_all if i.family == f], A["prompts_per_family"], seeds[0])]
 units = layer_sweep(A["components"], A["methods"], subject.arch.n_layers, subject.arch, seed=seeds[0]) + head_sweep(subject.arch)
 est = attribution(subject, items, units, seed=seeds[0])
 exact = sweep(subject, items, units, seed=seeds[0], progress=False)  # the atlas's own seed: cached
 rec = recall(est, exact, k=A["screen_k"], by=("component", "method"))
 # speed, measured on one family with an empty cache so that both sides really compute
-one = [it for it in items if it.family == atlas.families[0]]
+one = [it for it in items if it.family == fams[0]]
 t0 = time.time()
 attribution(subject, one, units, seed=seeds[0])
 t_screen = time.time() - t0
@@ -150,34 +185,15 @@ rec.round(3)
 
 # %% [markdown]
 # ## Claims
-# Each hub claim is graded from its own evidence: replication over seeds, agreement between ablation
-# methods and families, and a paired bootstrap CI of the hub's effect minus the median layer's.
+# Each claim's statement and confidence come from its evidence (the hub table and the method-agreement
+# test above); a claim about a model that solves no family says "not testable here".
 
 # %%
-from atlas_core.claims import Claim, record
+from atlas_core.atlas import agreement_claim, hub_claim
+from atlas_core.claims import record
 
-claims = []
-for ev in hubs.to_dict("records"):
-    where = "" if ev["excluding"] == "-" else f" (excluding {ev['excluding']})"
-    claims.append(Claim(
-        f"{ev['component']} layer {ev['hub']} is the zero-ablation hub{where}",
-        metric="mean KL(clean || ablated) over prompts, families and seeds",
-        counterfactual=f"zero-ablate the {ev['component']} write at each layer, all positions",
-        control=ev["control"], evidence=ev, chapter="02", model=model, profile=profile))
-ma = atlas.method_agreement()
-for comp, g in ma.groupby("component"):
-    low = g["spearman"].min()
-    claims.append(Claim(
-        f"zero, mean and resample ablation rank {comp} layers alike (min Spearman {low:.2f})",
-        metric="Spearman correlation of layer effect profiles between methods",
-        counterfactual="the same layers ablated by three methods", control="rho = 0.5",
-        evidence={"ci_excludes_control": bool(low > 0.5), "n_methods": g.shape[0], "methods_agreeing": int((g["spearman"] > 0.5).sum()),
-                  "n_seeds": len(seeds), "seeds_replicated": len(seeds)},
-        chapter="02", model=model, profile=profile))
-for r in rec.itertuples():
-    claims.append(Claim(
-        f"the attribution screen finds the exact top-{r.k} {r.component}/{r.method} units (recall {r.recall_at_k:.2f})",
-        metric="recall@k of exact top-k by |logit-difference change|", counterfactual="first-order estimate vs exact ablation",
-        control="recall 0.5", evidence={"ci_excludes_control": bool(r.recall_at_k > 0.5)},
-        chapter="02", model=model, profile=profile))
+tags = dict(chapter="02", model=model, profile=profile)
+claims = [hub_claim(atlas, c, ex, **tags) for c in A["components"] for ex in ((), (0,))]
+claims += [agreement_claim(atlas, c, **tags) for c in A["components"]]
+claims += screen_claims(rec, atlas, **tags)
 record(claims)[["claim", "confidence", "why"]]

@@ -359,3 +359,21 @@ def test_head_ablation_is_additive_on_llama_but_not_on_gemma3(family, tok):
         assert torch.allclose(ablated[mask], write(z_wo)[mask], atol=1e-5)  # what it is: the others renormalized
         gap = (ablated - (full - share))[mask].abs().max()
         assert gap > 0.01 * full[mask].abs().max()  # not the removal of one additive contribution
+
+
+def test_screen_claims_follow_recall_against_chance():
+    import pandas as pd
+
+    from atlas_core.screen import screen_claims
+
+    class Solved:  # an atlas that solves one family / none
+        def __init__(self, fams):
+            self.testable_families = fams
+            self.solved = pd.DataFrame({"family": ["ioi"], "n_items": [8], "n_flipped": [8 if fams else 1]})
+
+    rec = pd.DataFrame({"component": ["block", "mlp"], "method": ["zero", "zero"], "k": [5, 5], "n_units": [60, 60],
+                        "recall_at_k": [1.0, 0.2], "chance": [5 / 60, 5 / 60], "p": [1e-7, 0.35]})
+    good, bad = screen_claims(rec, Solved(["ioi"]))
+    assert "finds more of" in good.statement and good.confidence == "low"  # control only: a screen is not a verdict
+    assert "does not find more" in bad.statement and bad.confidence == "none"
+    assert all(c.confidence == "none" and "not testable" in c.statement for c in screen_claims(rec, Solved([])))
