@@ -88,34 +88,27 @@ def proportion_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float, fl
     return k / n, float(lo), float(hi)
 
 
-def holm(p) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error); NaN stays NaN."""
+def _adjusted(p, step) -> np.ndarray:
+    """Apply `step(sorted p-values, m)` -> adjusted sorted values, NaN kept in place."""
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     q = p[ok]
-    m = q.size
     order = np.argsort(q)
-    adj = np.maximum.accumulate((m - np.arange(m)) * q[order]).clip(max=1.0)
-    res = np.empty(m)
-    res[order] = adj
+    res = np.empty(q.size)
+    res[order] = step(q[order], q.size).clip(max=1.0)
     out[ok] = res
     return out
+
+
+def holm(p) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error); NaN stays NaN."""
+    return _adjusted(p, lambda q, m: np.maximum.accumulate((m - np.arange(m)) * q))
 
 
 def bh(p) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (false discovery rate); NaN stays NaN."""
-    p = np.asarray(p, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    m = q.size
-    order = np.argsort(q)
-    adj = np.minimum.accumulate((q[order] * m / np.arange(1, m + 1))[::-1])[::-1].clip(max=1.0)
-    res = np.empty(m)
-    res[order] = adj
-    out[ok] = res
-    return out
+    return _adjusted(p, lambda q, m: np.minimum.accumulate((q * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def empirical_p(value: float, null) -> float:
