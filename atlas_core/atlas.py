@@ -107,6 +107,13 @@ class Atlas:
         sol = pd.DataFrame(_records(solved(rows)))
         return cls(model, fingerprint, n_layers, n_heads, eff, dict(meta or {}), solved=sol)
 
+    def gated(self, solved: pd.DataFrame) -> Atlas:
+        """This atlas with its testable families decided by `solved` (e.g. `tasks.gate` on more items than the
+        atlas sampled: 16 items need 16/16 flips to pass the gate, 48 about 40)."""
+        from dataclasses import replace
+
+        return replace(self, solved=solved.reset_index(drop=True))
+
     # -- views -----------------------------------------------------------------------------------
     @property
     def families(self) -> list[str]:

@@ -841,16 +841,16 @@ PROFILES: dict[str, dict] = {
     "smoke": {"families": ["json_schema"], "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "batch": 2,
               "n_train": 16, "n_eval": 4, "n_drift": 2, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"],
               "ranks": [1, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 1, 2],
-              "ablation_n": 2, "atlas_prompts": 4, "diff_components": ["block"]},
+              "ablation_n": 2, "atlas_prompts": 4, "n_gate": 16, "diff_components": ["block"]},
     "default": {"workers": 2, "k": 6, "r": 8, "steps": 24, "lr": 2e-3, "batch": 8, "n_train": 400, "n_eval": 24,
                 "n_drift": 12, "sweep_family": "json_schema", "modules": ["o", "qkv", "attn", "mlp"],
                 "ranks": [1, 4, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16],
-                "ablation_n": 12, "atlas_prompts": 16, "diff_components": ["block", "attn", "mlp"]},
+                "ablation_n": 12, "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block", "attn", "mlp"]},
     "full": {"k": 6, "r": 8, "steps": 100, "lr": 1e-3, "batch": 8, "n_train": 400, "n_eval": 120,
              "n_drift": 50, "sweep_family": "json_schema",
              "modules": ["o", "q", "k", "v", "gate", "up", "down", "qkv", "gate_up_down", "attn", "mlp"],
              "ranks": [1, 2, 4, 16, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 10, 25, 50],
-             "ablation_n": 50, "atlas_prompts": 50, "diff_components": ["block", "attn", "mlp"]},
+             "ablation_n": 50, "atlas_prompts": 50, "n_gate": 128, "diff_components": ["block", "attn", "mlp"]},
 }
 
 

@@ -22,16 +22,17 @@
 #
 # Tasks: the suite's `json_schema` (exact match = parsed JSON equals the expected object),
 # `factual_recall` and `code_semantics` splits. Drift = mean KL(base ‖ adapted) of the next token at
-# the last prompt position on the *other* families' prompts. The base model is the embedded
-# SmolLM2-135M-Instruct (dequantized Q4 weights, not the original bf16 checkpoint). Sequence length
+# the last prompt position on the *other* families' prompts. The base model and where its weights come
+# from are printed below (the embedded defaults are dequantized Q4 weights, not the original bf16
+# checkpoints). Sequence length
 # and generation caps are read off the data: no example is truncated, and the reference completions
 # themselves would score exact match 1.
 #
-# **Budget.** On 2 CPU cores the default profile trains 3 tasks × 4 strategies × 3 seeds = 36 adapters
-# of 24 steps (batch 8), 12 sweep runs and 2 surgery adapters, and evaluates each on 24 held-out
-# examples: ~2 min per training on one core, 50-75 min measured with two processes sharing the grid
-# (the slowest chapter of the default book; the default profile starts that second process itself,
-# `workers: 2`; the last cell prints this run's time). Adapters and their evaluations are cached under
+# **Budget** (printed below from the profile): tasks × strategies × seeds adapters of `steps` steps,
+# sweep runs and 2 surgery adapters, each evaluated on held-out examples. In the default profile this is
+# ~2 min per training on one core, 50-75 min measured with two processes sharing the grid (the slowest
+# chapter of the default book; the default profile starts that second process itself, `workers: 2`; the
+# last cell prints this run's time). Adapters and their evaluations are cached under
 # `results/lora/` (atomic directories), so re-executing the chapter reuses them. 24 steps is a short
 # fine-tune: read the numbers as "what a small, equal budget buys", not as converged performance.
 
@@ -57,6 +58,8 @@ P = lora.profile(profile, ctx.cfg.get("lora"))
 FAMS = list(P.get("families") or tasks.TRAIN_FAMILIES)
 T0 = time.time()
 print(subject)
+print(f"budget ({profile}): {len(FAMS)} tasks x {len(lora.STRATEGIES)} strategies x {len(seeds)} seeds = {len(FAMS) * len(lora.STRATEGIES) * len(seeds)} adapters of "
+      f"{P['steps']} steps (batch {P['batch']}), evaluated on {P['n_eval']} held-out examples each")
 
 # %% [markdown]
 # ## The atlas we target by
@@ -68,7 +71,7 @@ print(subject)
 
 # %% tags=["hide-output"]
 atlas = map_atlas(subject, FAMS, ["block"], ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
-                  progress=False)
+                  progress=False).gated(tasks.gate(subject, FAMS, n=P["n_gate"], seed=seeds[0]))
 targets = lora.targeting(atlas, FAMS, subject.arch, P["k"])
 scores = pd.concat([lora.atlas_scores(atlas, f)[0].rename("score").reset_index().assign(family=f, basis=b)
                     for f, b in targets["basis"].items()])

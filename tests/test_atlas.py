@@ -122,3 +122,17 @@ def test_family_flip_gate():
                          "ld_clean": [1.0] * 80, "ld_corrupt": [-1.0] * 40 + [-1.0] * 20 + [1.0] * 20})
     t = tasks.solved(pd.concat([rows, rows]))  # an item seen twice (two units) counts once
     assert t["n_items"].tolist() == [40, 40] and t["testable"].tolist() == [True, False]
+
+
+def test_gated_atlas_takes_its_testable_families_from_the_gate():
+    import pandas as pd
+
+    from atlas_core import nulls
+
+    a = nulls._atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
+    assert a.testable_families == ["fam0", "fam1", "fam2", "fam3"]
+    ev = a.hub_evidence("block")
+    assert ev["n_methods"] == 2 and set(ev["method_hubs"]) == {"mean", "resample"}  # the chosen method is not counted
+    none = a.gated(pd.DataFrame({"family": ["fam0"], "n_items": [48], "n_flipped": [3], "testable": [False]}))
+    assert none.testable_families == [] and none.hub_evidence("block")["testable"] is False
+    assert a.testable_families  # the original is unchanged
