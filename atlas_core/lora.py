@@ -52,7 +52,7 @@ import torch
 from .claims import Claim
 from .engine import position_ids
 from .paths import results_dir
-from .stats import sign_flip_p
+from .stats import holm, sign_flip_p
 from .subject import Subject
 
 CACHE_VERSION = 2
@@ -1015,8 +1015,12 @@ def lora_claims(verdict: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int
     not solve the family), a "not testable here" claim plus a "disruption-targeted" one for the KL fallback; a
     comparison whose random control does not match the parameter count is not graded."""
     meta = {"chapter": chapter, "model": model, "profile": profile}
-    vs = verdict[verdict["vs"] == "random"]
-    graded = vs[vs["params_matched"].astype(bool)]
+    vs = verdict[verdict["vs"] == "random"].copy()
+    ok = vs["params_matched"].astype(bool)
+    # one family of tests (every graded family): Holm-adjusted p; breadth counts families that pass it
+    vs["p_holm"] = np.nan
+    vs.loc[ok, "p_holm"] = holm(vs.loc[ok, "p_value"].to_numpy())
+    passed = int(((vs["p_holm"] <= CONTROL_P) & (vs["d_eval_loss"] < 0)).sum())
     claims = []
     for r in vs.itertuples():
         tg = targets.loc[r.family]
@@ -1039,20 +1043,20 @@ def lora_claims(verdict: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int
                 **common))
             continue
         lower = r.d_eval_loss < 0
-        verb = ("reaches lower eval loss than random-matched layers" if lower and r.p_value <= CONTROL_P
+        verb = ("reaches lower eval loss than random-matched layers" if lower and r.p_holm <= CONTROL_P
                 else f"has lower eval loss than random-matched layers in {r.seeds_better}/{r.n_seeds} seeds, but not "
                      "significantly" if lower
                 else "does not reach lower eval loss than random-matched layers")
-        agree = (graded["d_eval_loss"] < 0) if lower else (graded["d_eval_loss"] >= 0)
         claims.append(Claim(
             f"{r.family}: {who} {verb} (Δ eval loss {r.d_eval_loss:+.3f}; exact sign-flip p = "
-            f"{r.p_value:.3g} over {r.n_seeds} seeds{_cannot(r.n_seeds, 'seeds', r.min_p)})",
-            # a disruption-targeted comparison says nothing about where a behaviour lives: its control alone
-            # grades it (at most low), however many seeds replicate it
-            evidence={"p_value": float(r.p_value)} if fell else
-                     {"p_value": float(r.p_value), "n_seeds": int(r.n_seeds),
-                      "seeds_replicated": int(r.seeds_better if lower else r.n_seeds - r.seeds_better),
-                      "n_families": len(graded), "families_agreeing": int(agree.sum())}, **common))
+            f"{r.p_value:.3g} over {r.n_seeds} seeds, Holm {r.p_holm:.3g} over {int(ok.sum())} families"
+            f"{_cannot(r.n_seeds, 'seeds', r.min_p)})",
+            # the seeds are the replicates of the control's own test, so they are not counted again; breadth
+            # counts the families that pass the corrected test. A disruption-targeted comparison says nothing
+            # about where a behaviour lives: its control alone grades it (at most low)
+            evidence={"p_value": float(r.p_holm), "selection": "holm"} if fell else
+                     {"p_value": float(r.p_holm), "selection": "holm", "n_families": int(ok.sum()),
+                      "families_agreeing": passed if lower else int(ok.sum()) - passed}, **common))
     rho, p = norm["rho"], norm["p_value"]
     word = ("cannot be related (a constant per-layer map)" if not np.isfinite(rho)
             else ("rises" if rho > 0 else "falls") if p <= CONTROL_P else "shows no clear association")

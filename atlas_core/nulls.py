@@ -3,18 +3,22 @@
 `python -m atlas_core.nulls [--reps 200]` prints the table the method page quotes. Each null keeps what a
 real run has (item-level noise shared across layers, skewed effects, several families, seeds and methods)
 and removes the one thing the claim asserts; a planted effect beside it shows the grader can still pass.
+Every null runs the chapter's own claim builder (`hub_claim`, `agreement_claim`, `steering_claims` after
+`grade` / `summary` / `knockout_table`, `lora_claims` after `compare`) on simulated tables; a repetition counts
+when any claim it makes reaches the level.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from . import lora, steering
 from .atlas import Atlas, agreement_claim, hub_claim
-from .claims import Claim
+from .claims import Claim, _criteria
 from .stats import bootstrap_ci, sign_flip_p
 
 RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
@@ -51,10 +55,20 @@ def _atlas(rows: pd.DataFrame, n_layers: int) -> Atlas:
     return Atlas.from_rows(rows, "null", "null", n_layers, 1, n_boot=0)
 
 
-def rates(grade_one: Callable[[int], str], reps: int) -> dict:
-    """Share of repetitions graded >= medium and high."""
-    levels = np.array([RANK[grade_one(r)] for r in range(reps)])
-    return {"reps": reps, "medium_or_high": float((levels >= 2).mean()), "high": float((levels >= 3).mean())}
+def rates(grade_one: Callable[[int], str | Sequence[Claim]], reps: int) -> dict:
+    """Share of repetitions graded >= medium and high. A builder that makes several claims per repetition (one per
+    family, ...) counts a repetition when ANY of its claims gets there; beside it, the shares of single claims
+    that reach medium or high and that meet their control criterion."""
+    out = [grade_one(r) for r in range(reps)]
+    levels = [np.array([RANK[c] for c in ([g] if isinstance(g, str) else [c.confidence for c in g])]) for g in out]
+    res = {"reps": reps, "medium_or_high": float(np.mean([lv.max(initial=0) >= 2 for lv in levels])),
+           "high": float(np.mean([lv.max(initial=0) >= 3 for lv in levels]))}
+    if claims := [c for g in out if not isinstance(g, str) for c in g]:
+        every = np.concatenate(levels)
+        res |= {"claims": len(claims), "claim_medium_or_high": float((every >= 2).mean()),
+                "claim_high": float((every >= 3).mean()),
+                "claim_control": float(np.mean([_criteria(c.evidence)["control"][0] is True for c in claims]))}
+    return res
 
 
 def hub_null(reps: int = 200, effect: float = 0.0, n_layers: int = 8) -> dict:
@@ -89,6 +103,110 @@ def comparison_null(reps: int = 200, n: int = 3, effect: float = 0.0, test: str 
     return out
 
 
+# chapter 04 at the default profile's sizes: 8 selection + 8 held-out prompts per target, every one of SmolLM2's 30
+# layers x 8 strengths screened (60 (layer, sign) candidates), 10 random + 3 shuffled-label controls at ±0.4
+STEER_ALPHAS = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8)
+
+
+def steering_study(seed: int, effect: float = 0.0, direction_sd: float = 0.0,
+                   families: Sequence[str] = ("ioi", "antonyms", "factual_recall"),
+                   concept: str = "sentiment", n: int = 8, n_layers: int = 30, n_random: int = 10, n_shuffled: int = 3,
+                   alpha: float = 0.4) -> tuple[steering.Study, pd.DataFrame]:
+    """A chapter-04 `Study` and knockout table where each target's contrastive direction is one more draw of its
+    controls' distribution. Effect of a direction at a layer on a prompt: α · s_i · (b + ε), s_i the prompt's
+    clean − corrupt gap (shared by every direction), ε ~ N(0, 1) per (direction, layer, prompt), b ~ N(0,
+    direction_sd) the direction's own mean at that layer, the same on every prompt (selection, held-out, other
+    families'). Families are solved (testable). effect > 0: the real direction gains `effect` on its own target's
+    prompts at the middle layer (so it is selective there).
+
+    Only what `summary` and `steering_claims` read is simulated: the screen as per-(layer, α) means (= `grade`'s
+    effect column), the held-out rows of the chosen (layer, sign) at ±`alpha` (the largest control strength), and
+    the knockout rows at +`alpha`; `grade`, `best_layers`, `summary` and `knockout_table` are the chapter's own."""
+    rng = np.random.default_rng(seed)
+    targets = {**dict.fromkeys(families, 1), concept: -1}
+    kinds = [("real", 0), *(("random", i) for i in range(n_random)), *(("shuffled", i) for i in range(n_shuffled))]
+    b = rng.normal(0, direction_sd, (len(targets), len(kinds), n_layers))
+    own = b.copy()
+    own[:, 0, n_layers // 2] += effect
+    gap = {t: 0.5 + rng.lognormal(0, 0.5, n) for t in targets}  # held-out prompts
+    screen = []
+    for ti, t in enumerate(targets):  # the real direction on the selection prompts
+        m = ((0.5 + rng.lognormal(0, 0.5, n)) * (own[ti, 0][:, None] + rng.normal(0, 1, (n_layers, n)))).mean(1)
+        screen.append(pd.DataFrame({"family": t, "layer": np.repeat(np.arange(n_layers), len(STEER_ALPHAS)),
+                                    "alpha": np.tile(STEER_ALPHAS, n_layers), "effect": np.outer(m, STEER_ALPHAS).ravel()}))
+    screen = pd.concat(screen, ignore_index=True)
+    best = steering.best_layers(screen)
+    chosen = best.loc[best.groupby("family")["signed"].idxmax()].set_index("family")
+    graded, ko = [], []
+    for ti, (t, sgn) in enumerate(targets.items()):
+        L, a = int(chosen.loc[t, "layer"]), alpha * chosen.loc[t, "sign"]
+        e = a * gap[t] * (own[ti, :, L, None] + rng.normal(0, 1, (len(kinds), n)))  # (direction, prompt)
+        keys = [f"{t}|{k}|{i}" for k, i in kinds]
+        meta = pd.DataFrame({"unit": keys, "target": t, "kind": [k for k, _ in kinds], "idx": [i for _, i in kinds],
+                             "layer": L, "alpha": a})
+        rows = pd.DataFrame({"family": t, "item_id": np.tile([f"{t}-{i}" for i in range(n)], len(kinds)),
+                             "unit": np.repeat(keys, n), "layer": L, "alpha": a, "ld_drop": sgn * e.ravel(), "kl": 0.01})
+        graded.append(steering.effects(rows, meta, sgn))
+        if sgn == 1:  # knockout: +α along the family's direction at its best +α layer, every family's held-out prompts
+            Lk = int(best.loc[(best["family"] == t) & (best["sign"] == 1), "layer"].iloc[0])
+            real = e[0] / a if Lk == L else gap[t] * (own[ti, 0, Lk] + rng.normal(0, 1, n))  # the graded rows, where shared
+            for g in families:
+                x = alpha * (real if g == t else gap[g] * (b[ti, 0, Lk] + rng.normal(0, 1, n)))
+                ko.append(pd.DataFrame({"target": t, "family": g, "layer": Lk, "alpha": alpha, "ld_drop": x,
+                                        "ld_clean": gap[g] / 2, "ld_corrupt": -gap[g] / 2, "kl": 0.01}))
+    per_prompt = pd.concat(graded, ignore_index=True)
+    solved = pd.DataFrame({"family": list(families), "n_items": 2 * n, "n_flipped": 2 * n, "flip_rate": 1.0,
+                           "flip_lo": 0.8, "flip_hi": 1.0, "testable": True})
+    st = steering.Study({}, targets, {t: steering.Split(t, [], [], []) for t in targets}, screen,
+                        steering.grade(per_prompt), best, per_prompt, solved)
+    kt = steering.knockout_table(pd.concat(ko, ignore_index=True))  # + the columns `knockout` adds (families solved)
+    return st, kt.assign(n_candidates=n_layers, testable=kt["n_off"] > 0, untestable_why="", held_out=True)
+
+
+def steering_null(reps: int = 200, effect: float = 0.0, direction_sd: float = 0.0, **kw) -> dict:
+    """Every claim `steering_claims` makes (steering per target, knockout per family) on `steering_study`."""
+    def one(r: int) -> list[Claim]:
+        st, ko = steering_study(r, effect, direction_sd, **kw)
+        return steering.steering_claims(steering.summary(st, kw.get("n_layers", 30)), ko, model="null", profile="null")
+
+    return rates(one, reps)
+
+
+def lora_head(seed: int, n_seeds: int = 3, effect: float = 0.0,
+              families: Sequence[str] = ("json_schema", "factual_recall", "code_semantics"),
+              k: int = 6, layer_params: int = 100_000) -> pd.DataFrame:
+    """Chapter 05's headline grid (eval loss per family x {atlas, random} x seed, trainable parameters) when the atlas's
+    layers train no better than random-matched ones: loss = family level + seed shift (shared by every strategy:
+    same data order and step count) + run noise, whose atlas − random difference has sd 1 per seed. effect > 0:
+    the atlas's runs lower by `effect` sd. The random control's parameter count is within ±4% of the atlas's."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for f in families:
+        level = 2 + rng.lognormal(0, 0.5)
+        for s in range(n_seeds):
+            shift = rng.normal(0, 0.5)
+            params = {"atlas": k * layer_params, "random": round(k * layer_params * (1 + rng.uniform(-0.04, 0.04)))}
+            for st in params:  # the claims read atlas vs random only (`compare` skips absent strategies)
+                rows.append({"family": f, "strategy": st, "seed": s, "n_trainable": params[st],
+                             "eval_loss": level + shift + rng.normal(0, 0.5 ** 0.5) - (effect if st == "atlas" else 0.0),
+                             "exact_match": rng.uniform(), "basis": "ld_frac" if st.startswith("atlas") else ""})
+    return pd.DataFrame(rows)
+
+
+def lora_null(reps: int = 200, n_seeds: int = 3, effect: float = 0.0, n_layers: int = 30, **kw) -> dict:
+    """Every claim `lora_claims` makes (atlas vs random-matched per family, and the per-layer norm/effect claim, on
+    a map with no association over `n_layers` layers) from `compare` on `lora_head`."""
+    def one(r: int) -> list[Claim]:
+        head = lora_head(r, n_seeds, effect, **kw)
+        fams = list(dict.fromkeys(head["family"]))
+        targets = pd.DataFrame({"family": fams, "metric": "ld_frac", "basis": "ld_frac", "why": ""}).set_index("family")
+        rng = np.random.default_rng([r, 1])
+        norm = lora.norm_effect(pd.DataFrame({"norm": rng.lognormal(0, 1, n_layers), "effect": rng.normal(0, 1, n_layers)}))
+        return lora.lora_claims(lora.compare(head), norm, targets, kw.get("k", 6))
+
+    return rates(one, reps)
+
+
 def table(reps: int = 200) -> pd.DataFrame:
     """Every grader on its null (and one planted effect each), one row per case."""
     rows = [
@@ -96,10 +214,15 @@ def table(reps: int = 200) -> pd.DataFrame:
         ("hub (ch 02)", "planted hub, +0.1 of clean LD", hub_null(reps, effect=0.1)),
         ("method agreement (ch 02)", "independent method profiles", agreement_null(reps)),
         ("method agreement (ch 02)", "one shared profile", agreement_null(reps, shared=True)),
-        ("paired comparison, 3 seeds (ch 04/05)", "no difference, sign-flip test", comparison_null(reps, 3)),
-        ("paired comparison, 3 seeds (old)", "no difference, bootstrap CI", comparison_null(reps, 3, test="bootstrap")),
-        ("paired comparison, 8 seeds", "no difference, sign-flip test", comparison_null(reps, 8)),
-        ("paired comparison, 8 seeds", "planted +1 sd, sign-flip test", comparison_null(reps, 8, effect=1.0)),
+        ("steering + knockout (ch 04)", "real direction = a control draw, prompt noise only", steering_null(reps)),
+        ("steering + knockout (ch 04)", "+ per-direction layer means, sd 0.5", steering_null(reps, direction_sd=0.5)),
+        ("steering + knockout (ch 04)", "+ per-direction layer means, sd 1", steering_null(reps, direction_sd=1.0)),
+        ("steering + knockout (ch 04)", "planted +2 on own prompts, one layer", steering_null(reps, effect=2.0)),
+        ("atlas vs random LoRA, 3 seeds (ch 05)", "no difference", lora_null(reps, 3)),
+        ("atlas vs random LoRA, 5 seeds", "no difference", lora_null(reps, 5)),
+        ("atlas vs random LoRA, 8 seeds", "no difference", lora_null(reps, 8)),
+        ("atlas vs random LoRA, 8 seeds", "planted: atlas lower by 1.5 sd", lora_null(reps, 8, effect=1.5)),
+        ("3-seed bootstrap CI (before)", "no difference", comparison_null(reps, 3, test="bootstrap")),
     ]
     return pd.DataFrame([{"grader": g, "null": n, **r} for g, n, r in rows])
 

@@ -1,5 +1,7 @@
 """Confidence is computed from evidence by the documented rules, and follows the evidence."""
 
+import pytest
+
 from atlas_core.claims import Claim, grade, record, table
 
 STRONG = {"seeds_replicated": 3, "n_seeds": 3, "methods_agreeing": 3, "n_methods": 3, "ci_excludes_control": True,
@@ -71,15 +73,51 @@ def test_a_best_of_many_needs_held_out_prompts_or_a_correction():
 
 
 def test_graders_on_simulated_nulls_stay_below_nominal():
-    """Hub and method agreement on nulls (200 repetitions each): <= 5% medium or high, <= 1% high;
-    each still passes a planted effect, and the old 3-seed bootstrap comparison fails its nominal rate."""
+    """Hub, method agreement and chapter 05's atlas-vs-random LoRA claims on nulls (200 repetitions each, a
+    repetition counting when any of its claims does): <= 5% medium or high, <= 1% high; each still passes a
+    planted effect, and the old 3-seed bootstrap comparison fails its nominal rate."""
     from atlas_core import nulls
 
-    for r in (nulls.hub_null(200), nulls.agreement_null(200), nulls.comparison_null(200, 3), nulls.comparison_null(200, 8)):
+    for r in (nulls.hub_null(200), nulls.agreement_null(200), nulls.lora_null(200, 3), nulls.comparison_null(200, 3),
+              nulls.comparison_null(200, 8)):
         assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, r
     assert nulls.hub_null(20, effect=0.1)["high"] >= 0.9
     assert nulls.agreement_null(20, shared=True)["high"] >= 0.9
+    # 3 seeds (the default profile) cannot give p below 1/8, so no effect passes there: planted at 5 (full profile)
+    assert nulls.lora_null(20, 8, effect=1.5)["medium_or_high"] >= 0.6  # 3 families Holm-corrected: needs >= 7 seeds
     assert nulls.comparison_null(200, 3, test="bootstrap")["control_passed"] > 0.05  # why it was replaced
+
+
+def test_steering_grader_on_simulated_nulls_stays_below_nominal():
+    """Chapter 04's steering and knockout claims (`grade` -> `summary` -> `steering_claims`, default sizes) when
+    the contrastive direction is one more draw of its controls: <= 5% of 200 repetitions reach medium, none high
+    (no seeds or methods, so steering claims cannot); a planted effect on the target's own prompts passes."""
+    from atlas_core import nulls
+
+    r = nulls.steering_null(200)
+    assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, r
+    assert nulls.steering_null(10, effect=2.0)["medium_or_high"] >= 0.8
+
+
+def test_lora_grader_on_nulls_with_more_seeds_stays_below_nominal():
+    """With 5 or 8 seeds a 3-seed-proof grader could pass by chance: atlas vs random LoRA is Holm-corrected over
+    the families, breadth counts only families that pass, and the seeds (the test's own replicates) are not
+    counted twice (before: 7.0% medium and 4.5% high at 5 seeds, 8.5% medium at 8)."""
+    from atlas_core import nulls
+
+    for n in (5, 8):
+        r = nulls.lora_null(200, n)
+        assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, (n, r)
+
+
+@pytest.mark.xfail(strict=True, reason="steering controls are not given the screen the real direction got (issue 17)")
+def test_steering_grader_on_a_null_with_per_layer_direction_effects():
+    """A direction whose own per-layer mean effect varies (sd = the prompt noise), chosen out of 60 (layer, sign)
+    cells and graded against controls that were not chosen: 18.5% of runs reach medium (measured 2026-12-04)."""
+    from atlas_core import nulls
+
+    r = nulls.steering_null(200, direction_sd=1.0)
+    assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, r
 
 
 def test_interval_coverage_is_measured_on_skewed_data():
