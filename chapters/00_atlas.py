@@ -117,6 +117,10 @@ else:
 #   the answer (see the method-agreement claims).
 # - An early layer that everything downstream reads the embeddings through (often layer 0) can dominate
 #   every ablation without computing any one behaviour; the hub is therefore also reported without layer 0.
+# - Only families the model flips reliably (chapter 01's gate) are localized; on the others the maps show
+#   disruption (KL), and every claim about them says "not testable here". A model that solves nothing
+#   earns no claim above low.
 # - The task suite is synthetic and small per family (see the profile); confidence intervals are over
 #   prompts of this suite only. We do not claim the map transfers to other prompt distributions.
+# - Every confidence comes from a grader whose false-positive rate on simulated nulls is on the method page.
 # - The attribution screen is a first-order estimate; we never report a screen result as an effect.
