@@ -104,14 +104,15 @@ def comparison_null(reps: int = 200, n: int = 3, effect: float = 0.0, test: str 
 
 
 # chapter 04 at the default profile's sizes: 8 selection + 8 held-out prompts per target, every one of SmolLM2's 30
-# layers x 8 strengths screened (60 (layer, sign) candidates), 10 random + 3 shuffled-label controls at ±0.4
+# layers x 8 strengths screened (60 (layer, sign) candidates), 10 random + 3 shuffled-label controls at ±0.4, the
+# first 2 of each kind screened over the 30 layers at ±0.4 (the same 60 candidates)
 STEER_ALPHAS = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8)
 
 
 def steering_study(seed: int, effect: float = 0.0, direction_sd: float = 0.0,
                    families: Sequence[str] = ("ioi", "antonyms", "factual_recall"),
                    concept: str = "sentiment", n: int = 8, n_layers: int = 30, n_random: int = 10, n_shuffled: int = 3,
-                   alpha: float = 0.4) -> tuple[steering.Study, pd.DataFrame]:
+                   n_screen_controls: int = 2, alpha: float = 0.4) -> tuple[steering.Study, pd.DataFrame]:
     """A chapter-04 `Study` and knockout table where each target's contrastive direction is one more draw of its
     controls' distribution. Effect of a direction at a layer on a prompt: α · s_i · (b + ε), s_i the prompt's
     clean − corrupt gap (shared by every direction), ε ~ N(0, 1) per (direction, layer, prompt), b ~ N(0,
@@ -119,46 +120,56 @@ def steering_study(seed: int, effect: float = 0.0, direction_sd: float = 0.0,
     families'). Families are solved (testable). effect > 0: the real direction gains `effect` on its own target's
     prompts at the middle layer (so it is selective there).
 
-    Only what `summary` and `steering_claims` read is simulated: the screen as per-(layer, α) means (= `grade`'s
-    effect column), the held-out rows of the chosen (layer, sign) at ±`alpha` (the largest control strength), and
-    the knockout rows at +`alpha`; `grade`, `best_layers`, `summary` and `knockout_table` are the chapter's own."""
+    Only what `summary` and `steering_claims` read is simulated: the screens as per-cell means on the selection
+    prompts (the real direction's over layers x `STEER_ALPHAS`, the first `n_screen_controls` controls of each kind
+    over layers x ±`alpha`), the held-out rows of the real direction's chosen (layer, sign) at ±`alpha` (the largest
+    control strength) with every control at that cell and each screened control at its own chosen cell, and the
+    knockout rows at +`alpha`; `grade`, `best_layers`, `choose`, `summary` and `knockout_table` are the chapter's."""
     rng = np.random.default_rng(seed)
     targets = {**dict.fromkeys(families, 1), concept: -1}
     kinds = [("real", 0), *(("random", i) for i in range(n_random)), *(("shuffled", i) for i in range(n_shuffled))]
+    screened = [j for j, (k, i) in enumerate(kinds) if k != "real" and i < n_screen_controls]
     b = rng.normal(0, direction_sd, (len(targets), len(kinds), n_layers))
     own = b.copy()
     own[:, 0, n_layers // 2] += effect
-    gap = {t: 0.5 + rng.lognormal(0, 0.5, n) for t in targets}  # held-out prompts
-    screen = []
-    for ti, t in enumerate(targets):  # the real direction on the selection prompts
-        m = ((0.5 + rng.lognormal(0, 0.5, n)) * (own[ti, 0][:, None] + rng.normal(0, 1, (n_layers, n)))).mean(1)
-        screen.append(pd.DataFrame({"family": t, "layer": np.repeat(np.arange(n_layers), len(STEER_ALPHAS)),
-                                    "alpha": np.tile(STEER_ALPHAS, n_layers), "effect": np.outer(m, STEER_ALPHAS).ravel()}))
-    screen = pd.concat(screen, ignore_index=True)
-    best = steering.best_layers(screen)
-    chosen = best.loc[best.groupby("family")["signed"].idxmax()].set_index("family")
-    graded, ko = [], []
+    sel_gap, gap = ({t: 0.5 + rng.lognormal(0, 0.5, n) for t in targets} for _ in range(2))  # selection, held-out prompts
+    lay, ca = np.arange(n_layers), (-alpha, alpha)
+    screen, cscreen, cbest, graded, ko = [], [], [], [], []
     for ti, (t, sgn) in enumerate(targets.items()):
-        L, a = int(chosen.loc[t, "layer"]), alpha * chosen.loc[t, "sign"]
-        e = a * gap[t] * (own[ti, :, L, None] + rng.normal(0, 1, (len(kinds), n)))  # (direction, prompt)
-        keys = [f"{t}|{k}|{i}" for k, i in kinds]
-        meta = pd.DataFrame({"unit": keys, "target": t, "kind": [k for k, _ in kinds], "idx": [i for _, i in kinds],
-                             "layer": L, "alpha": a})
-        rows = pd.DataFrame({"family": t, "item_id": np.tile([f"{t}-{i}" for i in range(n)], len(kinds)),
-                             "unit": np.repeat(keys, n), "layer": L, "alpha": a, "ld_drop": sgn * e.ravel(), "kl": 0.01})
+        # mean effect per unit α on the selection prompts, (direction, layer); held-out noise per (direction, layer, prompt)
+        m = (sel_gap[t] * (own[ti][..., None] + rng.normal(0, 1, (len(kinds), n_layers, n)))).mean(-1)
+        eps = rng.normal(0, 1, (len(kinds), n_layers, n))
+        screen.append(pd.DataFrame({"family": t, "layer": np.repeat(lay, len(STEER_ALPHAS)),
+                                    "alpha": np.tile(STEER_ALPHAS, n_layers), "effect": np.outer(m[0], STEER_ALPHAS).ravel()}))
+        cscreen += [pd.DataFrame({"family": t, "kind": kinds[j][0], "idx": kinds[j][1], "layer": np.repeat(lay, 2),
+                                  "alpha": np.tile(ca, n_layers), "effect": np.outer(m[j], ca).ravel()}) for j in screened]
+        (L, s), = steering.choose(steering.best_layers(screen[-1]))[["layer", "sign"]].to_numpy()
+        by = ("family", "kind", "idx")
+        cbest.append(cb := steering.choose(steering.best_layers(pd.concat(cscreen[-len(screened):]), by), by))
+        cells = {(j, L, s * alpha) for j in range(len(kinds))}  # every direction at the real one's cell, ...
+        cells |= {(kinds.index((c.kind, c.idx)), c.layer, c.sign * alpha) for c in cb.itertuples()}  # ... screened at own
+        j, Lc, a = (np.array(x) for x in zip(*sorted(cells), strict=True))
+        meta = pd.DataFrame({"unit": [f"{t}|{kinds[i][0]}|{kinds[i][1]}|{x}|{y}" for i, x, y in zip(j, Lc, a, strict=True)],
+                             "target": t, "kind": [kinds[i][0] for i in j], "idx": [kinds[i][1] for i in j], "layer": Lc,
+                             "alpha": a})
+        e = a[:, None] * gap[t] * (own[ti, j, Lc][:, None] + eps[j, Lc])  # (cell, prompt)
+        rows = pd.DataFrame({"family": t, "item_id": np.tile([f"{t}-{i}" for i in range(n)], len(j)),
+                             "unit": np.repeat(meta["unit"], n), "layer": 0, "alpha": 0.0,  # layer, α: from meta
+                             "ld_drop": sgn * e.ravel(), "kl": 0.01})
         graded.append(steering.effects(rows, meta, sgn))
         if sgn == 1:  # knockout: +α along the family's direction at its best +α layer, every family's held-out prompts
-            Lk = int(best.loc[(best["family"] == t) & (best["sign"] == 1), "layer"].iloc[0])
-            real = e[0] / a if Lk == L else gap[t] * (own[ti, 0, Lk] + rng.normal(0, 1, n))  # the graded rows, where shared
+            Lk = int(steering.best_layers(screen[-1]).query("sign == 1")["layer"].iloc[0])
             for g in families:
-                x = alpha * (real if g == t else gap[g] * (b[ti, 0, Lk] + rng.normal(0, 1, n)))
+                x = alpha * gap[g] * ((own[ti, 0, Lk] + eps[0, Lk]) if g == t else (b[ti, 0, Lk] + rng.normal(0, 1, n)))
                 ko.append(pd.DataFrame({"target": t, "family": g, "layer": Lk, "alpha": alpha, "ld_drop": x,
                                         "ld_clean": gap[g] / 2, "ld_corrupt": -gap[g] / 2, "kl": 0.01}))
     per_prompt = pd.concat(graded, ignore_index=True)
+    screen, cbest = pd.concat(screen, ignore_index=True), pd.concat(cbest, ignore_index=True)
     solved = pd.DataFrame({"family": list(families), "n_items": 2 * n, "n_flipped": 2 * n, "flip_rate": 1.0,
                            "flip_lo": 0.8, "flip_hi": 1.0, "testable": True})
     st = steering.Study({}, targets, {t: steering.Split(t, [], [], []) for t in targets}, screen,
-                        steering.grade(per_prompt), best, per_prompt, solved)
+                        steering.grade(per_prompt, control_best=cbest), steering.best_layers(screen), per_prompt, solved,
+                        pd.concat(cscreen, ignore_index=True), cbest)
     kt = steering.knockout_table(pd.concat(ko, ignore_index=True))  # + the columns `knockout` adds (families solved)
     return st, kt.assign(n_candidates=n_layers, testable=kt["n_off"] > 0, untestable_why="", held_out=True)
 

@@ -14,11 +14,15 @@ it is graded by. `audit` checks all of this for every study a chapter runs.
 
 Effect (logits): ``effect = sign · (LD_clean − LD_steered)`` with LD = logit(answer) − logit(distractor),
 sign = +1 for families (the shift toward the corrupt answer, = `ld_drop`) and −1 for concepts (the
-shift toward the positive token). Controls beside every graded direction, at the same layer, norm and α:
-random unit directions (seeded) and shuffled-label directions (labels permuted before averaging). The real
-direction is graded against the *strongest* control by an exact paired sign-flip test over the held-out
-prompts (`p_control`); z-scores and empirical p against the control draws are descriptive only (with k draws an
-empirical p cannot go below 1/(k+1): 0.25 for 3 shuffled draws). A task family the model does not solve
+shift toward the positive token). Controls, of the same norm: random unit directions (seeded) and
+shuffled-label directions (labels permuted before averaging). The real direction's layer and sign are the best
+of many cells on the select prompts, so its controls get the same selection: the first `n_screen_controls` of
+each kind are screened over the same layers at the control strength of each sign, each picks its own best
+(layer, sign) by the same rule, and the real direction (at its best cell) is graded against the *strongest* of
+them (each at its own best cell, same |α|) by an exact paired sign-flip test over the held-out prompts
+(`p_control`). Every control also runs at the real direction's own layer and α; z-scores and empirical p
+against those draws are descriptive only (with k draws an empirical p cannot go below 1/(k+1): 0.25 for 3
+shuffled draws). A task family the model does not solve
 (`tasks.gate`, or `tasks.solved` on the select + eval items) is not testable: its claims say so instead of steering it.
 
 Knockout is negative steering aimed at one family; selectivity = target effect − mean |off-target effect|,
@@ -334,20 +338,27 @@ def bucket_items(subject: Subject, st: Study, family: str, bucket: str, n: int, 
 
 
 # ---------------------------------------------------------------------------------- units and effects
+def steer_unit(dirs: Directions, kind: str, i: int, layer: int, alpha: float,
+               position: str = "last") -> tuple[Unit, dict]:
+    """One steering unit (direction `kind` #i at `layer`, strength α) and its meta row."""
+    u = Unit.of(Site("resid", layer, position=position), Op.add(dirs.vector(kind, layer, i), alpha))
+    return u, {"unit": u.key, "target": dirs.target, "kind": kind, "idx": i, "layer": layer, "alpha": alpha}
+
+
 def units(dirs: Directions, layers: Sequence[int], alphas: Sequence[float], kinds: Sequence[str] = ("real",),
-          position: str = "last") -> tuple[list[Unit], pd.DataFrame]:
-    """Steering units for every (kind, index, layer, α) and a table mapping unit keys to them."""
+          position: str = "last", count: int | None = None) -> tuple[list[Unit], pd.DataFrame]:
+    """Steering units for every (kind, index, layer, α) — at most `count` directions of each control kind — and a
+    table mapping unit keys to them."""
     out, meta = [], []
     for kind in kinds:
-        count = 1 if kind == "real" else getattr(dirs, kind).shape[1]
-        for i in range(count):
+        k = 1 if kind == "real" else getattr(dirs, kind).shape[1]
+        for i in range(k if count is None else min(k, count)):
             for layer in layers:
-                v = dirs.vector(kind, layer, i)
                 for a in alphas:
-                    u = Unit.of(Site("resid", layer, position=position), Op.add(v, a))
+                    u, m = steer_unit(dirs, kind, i, layer, a, position)
                     out.append(u)
-                    meta.append({"unit": u.key, "target": dirs.target, "kind": kind, "idx": i, "layer": layer, "alpha": a})
-    return out, pd.DataFrame(meta)
+                    meta.append(m)
+    return out, pd.DataFrame(meta, columns=["unit", "target", "kind", "idx", "layer", "alpha"])
 
 
 def multi_layer(dirs: Directions, layers: Sequence[int], alpha: float, position: str = "last") -> Unit:
@@ -364,12 +375,17 @@ def effects(df: pd.DataFrame, meta: pd.DataFrame, sign: int) -> pd.DataFrame:
     return out
 
 
-def grade(per_prompt: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Per (family, layer, α): the real effect with a 95% CI over prompts and, where controls ran (same prompts,
-    read in the direction of α's sign), the strongest control, its mean effect and `p_control` — the exact paired
-    sign-flip p of (real − strongest control) over prompts. z / empirical p against the random and the
-    shuffled-label draws are descriptive: with k draws an empirical p cannot go below 1/(k + 1)."""
+def grade(per_prompt: pd.DataFrame, n_boot: int = 1000, control_best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (family, layer, α): the real effect with a 95% CI over prompts and, where controls ran (same prompts),
+    the strongest control, its mean effect and `p_control` — the exact paired sign-flip p of (real − strongest
+    control) over prompts, effects read in the direction of each one's α. With `control_best` (each screened
+    control's own best (layer, sign), `choose`), the controls are those screened ones, each at its own best cell
+    and at |α| (`control_effect` in the real α's sign): they had the selection the real direction had. Without
+    it, the controls at the same layer and α (for a cell nobody chose). z / empirical p against the random and
+    the shuffled-label draws at the same layer and α are descriptive: with k draws an empirical p cannot go
+    below 1/(k + 1)."""
     rows = []
+    ctl_rows = per_prompt[per_prompt["kind"] != "real"]
     for (fam, layer, a), g in per_prompt.groupby(["family", "layer", "alpha"]):
         real = g[g["kind"] == "real"]
         if real.empty:
@@ -378,13 +394,20 @@ def grade(per_prompt: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
         s = 1.0 if a >= 0 else -1.0
         r = {"family": fam, "layer": layer, "alpha": a, "effect": est, "effect_lo": lo, "effect_hi": hi,
              "kl": real["kl"].mean(), "n": len(real)}
-        ctl = g[g["kind"] != "real"]
+        if control_best is None:
+            ctl = g[g["kind"] != "real"]
+        else:
+            cb = control_best[control_best["family"] == fam]
+            ctl = ctl_rows[ctl_rows["family"] == fam].merge(
+                cb.assign(alpha=cb["sign"] * abs(a))[["kind", "idx", "layer", "alpha"]], on=["kind", "idx", "layer", "alpha"])
         if len(ctl) and a != 0:
-            per = ctl.pivot_table(index="item_id", columns=["kind", "idx"], values="effect")
-            k = (s * per.mean()).idxmax()
-            d = (s * (real.set_index("item_id")["effect"] - per[k])).dropna().to_numpy()
-            r |= {"control": f"{k[0]} #{k[1]}", "control_effect": float(per[k].mean()), "n_controls": per.shape[1],
-                  "p_control": stats.sign_flip_p(d, "greater")}
+            per = (ctl.assign(signed=ctl["effect"] * np.sign(ctl["alpha"]))
+                   .pivot_table(index="item_id", columns=["kind", "idx", "layer", "alpha"], values="signed"))
+            k = per.mean().idxmax()
+            d = (s * real.set_index("item_id")["effect"] - per[k]).dropna().to_numpy()
+            cell = "" if control_best is None else f" (layer {k[2]}, {'+' if k[3] > 0 else '−'}α)"
+            r |= {"control": f"{k[0]} #{k[1]}{cell}", "control_effect": s * float(per[k].mean()),
+                  "n_controls": per.shape[1], "p_control": stats.sign_flip_p(d, "greater")}
         for kind in ("random", "shuffled"):
             null = g[g["kind"] == kind].groupby("idx")["effect"].mean().to_numpy()
             if null.size and a != 0:
@@ -395,14 +418,21 @@ def grade(per_prompt: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_layers(screen: pd.DataFrame) -> pd.DataFrame:
-    """Per family and sign of α: the layer with the largest mean signed effect over that sign's strengths
-    (`signed`), and how many (layer, sign) cells it was chosen from (`n_candidates`)."""
+def best_layers(screen: pd.DataFrame, by: Sequence[str] = ("family",)) -> pd.DataFrame:
+    """Per direction (`by`: a target, or a target's control `kind` and `idx`) and sign of α: the layer with the
+    largest mean signed effect over that sign's strengths (`signed`), and how many (layer, sign) cells it was
+    chosen from (`n_candidates`)."""
+    by = list(by)
     d = screen.assign(sign=np.sign(screen["alpha"]).astype(int))
     d = d[d["sign"] != 0]
-    m = d.assign(signed=d["effect"] * d["sign"]).groupby(["family", "sign", "layer"])["signed"].mean().reset_index()
-    k = m.groupby("family").size().rename("n_candidates")
-    return m.loc[m.groupby(["family", "sign"])["signed"].idxmax()].merge(k, on="family").reset_index(drop=True)
+    m = d.assign(signed=d["effect"] * d["sign"]).groupby([*by, "sign", "layer"])["signed"].mean().reset_index()
+    k = m.groupby(by).size().rename("n_candidates").reset_index()
+    return m.loc[m.groupby([*by, "sign"])["signed"].idxmax()].merge(k, on=by).reset_index(drop=True)
+
+
+def choose(best: pd.DataFrame, by: Sequence[str] = ("family",)) -> pd.DataFrame:
+    """Per direction, the (layer, sign) of `best_layers` with the larger mean signed effect: the one it is graded at."""
+    return best.loc[best.groupby(list(by))["signed"].idxmax()].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------- knockout
@@ -509,6 +539,8 @@ class Study:
     best: pd.DataFrame  # per target and sign: best layer (chosen on the selection prompts)
     per_prompt: pd.DataFrame  # held-out rows of the graded sweep
     solved: pd.DataFrame = field(default_factory=pd.DataFrame)  # `tasks.solved` on each family's select + eval items
+    control_screen: pd.DataFrame = field(default_factory=pd.DataFrame)  # screened controls, layer × control α, select
+    control_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # each screened control's own (layer, sign)
 
     @property
     def items(self) -> dict[str, list]:
@@ -528,26 +560,40 @@ class Study:
 def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = ("sentiment",), n: int = 8,
           n_fit: int = 16, layers: Sequence[int] | None = None, screen_alphas: Sequence[float] = (-0.4, 0.4),
           alphas: Sequence[float] = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8), control_alphas: Sequence[float] = (-0.4, 0.4),
-          n_random: int = 10, n_shuffled: int = 3, seed: int = 0, cache=None, progress: bool = False,
-          solved: pd.DataFrame | None = None) -> Study:
-    """Fit directions per target on its fit split, screen layers on its select split, then grade the best layer of
-    each sign on its eval split against random and shuffled-label controls (at `control_alphas`, same layer and
-    norm). Families are gated by `solved` (e.g. `tasks.gate`, on more items), else by `tasks.solved` on their
-    select + eval items."""
+          n_random: int = 10, n_shuffled: int = 3, n_screen_controls: int = 2, seed: int = 0, cache=None,
+          progress: bool = False, solved: pd.DataFrame | None = None) -> Study:
+    """Fit directions per target on its fit split; on its select split, screen the real direction over layers ×
+    `screen_alphas` and the first `n_screen_controls` random and shuffled-label controls over the same layers ×
+    `control_alphas` (the same strengths of each sign), each direction choosing its own best (layer, sign) by the
+    same rule (`best_layers`, `choose`). On the eval split, grade the best layer of each sign against the screened
+    controls, each at its own best cell and the same |α| (`grade`); every control also runs at the real
+    direction's layer and α (descriptive z / empirical p). Families are gated by `solved` (e.g. `tasks.gate`, on
+    more items), else by `tasks.solved` on their select + eval items."""
     from . import tasks
     from .sweep import sweep
 
+    if sorted(-a for a in control_alphas if a < 0) != sorted(a for a in control_alphas if a > 0):
+        raise ValueError(f"control_alphas {tuple(control_alphas)} must hold the same strengths of both signs: a "
+                         "control chooses its sign as the real direction does, and is compared at the same |α|")
+    if n_screen_controls < 1 or not (n_random or n_shuffled):
+        raise ValueError("steering is graded against screened controls: n_screen_controls >= 1 and at least one "
+                         "random or shuffled-label control are needed")
     layers = list(range(subject.arch.n_layers) if layers is None else layers)
-    dirs, sign, splits, screens, graded, base = {}, {}, {}, [], [], []
+    dirs, sign, splits, screens, cscreens, cbest, graded, base = {}, {}, {}, [], [], [], [], []
     for name in [*families, *concepts]:
         is_concept = name in concepts
         sp = (concept_target if is_concept else family_target)(subject, name, n, n_fit, seed)
         d = fit(subject, sp.fit, name, n_random, n_shuffled, seed)
         dirs[name], sign[name], splits[name] = d, -1 if is_concept else 1, sp
         us, meta = units(d, layers, screen_alphas)
-        rows = sweep(subject, sp.select, us, seed=seed, cache=cache, progress=progress, desc=f"screen {name}")
+        cu, cm = units(d, layers, control_alphas, ("random", "shuffled"), count=n_screen_controls)
+        rows = sweep(subject, sp.select, _dedup(us + cu), seed=seed, cache=cache, progress=progress, desc=f"screen {name}")
         sc = grade(effects(rows, meta, sign[name]))
+        cs = effects(rows, cm, sign[name]).groupby(["family", "kind", "idx", "layer", "alpha"])["effect"].mean().reset_index()
+        cb = choose(best_layers(cs, ("family", "kind", "idx")), ("family", "kind", "idx"))
         screens.append(sc)
+        cscreens.append(cs)
+        cbest.append(cb)
         us, meta = [], []
         for b in best_layers(sc).itertuples():
             sa = [a for a in alphas if np.sign(a) == b.sign]
@@ -556,22 +602,35 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
                 u, m = units(d, [b.layer], al, kinds=ks)
                 us += u
                 meta.append(m)
-        ev = sweep(subject, sp.eval, us, seed=seed, cache=cache, progress=progress, desc=f"grade {name}")
+        for c in cb.itertuples():  # each screened control at its own best cell
+            for a in control_alphas:
+                if np.sign(a) == c.sign:
+                    u, m = steer_unit(d, c.kind, c.idx, c.layer, a)
+                    us.append(u)
+                    meta.append(pd.DataFrame([m]))
+        ev = sweep(subject, sp.eval, _dedup(us), seed=seed, cache=cache, progress=progress, desc=f"grade {name}")
         graded.append(effects(ev, pd.concat(meta).drop_duplicates("unit"), sign[name]))
         if not is_concept:
             base += [rows, ev]
     per_prompt = pd.concat(graded, ignore_index=True)
     screen = pd.concat(screens, ignore_index=True)
+    control_best = pd.concat(cbest, ignore_index=True)
     if solved is None:
         solved = tasks.solved(pd.concat(base) if base else pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
-    return Study(dirs, sign, splits, screen, grade(per_prompt), best_layers(screen), per_prompt, solved)
+    return Study(dirs, sign, splits, screen, grade(per_prompt, control_best=control_best), best_layers(screen), per_prompt,
+                 solved, pd.concat(cscreens, ignore_index=True), control_best)
+
+
+def _dedup(us: Sequence[Unit]) -> list[Unit]:
+    return list({u.key: u for u in us}.values())
 
 
 def summary(st: Study, n_layers: int) -> pd.DataFrame:
     """Per target, the (layer, sign) chosen on the selection prompts out of `n_candidates`, graded on the held-out
-    prompts at the largest control strength of that sign: effect with CI, the strongest control and the paired
-    sign-flip p against it, and whether the target is testable on this model."""
-    chosen = st.best.loc[st.best.groupby("family")["signed"].idxmax()]
+    prompts at the largest control strength of that sign: effect with CI, the strongest control (each screened
+    control at its own chosen (layer, sign), `grade`) and the paired sign-flip p against it, and whether the target
+    is testable on this model."""
+    chosen = choose(st.best)
     g = st.graded.dropna(subset=["p_control"]).assign(sign=lambda x: np.sign(x["alpha"]).astype(int))
     g = g.merge(chosen[["family", "sign", "layer", "n_candidates"]], on=["family", "sign", "layer"])
     g = g.loc[g.assign(m=g["alpha"].abs()).groupby("family")["m"].idxmax()].copy()
@@ -664,7 +723,8 @@ def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None,
     out = []
     for r in summary.itertuples():
         cf = f"add α·‖h_L‖·v̂ to the residual stream after layer {r.layer}, last token"
-        ctl = f"{r.n_random:.0f} random + {r.n_shuffled:.0f} shuffled-label directions, same layer, norm and α"
+        ctl = (f"{int(r.n_controls)} random and shuffled-label directions of the same norm and |α|, each at its own best "
+               "layer and sign on the selection prompts (the direction's candidates, at the control strength)")
         common = dict(counterfactual=cf, control=ctl, chapter=chapter, model=model, profile=profile)
         metric = "logit-difference shift toward the target, held-out prompts; paired sign-flip test vs the strongest control"
         if not r.testable:
@@ -680,7 +740,7 @@ def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None,
             f"candidates on selection prompts) moves the logit difference {abs(r.effect):.2f} "
             f"{'toward' if aligned > 0 else 'away from'} {_toward(r.kind, r.sign)} (effect {r.effect:+.2f}, 95% CI "
             f"{r.effect_lo:+.2f} to {r.effect_hi:+.2f}, {r.n} held-out prompts), {verdict} the strongest of {int(r.n_controls)} controls "
-            f"({r.control} {r.control_effect:+.2f}; paired sign-flip p = {r.p_control:.2g})",
+            f"screened the same way ({r.control} {r.control_effect:+.2f}; paired sign-flip p = {r.p_control:.2g})",
             metric=metric, evidence={"p_value": float(r.p_control), "n_candidates": int(r.n_candidates),
                                      "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok,
                                      "n_families": n_t, "n_prompts": int(r.n)}, **common))

@@ -22,11 +22,15 @@
 #
 # **Effect** (logits) = the shift of the logit difference toward the target: LD_clean − LD_steered for
 # families (LD = answer − distractor; the distractor is the corrupt prompt's answer), the increase of
-# logit(positive token) − logit(negative token) for sentiment. **Controls**, beside every graded
-# direction, at the same layer, norm and α: seeded random directions (a null distribution) and
-# shuffled-label directions (labels permuted before averaging). A direction is graded against the
-# *strongest* of these controls by an exact paired sign-flip test over the held-out prompts, never by
-# size alone (z-scores against the draws are descriptive).
+# logit(positive token) − logit(negative token) for sentiment. **Controls**, of the same norm: seeded
+# random directions (a null distribution) and shuffled-label directions (labels permuted before
+# averaging). The real direction's layer and sign are the best of many cells, so its controls get the
+# same choice: the first few of each kind are screened over the same layers at the control strength of
+# each sign, and each is graded at its *own* best layer and sign. A direction is graded against the
+# *strongest* of these screened controls by an exact paired sign-flip test over the held-out prompts,
+# never by size alone; every control is also run at the real direction's own cell, and z-scores against
+# those draws are descriptive (a control not chosen as the direction was would make any direction with
+# a strong layer of its own look special).
 #
 # Honest selection: directions are fit on one set of prompts, the best layer and sign are chosen on a
 # second (*selection*), and every graded number comes from a third (*held-out*); the three share no
@@ -59,11 +63,13 @@ model, seed, subject, S = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["steerin
 families = S["families"] or list(tasks.FAMILIES)
 n_layers = subject.arch.n_layers
 layers = list(range(0, n_layers, S["layer_stride"]))
+n_screen = S.get("n_screen_controls", 2)  # controls of each kind screened like the real direction
 T0 = time.time()
 print(subject)
 print(f"budget ({profile}): {len(families)} families + {', '.join(S['concepts'])}; {S['n']} selection + {S['n']} held-out "
       f"prompts, {S['n_fit']} fit pairs per target; {len(layers)} layers × {len(S.get('screen_alphas', (-0.4, 0.4)))} "
-      f"strengths screened; {S['n_random']} random + {S['n_shuffled']} shuffled-label controls per graded cell")
+      f"strengths screened; {S['n_random']} random + {S['n_shuffled']} shuffled-label controls, the first "
+      f"{n_screen} of each screened over the same layers at ±0.4 (graded at their own best cells)")
 
 # %% [markdown]
 # ## Screen and held-out grading
@@ -72,8 +78,10 @@ print(f"budget ({profile}): {len(families)} families + {', '.join(S['concepts'])
 t0 = time.time()
 gate = tasks.gate(subject, families, n=S["n_gate"], seed=seed)  # the flip gate, on more items than the study uses
 st = steering.study(subject, families, S["concepts"], S["n"], S["n_fit"], layers, n_random=S["n_random"],
-                    n_shuffled=S["n_shuffled"], seed=seed, screen_alphas=S.get("screen_alphas", (-0.4, 0.4)), solved=gate)
-print(f"study: {len(st.screen)} screened cells, {len(st.per_prompt)} graded rows, {time.time() - t0:.0f} s")
+                    n_shuffled=S["n_shuffled"], n_screen_controls=n_screen, seed=seed,
+                    screen_alphas=S.get("screen_alphas", (-0.4, 0.4)), solved=gate)
+print(f"study: {len(st.screen)} screened cells of the real directions, {len(st.control_screen)} of the controls, "
+      f"{len(st.per_prompt)} graded rows, {time.time() - t0:.0f} s")
 
 # %% [markdown]
 # Which families does the model solve? A family is testable when the 95% lower bound of its flip rate
@@ -102,11 +110,13 @@ charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="re
 # %% [markdown]
 # ## Dose–response at the best layers, against the controls
 # Held-out prompts; points are the real direction (95% CI); grey ticks are the random directions and
-# orange ticks the shuffled-label directions at the control strengths.
+# orange ticks the shuffled-label directions at the control strengths, at the real direction's layer
+# (the screened controls' own best cells are in the table below).
 
 # %% tags=["hide-input"]
 pp = st.per_prompt
 ctl = pp[pp["kind"] != "real"].groupby(["family", "kind", "idx", "layer", "alpha"])["effect"].mean().reset_index()
+ctl = ctl.merge(st.graded[["family", "layer", "alpha"]], on=["family", "layer", "alpha"])  # the real direction's cells
 real = st.graded
 base = alt.Chart(real).encode(x=alt.X("alpha:Q"))
 (base.mark_rule().encode(y="effect_lo:Q", y2="effect_hi:Q") + base.mark_point(filled=True).encode(
@@ -118,8 +128,13 @@ base = alt.Chart(real).encode(x=alt.X("alpha:Q"))
 # %% [markdown]
 # ## Best layer and sign per target
 # Layer and sign chosen on the selection prompts (the larger mean signed effect, out of
-# `n_candidates` layer × sign cells), graded on the held-out prompts at the control strength:
-# `control` is the strongest control there and `p_control` the paired sign-flip p of real − control.
+# `n_candidates` layer × sign cells), graded on the held-out prompts at the control strength.
+# Each screened control chose its own layer and sign on the same selection prompts, by the same rule
+# over the same layers at the control strength (`st.control_best`); `control` is the strongest of them on
+# the held-out prompts, at its own cell (named in the column), `control_effect` its push in the
+# direction of its own α (shown in the real α's sign), and `p_control` the paired sign-flip p of
+# real − control. `z_random` / `z_shuffled` compare with every control at the real direction's own
+# cell: descriptive only.
 
 # %%
 best = steering.summary(st, n_layers)
@@ -256,7 +271,8 @@ except ValueError as e:
     transfer_error = str(e)
 n2 = sub2.arch.n_layers
 st2 = steering.study(sub2, S["compare_families"] or list(tasks.FAMILIES), S["concepts"], S["n"], S["n_fit"],
-                     list(range(0, n2, S["compare_stride"])), n_random=S["n_random"], n_shuffled=S["n_shuffled"], seed=seed)
+                     list(range(0, n2, S["compare_stride"])), n_random=S["n_random"], n_shuffled=S["n_shuffled"],
+                     n_screen_controls=n_screen, seed=seed)
 leaks = steering.audit(st2)
 print(f"{sub2.name}: {time.time() - t0:.0f} s; held-out audit:", "clean" if not leaks else "\n".join(leaks))
 
@@ -270,8 +286,9 @@ depth.pivot_table(index="family", columns="model", values=["layer", "depth", "z_
 # %% [markdown]
 # ## Claims
 # Built by `steering.steering_claims` from the tables above: a steering claim meets its control criterion
-# when the paired sign-flip p of its held-out effect against the strongest control is ≤ 0.05 (a few
-# prompts cannot reach that: the smallest p over n prompts is 2⁻ⁿ); breadth counts the testable
+# when the paired sign-flip p of its held-out effect against the strongest screened control (each at its
+# own best layer and sign) is ≤ 0.05 (a few prompts cannot reach that: the smallest p over n prompts
+# is 2⁻ⁿ); breadth counts the testable
 # targets that meet it; every claim says how many layer × sign candidates its best was chosen from on
 # the selection prompts. Knockout claims need the selectivity CI above 0. Families the model does not
 # solve give "not testable here".

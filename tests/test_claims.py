@@ -1,7 +1,5 @@
 """Confidence is computed from evidence by the documented rules, and follows the evidence."""
 
-import pytest
-
 from atlas_core.claims import Claim, grade, record, table
 
 STRONG = {"seeds_replicated": 3, "n_seeds": 3, "methods_agreeing": 3, "n_methods": 3, "ci_excludes_control": True,
@@ -110,10 +108,10 @@ def test_lora_grader_on_nulls_with_more_seeds_stays_below_nominal():
         assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, (n, r)
 
 
-@pytest.mark.xfail(strict=True, reason="steering controls are not given the screen the real direction got (issue 17)")
 def test_steering_grader_on_a_null_with_per_layer_direction_effects():
     """A direction whose own per-layer mean effect varies (sd = the prompt noise), chosen out of 60 (layer, sign)
-    cells and graded against controls that were not chosen: 18.5% of runs reach medium (measured 2026-12-04)."""
+    cells: graded against controls read at its cell without being chosen, 18.5% of runs reached medium (issue 17);
+    graded against screened controls, each at its own best cell, it stays below nominal."""
     from atlas_core import nulls
 
     r = nulls.steering_null(200, direction_sd=1.0)

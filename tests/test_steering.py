@@ -270,3 +270,42 @@ def test_random_init_model_earns_no_claim_above_low(study_run):
     _, _, sm, _, _, claims = study_run
     assert len(claims) == 5 and {c.confidence for c in claims} <= {"none", "low"}
     assert (sm["n_candidates"] == 4).all() and (sm["held_out"]).all()
+
+
+def test_controls_are_screened_and_each_graded_at_its_own_best_cell(study_run, tok):
+    """The first n_screen_controls (2) random and shuffled-label controls are screened on the selection prompts over
+    the real direction's layers at the control strength of each sign; each picks its own (layer, sign) by the real
+    direction's rule, runs on the held-out prompts there, and `p_control` compares the real direction at its chosen
+    cell with the strongest of them at theirs (signed effects, same |α|)."""
+    s, st, sm, _, _, _ = study_run
+    cs = st.control_screen
+    for t in st.dirs:
+        c = cs[cs["family"] == t]
+        assert set(zip(c["kind"], c["idx"], strict=True)) == {("random", 0), ("random", 1), ("shuffled", 0), ("shuffled", 1)}
+        assert set(c["layer"]) == {0, 2} and set(c["alpha"]) == {-0.4, 0.4} and len(c) == 16
+    signed = cs.assign(sign=np.sign(cs["alpha"]).astype(int), signed=cs["effect"] * np.sign(cs["alpha"]))
+    own = signed.loc[signed.groupby(["family", "kind", "idx"])["signed"].idxmax()]  # the rule, for one strength per sign
+    cols = ["family", "kind", "idx", "layer", "sign"]
+    pd.testing.assert_frame_equal(own[cols].sort_values(cols).reset_index(drop=True),
+                                  st.control_best[cols].sort_values(cols).reset_index(drop=True), check_dtype=False)
+    assert (st.control_best["n_candidates"] == 4).all()
+    pp = st.per_prompt
+    for r in sm.itertuples():
+        cb = st.control_best[st.control_best["family"] == r.family]
+        real = pp[(pp["family"] == r.family) & (pp["kind"] == "real") & (pp["layer"] == r.layer) & (pp["alpha"] == r.alpha)]
+        ctl = {}
+        for c in cb.itertuples():  # each screened control, on the held-out prompts, at its own cell
+            x = pp[(pp["family"] == r.family) & (pp["kind"] == c.kind) & (pp["idx"] == c.idx) & (pp["layer"] == c.layer)
+                   & (pp["alpha"] == c.sign * abs(r.alpha))]
+            assert len(x) == len(real) == r.n
+            ctl[f"{c.kind} #{c.idx} (layer {c.layer}, {'+' if c.sign > 0 else '−'}α)"] = c.sign * x.set_index("item_id")["effect"]
+        k = max(ctl, key=lambda n: ctl[n].mean())
+        d = (r.sign * real.set_index("item_id")["effect"] - ctl[k]).to_numpy()
+        assert (r.control, r.n_controls) == (k, 4)
+        assert r.p_control == pytest.approx(steering.stats.sign_flip_p(d, "greater"))
+        assert r.control_effect == pytest.approx(r.sign * ctl[k].mean())
+        assert (r.n_random, r.n_shuffled) == (4, 3)  # every control at the real direction's cell: descriptive only
+    cells = st.control_best.merge(sm[["family", "layer", "sign"]], on="family", suffixes=("", "_real"))
+    assert ((cells["layer"] != cells["layer_real"]) | (cells["sign"] != cells["sign_real"])).any()  # not the real's cell
+    with pytest.raises(ValueError, match="same strengths of both signs"):
+        steering.study(s, ["ioi"], [], control_alphas=(-0.4, 0.2))
