@@ -85,8 +85,8 @@ def gate(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", v
 def untestable_why(table) -> str:
     """One line for a claim that cannot be tested: which families were tried and how often they flipped."""
     rates = ", ".join(f"{r.family} {r.n_flipped}/{r.n_items}" for r in table.itertuples())
-    return (f"no family passes the flip gate (clean LD > 0 and corrupt LD < 0, 95% lower bound >= {FLIP_GATE}); "
-            f"flipped items: {rates or 'none measured'}")
+    return (f"{'no family passes' if len(table) != 1 else 'the family does not pass'} the flip gate (clean LD > 0 "
+            f"and corrupt LD < 0, 95% lower bound >= {FLIP_GATE}); flipped items: {rates or 'none measured'}")
 
 
 CHOICES = {"agreement": 2}  # answers a model could be guessing among, where not all distinct answers compete
