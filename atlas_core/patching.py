@@ -89,17 +89,12 @@ class Selection:
 def select(subject: Subject, families: Sequence[str], n_gate: int, n: int, seed: int) -> Selection:
     """Score `n_gate` sampled prompts per family, gate each family (`tasks.solved`), keep up to `n` flipped prompts
     of each family that passes."""
-    from .tasks.baselines import score
+    from .tasks.baselines import scored as score_items
 
-    valid, _ = tasks.validate([it for f in families for it in tasks.load_items(f, "synthetic", "short")], subject.tokenizer)
-    sampled = [it for f in families for it in tasks.sample([i for i in valid if i.family == f], n_gate, seed)]
-    sc = score(subject, sampled) if sampled else {"logit_diff_clean": [], "logit_diff_corrupt": []}
+    sampled, scored = score_items(subject, families, n_gate, seed)
     spans = [span_of(subject.tokenizer, it) for it in sampled]
-    scored = pd.DataFrame({"family": [it.family for it in sampled], "item_id": [it.id for it in sampled],
-                           "ld_clean": sc["logit_diff_clean"], "ld_corrupt": sc["logit_diff_corrupt"],
-                           "n_diff": [len(s) for s in spans],
-                           "last_in_span": [it.n_tokens - 1 in s for it, s in zip(sampled, spans)]})
-    scored["flipped"] = tasks.flipped(scored["ld_clean"], scored["ld_corrupt"])
+    scored = scored.assign(n_diff=[len(s) for s in spans],
+                           last_in_span=[it.n_tokens - 1 in s for it, s in zip(sampled, spans)])
     solved = tasks.solved(scored)
     ok = set(scored.loc[scored["flipped"], "item_id"])
     items = [it for f in sorted(solved.loc[solved["testable"], "family"])

@@ -66,20 +66,23 @@ def solved(rows, gate: float = FLIP_GATE):
     return pd.DataFrame(out, columns=["family", "n_items", "n_flipped", "flip_rate", "flip_lo", "flip_hi", "testable"])
 
 
+def scored(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", variant: str = "synthetic"):
+    """(items, table): n sampled items per family and their clean/corrupt logit differences and flips."""
+    import pandas as pd
+
+    its = [it for fam in families
+           for it in sample(validate(load_items(fam, variant, bucket), subject.tokenizer)[0], n, seed)]
+    m = score(subject, its) if its else {"logit_diff_clean": [], "logit_diff_corrupt": []}
+    t = pd.DataFrame({"family": [it.family for it in its], "item_id": [it.id for it in its],
+                      "ld_clean": m["logit_diff_clean"], "ld_corrupt": m["logit_diff_corrupt"]})
+    return its, t.assign(flipped=flipped(t["ld_clean"], t["ld_corrupt"]))
+
+
 def gate(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", variant: str = "synthetic"):
     """`solved` measured on n items per family (clean and corrupt forwards only): the flip gate a chapter applies
     before it localizes, steers or patches a family. More items than a chapter's own sample make the gate's
     lower bound meaningful (16 items need 16/16 flips to pass 0.7; 48 need about 40)."""
-    import pandas as pd
-
-    rows = []
-    for fam in families:
-        its = sample(validate(load_items(fam, variant, bucket), subject.tokenizer)[0], n, seed)
-        if its:
-            m = score(subject, its)
-            rows.append(pd.DataFrame({"family": fam, "item_id": [it.id for it in its],
-                                      "ld_clean": m["logit_diff_clean"], "ld_corrupt": m["logit_diff_corrupt"]}))
-    return solved(pd.concat(rows) if rows else pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
+    return solved(scored(subject, families, n, seed, bucket, variant)[1])
 
 
 def untestable_why(table) -> str:
