@@ -180,8 +180,8 @@ class Atlas:
         (a disruption hub, `testable: False`: it says where ablation hurts, not where a behaviour lives)."""
         component = component or self._default("component", ("block", "mlp", "attn", "mixer", "resid"))
         method = method or self._default("method", ("zero", "mean", "resample", "denoise", "noise"))
-        testable = bool(self.testable_families) and self.primary_metric == "ld_frac"
-        metric = self.primary_metric if testable else "kl"
+        testable = self.testable
+        metric = self._metric()
         e = self._scope(self._layerwise(component, method), metric, None, split)
         e = e[~e["layer"].isin(exclude)]
         fam = e.groupby(["family", "layer"])[metric].mean()
@@ -248,9 +248,14 @@ class Atlas:
         allp = self.layer_scores(None, comp, meth, metric).get(h, np.nan)
         return float(first / allp) if allp and np.isfinite(allp) and np.isfinite(first) else None
 
+    @property
+    def testable(self) -> bool:
+        """Whether the primary metric can speak: it is not the behaviour metric, or some family is testable."""
+        return self.primary_metric != "ld_frac" or bool(self.testable_families)
+
     def _metric(self) -> str:
-        """The metric a summary can use: the primary one where some family is testable, else KL (disruption)."""
-        return self.primary_metric if self.testable_families or self.primary_metric != "ld_frac" else "kl"
+        """The metric a summary can use: the primary one where it can speak, else KL (disruption)."""
+        return self.primary_metric if self.testable else "kl"
 
     def method_agreement(self, metric: str | None = None, split: str | None = "test", by_seed: bool = False) -> pd.DataFrame:
         """Spearman correlation of layer profiles between each pair of methods, per component (and seed), with a
@@ -278,7 +283,7 @@ class Atlas:
         Every pair must agree (intersection-union test: p = the largest pair p-value); a method agrees when all
         its pairs have p <= 0.05; a seed replicates when every pair's rho > 0 in that seed."""
         metric = self._metric()
-        ev: dict = {"component": component, "metric": metric, "testable": metric != "kl" or self.primary_metric == "kl"}
+        ev: dict = {"component": component, "metric": metric, "testable": self.testable}
         if not ev["testable"]:
             from .tasks import untestable_why
 

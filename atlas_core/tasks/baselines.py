@@ -170,23 +170,21 @@ def baseline_claims(base, runs: dict, **tags) -> list:
     base: `baselines` of the first seed; runs: {seed: baselines table} (replication over prompt samples)."""
     from ..claims import Claim
 
-    def seeds_ok(r, col: str, bar: float) -> int:
-        return sum(bool(((t["family"] == r.family) & (t["variant"] == r.variant) & (t[col] >= bar)).any())
-                   for t in runs.values())
+    def seeds_ok(r, ok) -> int:  # seeds in which this family x variant meets `ok(table)`
+        return sum(bool((ok(t) & (t["family"] == r.family) & (t["variant"] == r.variant)).any()) for t in runs.values())
 
     out = []
     for r in base.itertuples():
         above = r.accuracy_lo > r.chance
         ev = {"ci_excludes_control": bool(above), "n_prompts": int(r.n), "n_seeds": len(runs),
-              "seeds_replicated": sum(bool(((t["family"] == r.family) & (t["variant"] == r.variant)
-                                            & (t["accuracy_lo"] > t["chance"])).any()) for t in runs.values())}
+              "seeds_replicated": seeds_ok(r, lambda t: t["accuracy_lo"] > t["chance"])}
         out.append(Claim(
             f"The model is {'above chance' if above else 'not above chance'} on {r.family} ({r.variant}): "
             f"top-1 accuracy {r.accuracy:.2f} [{r.accuracy_lo:.2f}, {r.accuracy_hi:.2f}] vs chance {r.chance:.2f}",
             metric="top-1 accuracy, Clopper-Pearson 95% CI over prompts", counterfactual="none (unmodified model)",
             control=f"chance = {r.chance:.3f}", evidence=ev, **tags))
         ev = {"ci_excludes_control": bool(r.testable), "n_prompts": int(r.n), "n_seeds": len(runs),
-              "seeds_replicated": seeds_ok(r, "flip_rate_lo", FLIP_GATE)}
+              "seeds_replicated": seeds_ok(r, lambda t: t["flip_rate_lo"] >= FLIP_GATE)}
         out.append(Claim(
             f"The model {'flips' if r.testable else 'does not reliably flip'} {r.family} ({r.variant}): flip rate "
             f"{r.flip_rate:.2f} [{r.flip_rate_lo:.2f}, {r.flip_rate_hi:.2f}] vs gate {FLIP_GATE} — "
