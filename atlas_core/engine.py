@@ -19,7 +19,7 @@ from .interventions import Edit, Unit
 from .subject import Subject
 
 # Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.
-ENGINE_VERSION = "2"  # 2: leave-one-out mean, real-token-aligned resample seeded by the op
+ENGINE_VERSION = "2"  # 2: leave-one-out mean, real-token-aligned resample seeded by the op (new op kinds need no bump)
 
 
 class Batch:
@@ -166,6 +166,9 @@ class Batch:
             repl = self.value(op.source, edit)
         elif op.kind == "add":
             repl = x + op.alpha * op.vector.to(device=x.device, dtype=x.dtype)
+        elif op.kind == "project":
+            v = op.vector.to(device=x.device, dtype=x.dtype)
+            repl = x - (x @ v)[..., None] * v
         elif op.kind == "scale":
             repl = x * op.alpha
         elif op.kind == "random":

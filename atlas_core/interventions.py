@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 COMPONENTS = ("resid", "block", "attn", "mlp", "mixer", "conv", "head", "q", "k", "v", "o", "qkv", "gate", "up", "down")
-OPS = ("zero", "mean", "resample", "patch", "add", "scale", "random")
+OPS = ("zero", "mean", "resample", "patch", "add", "project", "scale", "random")
 POSITIONS = ("all", "first", "last", "diff")  # or an int: from the first real token (negative: from the end)
 
 
@@ -114,6 +114,18 @@ class Op:
         return cls("add", alpha=float(alpha), vector=v, vector_id=vid)
 
     @classmethod
+    def project(cls, vector: torch.Tensor, name: str | None = None) -> Op:
+        """Directional ablation (Arditi et al. 2024): remove the value's component along `vector`,
+        x - (x . v) v with v the unit vector, at every addressed token. Tests necessity of a direction,
+        where adding a negative multiple tests sufficiency of a push."""
+        v = vector.detach().float().flatten().cpu()
+        if not torch.isfinite(v).all() or float(v.norm()) == 0:
+            raise ValueError("Op.project needs a finite, non-zero direction")
+        v = v / v.norm()
+        vid = name or hashlib.blake2b(v.numpy().tobytes(), digest_size=8).hexdigest()
+        return cls("project", vector=v, vector_id=vid)
+
+    @classmethod
     def scale(cls, factor: float) -> Op:
         return cls("scale", alpha=float(factor))
 
@@ -126,6 +138,8 @@ class Op:
     def key(self) -> str:
         if self.kind == "add":
             return f"add[{self.vector_id}]x{self.alpha:g}"
+        if self.kind == "project":
+            return f"project[{self.vector_id}]"
         if self.kind == "scale":
             return f"scale{self.alpha:g}"
         if self.kind == "patch":
@@ -136,7 +150,7 @@ class Op:
 
     @property
     def method(self) -> str:
-        """Short method label used in tables (zero, mean, resample, denoise, noise, add, scale, random)."""
+        """Short method label used in tables (zero, mean, resample, denoise, noise, add, project, scale, random)."""
         if self.kind == "patch":
             return "denoise" if self.source == "clean" else "noise"
         return self.kind

@@ -109,6 +109,8 @@ def test_every_operation_matches_raw_hooks_on_embedded_model(smol, tok):
          lambda x: torch.where(mask[..., None], resample6, x), "out"),
         (Unit.of(Site("resid", 8, position="last"), Op.patch("clean")), corrupt, f"{L}.8", lambda x: set_last(x, clean_res8), "out"),
         (Unit.of(Site("resid", 12), Op.add(v, 3.0)), clean, f"{L}.12", lambda x: torch.where(mask[..., None], x + 3 * v, x), "out"),
+        (Unit.of(Site("resid", 11), Op.project(v)), clean, f"{L}.11",
+         lambda x: torch.where(mask[..., None], x - (x @ (v / v.norm()))[..., None] * (v / v.norm()), x), "out"),
         (Unit.of(Site("q", 4), Op.scale(0.5)), clean, f"{L}.4.self_attn.q_proj", lambda x: torch.where(mask[..., None], 0.5 * x, x), "out"),
     ]
     got = b.run([c[0] for c in cases])  # packed by start layer
@@ -194,6 +196,24 @@ def test_clean_corrupt_length_mismatch_and_nan_errors(tok):
     b = Batch(s, ["The capital of France is"])
     with pytest.raises(FloatingPointError, match="NaN"):
         b.run([Unit.of(Site("mlp", 1), Op.scale(float("nan")))])
+
+
+def test_projection_removes_the_direction_and_nothing_else(tok):
+    s = tiny_subject("llama", tok)
+    items = make_items(tok, 4)
+    b = Batch(s, [i.prompt for i in items])
+    v = torch.randn(s.arch.d_model, generator=torch.Generator().manual_seed(1))
+    e = Unit.of(Site("resid", 1), Op.project(3 * v)).edits[0]
+    x = b.value("clean", e)
+    r = b.replacement(e, x)
+    real = b.mask.bool()
+    assert (r[real] @ (v / v.norm())).abs().max() < 1e-5  # nothing left along v
+    resid = (x - r)[real]
+    cos = resid @ v / (resid.norm(dim=-1) * v.norm())
+    assert (cos.abs() > 0.999).all()  # what was removed lies along v only
+    assert Op.project(v).key == Op.project(2 * v).key  # a direction, not a vector
+    with pytest.raises(ValueError, match="non-zero"):
+        Op.project(torch.zeros(4))
 
 
 def test_site_and_op_validation():
