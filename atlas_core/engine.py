@@ -1,20 +1,19 @@
-"""Execute intervention units on a prompt batch, reusing the clean prefix.
+"""Execute intervention units on a prompt batch through nnsight, reusing the clean prefix.
 
-A `Batch` runs the clean (and corrupt) prompts once, caching every decoder layer's input and call
-arguments. A unit whose earliest edit is at layer L then resumes from the cached layer-L input: the
-layers before L are never recomputed (prefix reuse), and units that start at the same layer are
-packed into one forward as row blocks. Edits are applied by short-lived forward hooks on the site's
-module (or by the layer loop itself for `block`/`resid`). `run_nnsight` executes the same unit as one
-nnsight trace over the full model: the independent reference and the naive baseline.
+A `Batch` traces the clean (and corrupt) prompts once, caching every decoder layer's residual input and
+output. A unit whose earliest edit is at layer L then runs as one nnsight trace in which layers 0..L-1 are
+skipped (`Envoy.skip`) with their cached outputs: the prefix is never recomputed, and units that start at
+the same layer are packed into one trace as row blocks. Edits are applied by `tracing.apply`, the one
+intervention primitive; the model's own forward computes masks, rotary embeddings and caches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 
 import torch
 
+from . import tracing
 from .interventions import Edit, Unit
 from .subject import Subject
 
@@ -34,10 +33,11 @@ class Batch:
         distractor_ids=None,
         diff_pos=None,
         seed: int = 0,
+        remote: bool | str = False,
     ):
         self.s = subject
+        self.remote = remote
         self.arch = subject.arch
-        self.layers = subject.model.get_submodule(self.arch.paths.layers)
         enc = subject.encode(clean)
         self.mask = enc["attention_mask"]
         self.B, self.T = self.mask.shape
@@ -46,51 +46,27 @@ class Batch:
         self.distractor_ids = _ids(distractor_ids, self.B)
         self.diff_pos = None if diff_pos is None else torch.as_tensor(list(diff_pos))
         self.seed = seed
-        self.runs = {"clean": self._capture(enc["input_ids"], self.mask)}
+        self.runs = {"clean": self._capture(enc["input_ids"])}
         if corrupt is not None:
             enc_c = subject.encode(corrupt)
             if enc_c["input_ids"].shape != enc["input_ids"].shape or not torch.equal(enc_c["attention_mask"], self.mask):
                 lens = (enc["attention_mask"].sum(1) != enc_c["attention_mask"].sum(1)).nonzero().flatten().tolist()
                 raise ValueError(f"clean and corrupt prompts differ in token length at batch rows {lens}: "
                                  "corrupt prompts must be the same length as their clean prompts (validate the items first)")
-            self.runs["corrupt"] = self._capture(enc_c["input_ids"], self.mask)
+            self.runs["corrupt"] = self._capture(enc_c["input_ids"])
         self._values: dict = {}
-        self._tiled: dict = {}
         self._donors: dict[int, torch.Tensor] = {}
 
     # -- cached passes ---------------------------------------------------------------------------
-    def _capture(self, ids: torch.Tensor, mask: torch.Tensor) -> dict:
-        n = self.arch.n_layers
-        calls: list = [None] * n
-        final: list = [None]
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, **kw) -> dict:
+        with torch.inference_mode():
+            return tracing.forward(self.s.nn, self.arch.paths.layers, ids, mask, remote=self.remote, **kw)
 
-        def pre(i):
-            def hook(_m, args, kwargs):
-                calls[i] = (args, kwargs)
-
-            return hook
-
-        def post(_m, _a, out):
-            final[0] = out[0] if isinstance(out, tuple) else out
-
-        hs = [lay.register_forward_pre_hook(pre(i), with_kwargs=True) for i, lay in enumerate(self.layers)]
-        hs.append(self.layers[n - 1].register_forward_hook(post))
-        try:
-            with torch.inference_mode():
-                out = self.s.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                                   use_cache=False, logits_to_keep=1)
-        finally:
-            for h in hs:
-                h.remove()
-        hidden, rest = [], []
-        for args, kwargs in calls:
-            kw = dict(kwargs)
-            hidden.append(args[0] if args else kw.pop("hidden_states"))
-            rest.append((tuple(args[1:]), kw))
-        hidden.append(final[0])
-        logits = out.logits[:, -1].float()
-        _check_finite(logits, "clean forward")
-        return {"ids": ids, "hidden": hidden, "call": rest, "logits": logits}
+    def _capture(self, ids: torch.Tensor) -> dict:
+        """One trace: every layer's residual input and output (hidden[i] = input of layer i) and the logits."""
+        got = self._forward(ids, self.mask, hidden=True)
+        _check_finite(got["logits"], "clean forward")
+        return {"ids": ids, "hidden": got["hidden"], "logits": got["logits"]}
 
     def logits(self, run: str = "clean") -> torch.Tensor:
         return self.runs[run]["logits"]
@@ -123,61 +99,49 @@ class Batch:
         return sel & real
 
     def value(self, run: str, edit: Edit) -> torch.Tensor:
-        """The site's value on the unedited `run` (B, T, d_site); computed once per (run, site)."""
+        """The site's value on the unedited `run` (B, T, d_site); module sites must be prefetched first."""
         site = edit.site
         key = (run, site.component, site.layer)
         if key not in self._values:
             r = self.runs[run]
             if site.component == "resid":
-                v = r["hidden"][site.layer + 1]
+                self._values[key] = r["hidden"][site.layer + 1]
             elif site.component == "block":
-                v = r["hidden"][site.layer + 1] - r["hidden"][site.layer]
+                self._values[key] = r["hidden"][site.layer + 1] - r["hidden"][site.layer]
             else:
-                v = self._module_value(r, site)
-            self._values[key] = v
+                self._fill(run, [edit])
         v = self._values[key]
         return v[..., self.arch.head_slice(site.head)] if site.component == "head" else v
 
-    def _module_value(self, r: dict, site) -> torch.Tensor:
-        lay = self.layers[site.layer]
-        mod = lay.get_submodule(self.arch.relative_path(site.component, site.layer))
-        got: list = []
-        if site.component == "head":
-            h = mod.register_forward_pre_hook(lambda _m, args: got.append(args[0]))
-        else:
-            h = mod.register_forward_hook(lambda _m, _a, out: got.append(out[0] if isinstance(out, tuple) else out))
-        try:
-            args, kw = r["call"][site.layer]
-            with torch.inference_mode():
-                lay(r["hidden"][site.layer], *args, **kw)
-        finally:
-            h.remove()
-        return got[0]
+    def _fill(self, run: str, edits: list[Edit]) -> None:
+        """Module-site values of the unedited `run` in one trace that runs only the layers holding them."""
+        need: dict[tracing.Point, list[tuple[str, int]]] = {}
+        for e in edits:
+            need.setdefault(tracing.point(self.arch, e.site), []).append((e.site.component, e.site.layer))
+        keep = {pt.layer for pt in need}
+        r = self.runs[run]
+        skip = {i: r["hidden"][i + 1] for i in range(self.arch.n_layers) if i not in keep}
+        got = self._forward(r["ids"], self.mask, reads=list(need), skip=skip)
+        for pt, keys in need.items():
+            for comp, layer in keys:
+                self._values[(run, comp, layer)] = got[pt]
 
     def replacement(self, edit: Edit, x: torch.Tensor) -> torch.Tensor:
         """The edited value of a site whose current value (B rows) is x."""
+        return tracing.new_value(self.step(edit), x)
+
+    def step(self, edit: Edit, rows: slice = slice(None)) -> tracing.Step:
+        """The edit compiled for this batch: positions resolved, source values (mean/resample/patch) attached."""
         op, site = edit.op, edit.site
-        sel = self.positions(site.position)
-        if op.kind == "zero":
-            repl = torch.zeros_like(x)
-        elif op.kind in ("mean", "resample"):
-            repl = self._pooled(edit)
+        if op.kind in ("mean", "resample"):
+            kw = {"kind": "set", "value": self._pooled(edit)}
         elif op.kind == "patch":
-            repl = self.value(op.source, edit)
-        elif op.kind == "add":
-            repl = x + op.alpha * op.vector.to(device=x.device, dtype=x.dtype)
-        elif op.kind == "project":
-            v = op.vector.to(device=x.device, dtype=x.dtype)
-            repl = x - (x @ v)[..., None] * v
-        elif op.kind == "scale":
-            repl = x * op.alpha
-        elif op.kind == "random":
-            gen = torch.Generator().manual_seed(op.seed * 1_000_003 + zlib.crc32(site.key.encode()))
-            r = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
-            repl = r / r.norm(dim=-1, keepdim=True) * x.norm(dim=-1, keepdim=True)
-        else:  # pragma: no cover - Op validates kinds
-            raise ValueError(op.kind)
-        return torch.where(sel[..., None], repl.to(x.dtype), x)
+            kw = {"kind": "set", "value": self.value(op.source, edit)}
+        else:
+            kw = _op_fields(edit)
+        cols = self.arch.head_slice(site.head) if site.component == "head" else None
+        return tracing.Step(tracing.point(self.arch, site), rows=rows, cols=cols, sel=self.positions(site.position),
+                            block=site.component == "block", key=edit.key, **kw)
 
     def donors(self, op_seed: int = 0) -> torch.Tensor:
         """Row i's resample donor row: a derangement seeded by the batch seed AND the op's seed."""
@@ -235,100 +199,34 @@ class Batch:
         return out
 
     def prefetch(self, units: list[Unit]) -> None:
-        """Compute the source values (mean/resample/patch) the units need, before any edit hook exists."""
+        """Compute the source values (mean/resample/patch) the units need, before their trace opens."""
+        todo: dict[str, dict] = {}
         for u in units:
             for e in u.edits:
                 if e.op.kind in ("mean", "resample"):
                     _need_pool(e.op.kind, self.B)
-                if e.op.kind in ("mean", "resample", "patch"):
-                    self.value(e.op.source or "clean", e)
+                if e.op.kind in ("mean", "resample", "patch") and e.site.component not in ("resid", "block"):
+                    run = e.op.source or "clean"
+                    if (run, e.site.component, e.site.layer) not in self._values:
+                        todo.setdefault(run, {})[(e.site.component, e.site.layer)] = e
+        for run, es in todo.items():
+            self._fill(run, list(es.values()))
 
     def _run_pack(self, units: list[Unit], start: int) -> list[torch.Tensor]:
         k, B = len(units), self.B
         self.prefetch(units)
-        h = torch.cat([self.runs[u.run]["hidden"][start] for u in units])
-        hooks: dict[tuple[str, int, bool], list] = {}
-        layer_edits: dict[int, list] = {}
-        for j, u in enumerate(units):
-            rows = slice(j * B, (j + 1) * B)
-            for e in u.edits:
-                if e.site.component in ("block", "resid"):
-                    layer_edits.setdefault(e.site.layer, []).append((rows, e))
-                else:
-                    rel = self.arch.relative_path(e.site.component, e.site.layer)
-                    hooks.setdefault((rel, e.site.layer, e.site.component == "head"), []).append((rows, e))
-        self._touched = torch.zeros(k * B, dtype=torch.bool, device=h.device)
-        with contextlib.ExitStack() as stack, torch.inference_mode():
-            for (rel, layer, is_pre), entries in hooks.items():
-                mod = self.layers[layer].get_submodule(rel)
-                handle = (mod.register_forward_pre_hook(self._pre_hook(entries)) if is_pre
-                          else mod.register_forward_hook(self._out_hook(entries)))
-                stack.callback(handle.remove)
-            for i in range(start, self.arch.n_layers):
-                args, kw = self._tiled_call(i, k)
-                out = self.layers[i](h, *args, **kw)
-                out = out[0] if isinstance(out, tuple) else out
-                for rows, e in layer_edits.get(i, []):
-                    if e.site.component == "block":
-                        d = out[rows] - h[rows]
-                        new = self.replacement(e, d)
-                        self._note(rows, d, new)
-                        out[rows] = h[rows] + new
-                    else:
-                        new = self.replacement(e, out[rows])
-                        self._note(rows, out[rows], new)
-                        out[rows] = new
-                h = out
-            logits = self.head(h[:, -1])
-            # rows whose every edit left the value bit-identical compute exactly the unedited run
-            for j, u in enumerate(units):
-                rows = slice(j * B, (j + 1) * B)
-                same = ~self._touched[rows]
-                logits[rows][same] = self.runs[u.run]["logits"][same]
+        ids = torch.cat([self.runs[u.run]["ids"] for u in units])
+        steps = [self.step(e, slice(j * B, (j + 1) * B)) for j, u in enumerate(units) for e in u.edits]
+        skip = {}
+        if start:  # prefix reuse: layers < start are skipped; only layer start-1's output is read
+            prefix = torch.cat([self.runs[u.run]["hidden"][start] for u in units])
+            skip = dict.fromkeys(range(start), prefix)
+        got = self._forward(ids, self.mask.repeat(k, 1), steps=steps, skip=skip)
+        # rows whose every edit left the value bit-identical compute exactly the unedited run
+        base = torch.cat([self.runs[u.run]["logits"] for u in units])
+        logits = torch.where(got["touched"].to(base.device)[:, None], got["logits"], base)
         _check_finite(logits, f"intervened forward ({units[0].key}…)")
         return list(logits.split(B))
-
-    def _note(self, rows: slice, old: torch.Tensor, new: torch.Tensor) -> None:
-        self._touched[rows] |= (new != old).flatten(1).any(1)
-
-    def _edit_rows(self, entries, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        for rows, e in entries:
-            if e.site.component == "head":
-                sl = self.arch.head_slice(e.site.head)
-                new = self.replacement(e, x[rows, :, sl])
-                self._note(rows, x[rows, :, sl], new)
-                x[rows, :, sl] = new
-            else:
-                new = self.replacement(e, x[rows])
-                self._note(rows, x[rows], new)
-                x[rows] = new
-        return x
-
-    def _pre_hook(self, entries):
-        def hook(_m, args):
-            return (self._edit_rows(entries, args[0]), *args[1:])
-
-        return hook
-
-    def _out_hook(self, entries):
-        def hook(_m, _a, out):
-            if isinstance(out, tuple):
-                return (self._edit_rows(entries, out[0]), *out[1:])
-            return self._edit_rows(entries, out)
-
-        return hook
-
-    def _tiled_call(self, i: int, k: int):
-        """Layer i's captured call arguments with every batch-sized tensor repeated k times."""
-        if k == 1:
-            return self.runs["clean"]["call"][i]
-        key = (i, k)
-        if key not in self._tiled:
-            args, kw = self.runs["clean"]["call"][i]
-            self._tiled = {kk: v for kk, v in self._tiled.items() if kk[1] == k}  # keep one pack size
-            self._tiled[key] = (_tile(args, self.B, k), _tile(kw, self.B, k))
-        return self._tiled[key]
 
     def head(self, h_last: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding (+ Gemma-style softcap) of last-position residuals (N, d)."""
@@ -339,63 +237,45 @@ class Batch:
         return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def generate(subject: Subject, prompts: list[str], unit: Unit | None = None, max_new_tokens: int = 16,
+             remote: bool | str = False) -> list[str]:
+    """Greedy continuations with the unit's edits applied at every forward of generation: position "all" edits
+    every token of each forward (the prompt, then each new token), "last" the newest token. Edits that need
+    a source run (mean, resample, patch) have no meaning here and raise."""
+    steps = []
+    for e in unit.edits if unit else ():
+        if e.op.kind in ("mean", "resample", "patch") or e.site.position not in ("all", "last"):
+            raise ValueError(f"generation takes edits at position 'all'/'last' that need no source run; got {e.key}")
+        steps.append(tracing.Step(tracing.point(subject.arch, e.site), sel=e.site.position, block=e.site.component == "block",
+                                  cols=subject.arch.head_slice(e.site.head) if e.site.head is not None else None,
+                                  key=e.key, **_op_fields(e)))
+    enc = subject.encode(list(prompts))
+    tok = subject.tokenizer
+    with torch.inference_mode():
+        ids = tracing.generate(subject.nn, subject.arch.paths.layers, enc["input_ids"], enc["attention_mask"], steps,
+                               max_new_tokens, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                               remote=remote)
+    return tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _op_fields(edit: Edit) -> dict:
+    """Step fields of an op that needs no source value."""
+    op = edit.op
+    if op.kind in ("add", "project"):
+        return {"kind": op.kind, "vector": op.vector, "alpha": op.alpha}
+    if op.kind == "random":
+        return {"kind": "random", "seed": op.seed * 1_000_003 + zlib.crc32(edit.site.key.encode())}
+    return {"kind": op.kind, "alpha": op.alpha}
+
+
 def run_nnsight(batch: Batch, unit: Unit) -> torch.Tensor:
-    """The same unit as ONE nnsight trace over the full model (no prefix reuse): reference / naive loop."""
-    s, arch = batch.s, batch.arch
-    ids = batch.runs[unit.run]["ids"]
-    batch.prefetch([unit])
-    nn = s.nn
-    with torch.inference_mode(), nn.trace({"input_ids": ids, "attention_mask": batch.mask},
-                                            position_ids=position_ids(batch.mask), logits_to_keep=1):
-        for e in sorted(unit.edits, key=lambda e: e.site.layer):
-            lay = nn.get(arch.layer_path(e.site.layer)) if hasattr(nn, "get") else _nn_get(nn, arch.layer_path(e.site.layer))
-            comp = e.site.component
-            if comp in ("block", "resid"):
-                inp = lay.inputs[0][0] if lay.inputs[0] else lay.inputs[1]["hidden_states"]
-                out = lay.output
-                if comp == "block":
-                    lay.output = inp + batch.replacement(e, out - inp)
-                else:
-                    lay.output = batch.replacement(e, out)
-            elif comp == "head":
-                mod = _nn_get(lay, arch.relative_path(comp, e.site.layer))
-                x = mod.inputs[0][0]
-                sl = arch.head_slice(e.site.head)
-                new = x.clone()
-                new[..., sl] = batch.replacement(e, x[..., sl])
-                mod.inputs = ((new,), mod.inputs[1])
-            else:
-                mod = _nn_get(lay, arch.relative_path(comp, e.site.layer))
-                out = mod.output
-                if isinstance(out, tuple):
-                    mod.output = (batch.replacement(e, out[0]), *out[1:])
-                else:
-                    mod.output = batch.replacement(e, out)
-        logits = nn.output.logits[:, -1].float().save()
-    return logits
+    """The same unit as one trace over the full model, no prefix reuse: the naive baseline."""
+    return batch._run_pack([unit], 0)[0]
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token (left padding must not shift absolute positions)."""
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def _nn_get(root, path: str):
-    for part in path.split("."):
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
-    return root
-
-
-def _tile(obj, B: int, k: int):
-    if isinstance(obj, torch.Tensor):
-        return obj.repeat(k, *([1] * (obj.dim() - 1))) if obj.dim() >= 2 and obj.shape[0] == B else obj
-    if isinstance(obj, tuple):
-        return tuple(_tile(o, B, k) for o in obj)
-    if isinstance(obj, list):
-        return [_tile(o, B, k) for o in obj]
-    if isinstance(obj, dict):
-        return {kk: _tile(v, B, k) for kk, v in obj.items()}
-    return obj
 
 
 def _ids(x, B: int) -> torch.Tensor | None:

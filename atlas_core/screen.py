@@ -15,17 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .engine import Batch, position_ids
+from . import tracing
+from .engine import Batch
 from .interventions import Unit
 from .sweep import _batches
-
-
-def _module_for(b: Batch, unit: Unit):
-    e = unit.edits[0]
-    lay = b.layers[e.site.layer]
-    if e.site.component in ("block", "resid"):
-        return lay, False
-    return lay.get_submodule(b.arch.relative_path(e.site.component, e.site.layer)), e.site.component == "head"
 
 
 def attribution(subject, items: Sequence, units: Sequence[Unit], seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
@@ -49,62 +42,32 @@ def attribution(subject, items: Sequence, units: Sequence[Unit], seed: int = 0, 
 
 
 def _estimate(b: Batch, run: str, units: list[Unit]) -> list[np.ndarray]:
-    mods: dict[tuple, tuple] = {}
-    for u in units:
-        if len(u.edits) != 1:
-            raise ValueError(f"the screen handles single-edit units; got {u.key}")
-        e = u.edits[0]
-        kind = "layer" if e.site.component in ("block", "resid") else "module"
-        mods.setdefault((kind, e.site.component == "head", e.site.layer, e.site.component), _module_for(b, u))
-    saved: dict[tuple, torch.Tensor] = {}
-    handles = []
-
-    def keep(key):
-        def fwd(_m, _a, out):
-            t = out[0] if isinstance(out, tuple) else out
-            t.retain_grad()
-            saved[key] = t
-
-        def pre(_m, args):
-            args[0].retain_grad()
-            saved[key] = args[0]
-
-        return pre, fwd
-
-    for key, (mod, is_pre) in mods.items():
-        pre, fwd = keep(key)
-        handles.append(mod.register_forward_pre_hook(pre) if is_pre else mod.register_forward_hook(fwd))
-    model = b.s.model
-    try:
-        with torch.enable_grad():
-            emb = model.get_submodule(b.arch.paths.embed)
-            h = emb.register_forward_hook(lambda _m, _a, o: o.requires_grad_(True))
-            handles.append(h)
-            ids = b.runs[run]["ids"]
-            out = model(input_ids=ids, attention_mask=b.mask, position_ids=position_ids(b.mask), use_cache=False,
-                        logits_to_keep=1)
-            lg = out.logits[:, -1].float()
-            rows = torch.arange(lg.shape[0])
-            ld = lg[rows, b.answer_ids.to(lg.device)] - lg[rows, b.distractor_ids.to(lg.device)]
-            ld.sum().backward()
-    finally:
-        for hd in handles:
-            hd.remove()
+    """grad_x LD · (x' − x) per prompt for each unit, from one traced forward and one backward."""
+    if any(len(u.edits) != 1 for u in units):
+        raise ValueError(f"the screen handles single-edit units; got {next(u.key for u in units if len(u.edits) != 1)}")
+    pts = {tracing.point(b.arch, u.edits[0].site) for u in units}
+    arch = b.arch
+    with torch.enable_grad():
+        got = tracing.forward(b.s.nn, arch.paths.layers, b.runs[run]["ids"], b.mask, reads=sorted(pts, key=lambda p: (p.layer, p.stage)),
+                              grad_from=arch.paths.embed)
+        saved, lg = {p: got[p] for p in pts}, got["logits"]
+        rows = torch.arange(lg.shape[0])
+        ld = lg[rows, b.answer_ids.to(lg.device)] - lg[rows, b.distractor_ids.to(lg.device)]
+        order = list(saved)
+        grads = dict(zip(order, torch.autograd.grad(ld.sum(), [saved[p] for p in order])))
     res = []
     with torch.no_grad():
         for u in units:
             e = u.edits[0]
-            kind = "layer" if e.site.component in ("block", "resid") else "module"
-            t = saved[(kind, e.site.component == "head", e.site.layer, e.site.component)]
-            x, g = t.detach(), t.grad
+            pt = tracing.point(arch, e.site)
+            x, g = saved[pt].detach(), grads[pt]
             if e.site.component == "block":
                 x = x - b.runs[run]["hidden"][e.site.layer]  # block value is the delta; d out/d delta = 1
             if e.site.component == "head":
-                sl = b.arch.head_slice(e.site.head)
+                sl = arch.head_slice(e.site.head)
                 x, g = x[..., sl], g[..., sl]
             new = b.replacement(e, x)
             res.append(((new - x) * g).sum(dim=(1, 2)).cpu().double().numpy())
-    model.zero_grad(set_to_none=True)
     return res
 
 

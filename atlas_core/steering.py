@@ -500,30 +500,11 @@ def knockout_table(per_prompt: pd.DataFrame, n_boot: int = 500) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------- generation
 def generate(subject: Subject, prompts: Sequence[str], unit: Unit | None = None, max_new_tokens: int = 16) -> list[str]:
-    """Greedy continuations with a steering unit's `resid` add-edits applied at every forward of generation
-    (position 'all': every token; 'last': the newest token of each forward)."""
-    hooks = []
-    layers = subject.model.get_submodule(subject.arch.paths.layers)
-    for e in (unit.edits if unit else ()):
-        if e.site.component != "resid" or e.op.kind != "add" or e.site.position not in ("all", "last"):
-            raise ValueError(f"generation steering takes resid add-edits at position all/last, got {e.key}")
+    """Greedy continuations with a steering unit's edits applied at every forward of generation
+    (position 'all': every token; 'last': the newest token of each forward): `engine.generate`."""
+    from .engine import generate as traced_generate
 
-        def hook(_m, _a, out, e=e):
-            h = out[0] if isinstance(out, tuple) else out
-            add = e.op.alpha * e.op.vector.to(h.device, h.dtype)
-            h = h + add if e.site.position == "all" else torch.cat([h[:, :-1], h[:, -1:] + add], 1)
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        hooks.append(layers[e.site.layer].register_forward_hook(hook))
-    try:
-        enc = subject.encode(list(prompts))
-        with torch.inference_mode():
-            out = subject.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=subject.tokenizer.pad_token_id or subject.tokenizer.eos_token_id)
-    finally:
-        for h in hooks:
-            h.remove()
-    return subject.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return traced_generate(subject, list(prompts), unit, max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------- the chapter's pipeline

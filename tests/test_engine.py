@@ -350,7 +350,7 @@ def test_head_ablation_is_additive_on_llama_but_not_on_gemma3(family, tok):
     b = _batch(s, tok, 3)
     mask = b.mask.bool()
     layer, head = 1, 2
-    lay = b.layers[layer]
+    lay = s.model.get_submodule(s.arch.layer_path(layer))
     o_proj = lay.get_submodule(s.arch.paths.out_proj)
     write = lay.get_submodule(s.arch.relative_path("attn", layer))
     prefix = f"{s.arch.paths.layers}.{layer}"
@@ -397,3 +397,51 @@ def test_screen_claims_follow_recall_against_chance():
     assert "finds more of" in good.statement and good.confidence == "low"  # control only: a screen is not a verdict
     assert "does not find more" in bad.statement and bad.confidence == "none"
     assert all(c.confidence == "none" and "not testable" in c.statement for c in screen_claims(rec, Solved([])))
+
+
+@pytest.mark.parametrize("position", ["all", "last"])
+def test_generation_edits_match_a_raw_hook_on_model_generate(position, tok):
+    """engine.generate (one nnsight trace, the step applied at every forward) == HF generate with a raw hook."""
+    from atlas_core.engine import generate
+
+    s = tiny_subject("llama", tok)
+    prompts = [i.prompt for i in make_items(tok, 3)]
+    v = torch.randn(s.arch.d_model, generator=torch.Generator().manual_seed(2))
+    unit = Unit.of(Site("resid", 1, position=position), Op.add(v, 4.0))
+
+    def hook(_m, _a, out):
+        add = 4.0 * v
+        return out + add if position == "all" else torch.cat([out[:, :-1], out[:, -1:] + add], 1)
+
+    enc = s.encode(prompts)
+    pad = tok.pad_token_id
+
+    def hf(with_hook: bool) -> list[str]:
+        h = s.model.get_submodule(s.arch.layer_path(1)).register_forward_hook(hook) if with_hook else None
+        try:
+            with torch.inference_mode():
+                out = s.model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=pad)
+        finally:
+            if h:
+                h.remove()
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    assert generate(s, prompts, None, max_new_tokens=5) == hf(False)
+    steered = generate(s, prompts, unit, max_new_tokens=5)
+    assert steered == hf(True) and steered != hf(False)
+    with pytest.raises(ValueError, match="source run"):
+        generate(s, prompts, Unit.of(Site("mlp", 0), Op.mean()))
+
+
+def test_no_module_but_tracing_registers_a_hook_or_opens_a_trace():
+    """One intervention layer: hooks and traces live in atlas_core/tracing.py only."""
+    import re
+    from pathlib import Path
+
+    import atlas_core
+
+    pat = re.compile(r"register_forward(_pre)?_hook|register_full_backward|\.trace\(|nn\.generate\(")
+    root = Path(atlas_core.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "tracing.py" and pat.search(p.read_text())]
+    assert offenders == [], offenders
