@@ -14,9 +14,15 @@ atlas.json schema (`schema: "mi-atlas/atlas@2"`):
   model, fingerprint, n_layers, n_heads, families, seeds, methods, components, primary_metric
   effects: list of {component, layer, head (-1: whole component), position, method, family, seed, split, n,
             kl, kl_lo, kl_hi, ld_drop, ld_drop_lo, ld_drop_hi, n_solved, ld_frac, ld_frac_lo, ld_frac_hi,
-            p_answer, top5_overlap}
+            p_answer, top5_overlap, ld_clean, ld_frac_all, direct_drop, direct_frac, direct_frac_all,
+            kl_neutral, specificity}
             (kl = mean KL(clean || intervened) over the cell's prompts; ld_drop = mean clean - intervened
-            logit diff; ld_frac = mean drop / mean clean LD over the cell's flipped prompts, NaN if none)
+            logit diff; ld_frac = mean drop / mean clean LD over the cell's flipped prompts, NaN if none;
+            ld_frac_all = the same over all the cell's prompts (NaN unless the mean clean LD > 0); direct_* = the
+            direct effect through the unembedding (`direct.py`), NaN where undefined; kl_neutral = the unit's mean
+            KL on length-matched neutral sentences (`neutral.py`), specificity = kl - kl_neutral, NaN for units
+            not swept on neutral text (heads, single positions). Atlases saved before these columns load with
+            them absent; the views that need them then show NaN.)
   solved: list of {family, n_items, n_flipped, flip_rate, flip_lo, flip_hi, testable}
   hub: {component, method, metric, layer, score, testable, family_agreement, family_top_layers, seed_hubs,
         seed_scores}
@@ -54,6 +60,22 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records", double_precision=7))
 
 
+def _ratio(num: float, den: float) -> float:
+    """num / den where den > 0 (a fraction of the clean LD), else NaN."""
+    return float(num / den) if np.isfinite(den) and den > 0 else float("nan")
+
+
+def _extra(g: pd.DataFrame) -> dict:
+    """Point estimates beside the CI'd ones: all-item fractions and the direct effect (when rows carry `direct`)."""
+    f = g[g["flipped"]]
+    clean_all, clean_f = g["ld_clean"].mean(), f["ld_clean"].mean() if len(f) else np.nan
+    direct = g["direct"] if "direct" in g else pd.Series(np.nan, index=g.index)
+    d_all = direct.mean() if direct.notna().any() else np.nan
+    d_f = direct[f.index].mean() if len(f) and direct[f.index].notna().any() else np.nan
+    return {"ld_clean": float(clean_all), "ld_frac_all": _ratio(g["ld_drop"].mean(), clean_all),
+            "direct_drop": float(d_all), "direct_frac": _ratio(d_f, clean_f), "direct_frac_all": _ratio(d_all, clean_all)}
+
+
 def _cell(g: pd.DataFrame, n_boot: int) -> dict:
     kl = bootstrap_ci(g["kl"].to_numpy(), n_boot=n_boot)
     ld = bootstrap_ci(g["ld_drop"].to_numpy(), n_boot=n_boot)
@@ -62,20 +84,32 @@ def _cell(g: pd.DataFrame, n_boot: int) -> dict:
     fr = bootstrap_ci((f["ld_drop"] / den).to_numpy(), n_boot=n_boot) if len(f) else (np.nan,) * 3
     return {"n": len(g), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "ld_drop": ld[0], "ld_drop_lo": ld[1],
             "ld_drop_hi": ld[2], "n_solved": len(f), "ld_frac": fr[0], "ld_frac_lo": fr[1], "ld_frac_hi": fr[2],
-            "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean())}
+            "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean()), **_extra(g)}
 
 
 def _means(rows: pd.DataFrame) -> pd.DataFrame:
     """`_cell`'s point estimates for every cell at once, without intervals."""
+    rows = rows.assign(direct=rows["direct"] if "direct" in rows else np.nan)
     g = rows.groupby(KEYS, sort=True)
     out = g.agg(n=("kl", "size"), kl=("kl", "mean"), ld_drop=("ld_drop", "mean"),
-                p_answer=("p_answer", "mean"), top5_overlap=("top5_overlap", "mean"))
+                p_answer=("p_answer", "mean"), top5_overlap=("top5_overlap", "mean"), ld_clean=("ld_clean", "mean"),
+                direct_drop=("direct", "mean"))
     f = rows[rows["flipped"]].groupby(KEYS, sort=True).agg(n_solved=("kl", "size"), drop=("ld_drop", "mean"),
-                                                           clean=("ld_clean", "mean"))
+                                                           clean=("ld_clean", "mean"), fdirect=("direct", "mean"))
     out = out.join(f, how="left")
     out["n_solved"] = out["n_solved"].fillna(0).astype(int)
-    out["ld_frac"] = out.pop("drop") / out.pop("clean")
+    pos = lambda x: x.where(x > 0)  # noqa: E731 - a fraction of a positive clean LD only
+    out["ld_frac"] = out.pop("drop") / out["clean"]
+    out["direct_frac"] = out.pop("fdirect") / pos(out.pop("clean"))
+    out["ld_frac_all"] = out["ld_drop"] / pos(out["ld_clean"])
+    out["direct_frac_all"] = out["direct_drop"] / pos(out["ld_clean"])
     return out.reset_index()
+
+
+def _neutral_kl(neutral: pd.DataFrame) -> pd.DataFrame:
+    """Mean KL per (unit, seed) on neutral text, keyed like the effects (any split)."""
+    keys = [k for k in KEYS if k not in ("family", "split")]
+    return neutral.groupby(keys, sort=True)["kl"].mean().rename("kl_neutral").reset_index()
 
 
 @dataclass
@@ -92,8 +126,11 @@ class Atlas:
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, model: str, fingerprint: str, n_layers: int, n_heads: int,
-                  meta: dict | None = None, n_boot: int = 1000) -> Atlas:
-        """Aggregate tidy per-prompt rows (from `sweep`) into effects with 95% CIs (studentized bootstrap)."""
+                  meta: dict | None = None, n_boot: int = 1000, neutral: pd.DataFrame | None = None) -> Atlas:
+        """Aggregate tidy per-prompt rows (from `sweep`) into effects with 95% CIs (studentized bootstrap).
+
+        Rows may carry `direct` (`direct.attach`); `neutral` are sweep rows of the same units on neutral text
+        (`neutral_items`), giving each cell `kl_neutral` and `specificity` = kl - kl_neutral."""
         from .tasks import flipped, solved
 
         rows = rows.assign(split=[split_of(i) for i in rows["item_id"]],
@@ -102,6 +139,11 @@ class Atlas:
             recs = pd.DataFrame([{**dict(zip(KEYS, key)), **_cell(g, n_boot)} for key, g in rows.groupby(KEYS, sort=True)])
         else:  # means only (null simulations): no intervals
             recs = _means(rows)
+        if neutral is not None and len(neutral):
+            recs = recs.merge(_neutral_kl(neutral), on=[k for k in KEYS if k not in ("family", "split")], how="left")
+        else:
+            recs["kl_neutral"] = np.nan
+        recs["specificity"] = recs["kl"] - recs["kl_neutral"]
         # held at the precision atlas.json stores, so a loaded atlas answers exactly like the one that saved it
         eff = pd.DataFrame(_records(recs))
         sol = pd.DataFrame(_records(solved(rows)))
@@ -235,6 +277,8 @@ class Atlas:
         sink = self._sink(comp, meth, h, metric)
         if sink is not None:
             ev["first_token_share"] = sink
+            ev["sink"] = sink >= 0.5
+        ev["compensated_layers"] = self.compensated_layers(comp, meth)
         return ev
 
     def _sink(self, comp: str, meth: str, h: int, metric: str) -> float | None:
@@ -246,7 +290,7 @@ class Atlas:
         except KeyError:
             return None
         allp = self.layer_scores(None, comp, meth, metric).get(h, np.nan)
-        return float(first / allp) if allp and np.isfinite(allp) and np.isfinite(first) else None
+        return float(first / allp) if np.isfinite(allp) and allp > 0 and np.isfinite(first) else None
 
     @property
     def testable(self) -> bool:
@@ -309,6 +353,91 @@ class Atlas:
                          & (self.effects["position"].isin(["first", "last", "all"]))]
         e = self._scope(e, metric, None, None)
         return e.groupby(["position", "family", "layer"])[metric].mean().groupby(["position", "layer"]).mean().unstack("position")
+
+    def _fractions(self) -> tuple[str, str, list[str]]:
+        """(total, direct, families) for direct-vs-total views: flipped-item fractions over the testable families,
+        or, on a model that solves none, all-item fractions over every family (LD mechanics, no behaviour claim)."""
+        if self.testable_families:
+            return "ld_frac", "direct_frac", self.testable_families
+        return "ld_frac_all", "direct_frac_all", self.families
+
+    def _by_layer(self, col: str, component: str, method: str, families: list[str], position: str = "all") -> pd.Series:
+        """Mean of `col` per layer: over seeds and splits per family, then over `families` equally."""
+        e = self._layerwise(component, method, position)
+        e = e[e["family"].isin(families)]
+        if col not in e or e.empty:
+            return pd.Series(np.nan, index=range(self.n_layers), name=col).rename_axis("layer")
+        return e.groupby(["family", "layer"])[col].mean().groupby("layer").mean().rename(col)
+
+    def direct_vs_total(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
+        """Per layer: total effect (ablation), direct effect (through the unembedding, `direct.py`), both as
+        fractions of the clean LD, and `compensated` (|total| < 0.5 |direct|, |direct| >= direct.MIN_DIRECT)."""
+        from .direct import compensated
+
+        tot, dirc, fams = self._fractions()
+        t = pd.concat({"total": self._by_layer(tot, component, method, fams),
+                       "direct": self._by_layer(dirc, component, method, fams)}, axis=1).rename_axis("layer")
+        t["compensated"] = compensated(t["total"], t["direct"])
+        t.insert(0, "metric", tot)
+        return t.reset_index()
+
+    def compensated_layers(self, component: str = "block", method: str = "zero") -> list[int]:
+        t = self.direct_vs_total(component, method)
+        return [int(x) for x in t.loc[t["compensated"], "layer"]]
+
+    def layer_table(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
+        """The layer map as a table: total and direct effect, `compensated`, disruption (KL) and its specificity
+        (KL on task prompts minus on length-matched neutral text), and for block zero-ablation the first-token
+        share and the `sink` flag (first-token-only ablation reproduces >= half of the all-position effect).
+        `reading` never calls a compensated layer unimportant."""
+        t = self.direct_vs_total(component, method).set_index("layer")
+        t["kl"] = self._by_layer("kl", component, method, self.families)
+        t["specificity"] = self._by_layer("specificity", component, method, self.families)
+        tot, _, fams = self._fractions()
+        first = self._by_layer(tot, component, method, fams, position="first")
+        share = (first / t["total"].where(t["total"] > 0)).where(first.notna())
+        t["first_token_share"] = share
+        t["sink"] = pd.array(np.where(share.notna(), share >= 0.5, None), dtype="boolean")  # NA: no first-token unit
+        floor = 0.1  # the same floor as direct.MIN_DIRECT
+        reading = np.select([t["total"].isna(), t["compensated"], t["total"] >= floor, t["total"] <= -floor],
+                            ["no effect measured", "compensated: direct effect repaired downstream (not unimportant)",
+                             "large loss", "large gain (ablating it helps the answer)"], "small total effect")
+        reading = pd.Series(reading, index=t.index).where(~t["sink"].fillna(False), reading + ", via the first token (sink)")
+        if not self.testable_families:
+            reading = reading + " - LD mechanics only, not a behaviour (not testable)"
+        t["reading"] = reading
+        return t.reset_index()
+
+    def item_maps(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
+        """Layer maps on flipped items only (`ld_frac`) and on all items (`ld_frac_all`), per family with both
+        defined and `overall` (the testable families, or every family with both maps when none is testable)."""
+        fams = [f for f in self.families
+                if self._by_layer("ld_frac", component, method, [f]).notna().any()
+                and self._by_layer("ld_frac_all", component, method, [f]).notna().any()]
+        recs = []
+        scopes = [(f, [f]) for f in fams] + [("overall", self.testable_families or fams)]
+        for name, fs in scopes:
+            if not fs:
+                continue
+            t = pd.concat({"flipped": self._by_layer("ld_frac", component, method, fs),
+                           "all": self._by_layer("ld_frac_all", component, method, fs)}, axis=1)
+            recs.append(t.rename_axis("layer").reset_index().assign(family=name))
+        cols = ["family", "layer", "flipped", "all"]
+        return pd.concat(recs, ignore_index=True)[cols] if recs else pd.DataFrame(columns=cols)
+
+    def item_map_agreement(self, component: str = "block", method: str = "zero") -> pd.DataFrame:
+        """Spearman rank correlation between the flipped-only and the all-item layer maps, per family and overall
+        (two-sided p over layers; NaN with < 3 layers or a constant map)."""
+        recs = []
+        for fam, g in self.item_maps(component, method).groupby("family", sort=False):
+            g = g.dropna(subset=["flipped", "all"])
+            if len(g) > 2 and g["flipped"].nunique() > 1 and g["all"].nunique() > 1:
+                r = spearmanr(g["flipped"], g["all"])
+                rho, p = float(r.statistic), float(r.pvalue)
+            else:
+                rho, p = float("nan"), float("nan")
+            recs.append({"family": fam, "n_layers": len(g), "spearman": rho, "p_value": p})
+        return pd.DataFrame(recs, columns=["family", "n_layers", "spearman", "p_value"])
 
     def _default(self, col: str, prefs: tuple[str, ...]) -> str:
         have = set(self.effects[col].unique())
@@ -390,10 +519,17 @@ def map_atlas(
     out: str | Path | None = None,
     progress: bool = True,
     cache=None,
+    neutral_prompts: int | None = None,
+    direct: bool | None = None,
 ) -> Atlas:
     """Sample prompts per family and seed, sweep every unit, aggregate into an Atlas (and save it).
 
-    positions: extra block zero-ablation units at these token positions (first / last token effects)."""
+    positions: extra block zero-ablation units at these token positions (first / last token effects).
+    neutral_prompts: neutral sentences per seed, length-matched to that seed's task prompts, swept with the
+    layer units for the specificity score (default: prompts_per_family; 0: none).
+    direct: add each unit's direct effect (`direct.py`; one clean forward per batch, no unit forwards); default:
+    on, except for a remote subject (direct effects read the weights locally)."""
+    from . import direct as direct_mod
     from . import registry, tasks
     from .interventions import Site, Unit, head_sweep, layer_sweep, method_op
     from .sweep import Cache, code_version, sweep
@@ -407,10 +543,19 @@ def map_atlas(
     items_all, report = tasks.validate(
         [it for f in fams for it in tasks.load_items(f, variant=variant, bucket=bucket)], subject.tokenizer)
     cache = cache if cache is not None else Cache()
-    frames, stats = [], {"computed": 0, "cached": 0}
+    n_neutral = prompts_per_family if neutral_prompts is None else neutral_prompts
+    direct = not subject.remote if direct is None else direct
+    frames, neutral_frames, stats = [], [], {"computed": 0, "cached": 0}
     for seed in seeds:
         items = [it for f in fams for it in tasks.sample([i for i in items_all if i.family == f], prompts_per_family, seed)]
         units = layer_sweep(components, methods, arch.n_layers, arch, seed=seed)
+        if n_neutral:
+            lengths = [len(subject.tokenizer(it.prompt)["input_ids"]) for it in items]
+            nd = sweep(subject, neutral_items(subject.tokenizer, lengths, n_neutral, seed), units, seed=seed,
+                       cache=cache, progress=progress, desc=f"neutral seed {seed}")
+            stats["computed"] += nd.attrs["computed"]
+            stats["cached"] += nd.attrs["cached"]
+            neutral_frames.append(nd)
         if heads:
             units += head_sweep(arch, "zero")
         for pos in positions:
@@ -419,26 +564,66 @@ def map_atlas(
         df = sweep(subject, items, units, seed=seed, cache=cache, progress=progress, desc=f"atlas seed {seed}")
         stats["computed"] += df.attrs["computed"]
         stats["cached"] += df.attrs["cached"]
+        if direct:
+            df = direct_mod.attach(df, direct_mod.direct_rows(subject, items, units, seed=seed))
         frames.append(df)
     rows = pd.concat(frames, ignore_index=True)
+    neutral = pd.concat(neutral_frames, ignore_index=True) if neutral_frames else None
     meta = {"families": fams, "components": list(components), "methods": list(methods), "seeds": list(seeds),
             "prompts_per_family": prompts_per_family, "heads": heads, "positions": list(positions),
+            "neutral_prompts": n_neutral, "direct": direct,
             "bucket": bucket, "variant": variant, "code_version": code_version(), "suite_hash": tasks.suite_hash(items_all),
             "dropped_by_validation": int(report["total"].sum() - report["kept"].sum()) if len(report) else 0}
-    atlas = Atlas.from_rows(rows, subject.name, subject.fingerprint, arch.n_layers, arch.n_heads, meta)
+    atlas = Atlas.from_rows(rows, subject.name, subject.fingerprint, arch.n_layers, arch.n_heads, meta, neutral=neutral)
     paths = {}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths["atlas"] = str(atlas.save(out))
-        rows.to_parquet(out / "rows.parquet.tmp", index=False)
-        (out / "rows.parquet.tmp").replace(out / "rows.parquet")
-        paths["rows"] = str(out / "rows.parquet")
+        for name, df in (("rows", rows), ("neutral", neutral)):
+            if df is not None:
+                df.to_parquet(out / f"{name}.parquet.tmp", index=False)
+                (out / f"{name}.parquet.tmp").replace(out / f"{name}.parquet")
+                paths[name] = str(out / f"{name}.parquet")
     wall = time.time() - t0
     registry.append("atlas", model=subject.name, fingerprint=subject.fingerprint, params=meta,
                     units_computed=stats["computed"], units_cached=stats["cached"], seconds=round(wall, 2), outputs=paths)
     atlas.run_stats = {"computed": stats["computed"], "cached": stats["cached"], "seconds": wall}
     return atlas
+
+
+def neutral_items(tokenizer, lengths: list[int], n: int, seed: int = 0) -> list:
+    """`n` neutral texts (`neutral.sentences`) whose token lengths match `n` evenly spaced quantiles of `lengths`
+    (the task prompts' token lengths, special tokens included): consecutive sentences joined, cut to length.
+
+    Items for `sweep`: family "neutral", corrupt = prompt, answer = distractor = the last token (LD is 0 by
+    construction; only KL is read)."""
+    from types import SimpleNamespace
+
+    from . import neutral
+
+    texts = neutral.sentences(seed=seed)
+    specials = len(tokenizer("x")["input_ids"]) - len(tokenizer("x", add_special_tokens=False)["input_ids"])
+    order = sorted(lengths)
+    targets = [order[round(q)] for q in np.linspace(0, len(order) - 1, n)] if order else []
+    out, start, m = [], 0, len(texts)
+    for i, target in enumerate(targets):
+        for _ in range(m):
+            k, ids = 0, []
+            while len(ids) < target - specials and k < m:
+                k += 1
+                ids = tokenizer(" ".join(texts[(start + j) % m] for j in range(k)), add_special_tokens=False)["input_ids"]
+            text = tokenizer.decode(ids[:max(1, target - specials)])
+            got = tokenizer(text)["input_ids"]
+            start = (start + (k if len(got) == target else 1)) % m
+            if len(got) == target:
+                out.append(SimpleNamespace(id=f"neutral/{seed}/{i}", family="neutral", prompt=text, corrupt=text,
+                                           answer_id=got[-1], distractor_id=got[-1], diff_pos=0, bucket="",
+                                           variant="neutral"))
+                break
+        else:
+            raise ValueError(f"no neutral text re-tokenizes to {target} tokens")
+    return out
 
 
 def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), method: str = "zero", **tags):
@@ -461,6 +646,11 @@ def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), metho
     share = ev.get("first_token_share")
     if share is not None and share >= 0.5:
         text += f"; ablating the first token alone reproduces {share:.0%} of its effect (an attention-sink effect)"
+    comp_layers = [x for x in ev.get("compensated_layers", []) if x != h]
+    if comp_layers:
+        many = len(comp_layers) > 1
+        text += (f"; layer{'s' if many else ''} {', '.join(map(str, comp_layers))} ha{'ve' if many else 's'} a direct "
+                 f"effect at least twice {'their' if many else 'its'} total effect: compensated downstream, not unimportant")
     return Claim(text, metric="fraction of the clean logit difference lost, flipped items of testable families", **kw)
 
 

@@ -19,19 +19,25 @@
 # it solves. KL(clean ‖ ablated) over the whole vocabulary is kept beside it as a measure of *disruption*:
 # it moves under any damage, whether or not the behaviour needs the component. Every effect carries a
 # studentized-bootstrap 95% CI over prompts; a "hub" is chosen on one half of the prompts and tested on
-# the other. See the [method page](../method.md) for what each method can and cannot tell you.
+# the other. Beside each layer's total effect stand its *direct* effect (through the unembedding alone,
+# McGrath et al. 2023: a small total with a large direct effect means later layers repair the ablation, not
+# that the layer is unimportant), its *specificity* (KL on the task prompts minus KL on length-matched
+# neutral sentences) and a *sink* flag (ablating the first token alone reproduces at least half the effect).
+# See the [method page](../method.md) for what each method can and cannot tell you.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
 profile = "smoke"
 seeds = None  # default: the profile's seeds
 results_dir = None  # default: $ATLAS_RESULTS or results/
+remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local": nnsight's round trip here
 
 # %% tags=["remove-cell"]
 import time
 
 import altair as alt
 import pandas as pd
+from IPython.display import display
 
 from atlas_core import charts, profiles, tasks
 from atlas_core.atlas import map_atlas
@@ -39,7 +45,7 @@ from atlas_core.interventions import head_sweep, layer_sweep
 from atlas_core.screen import attribution, recall, screen_claims
 from atlas_core.sweep import Cache, sweep
 
-ctx = profiles.chapter(model, profile, seeds, results_dir)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, results_dir, subject, A = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject, ctx.cfg["atlas"]
 print(subject)
 
@@ -89,6 +95,58 @@ else:
                                     alt.Tooltip("kl:Q", format=".3f")]))
 
 # %% [markdown]
+# ## Flipped-only vs all-item maps
+# The same zero-ablation block map computed on the flipped items only (left) and on every sampled item,
+# flipped or not (right), each as a fraction of the clean logit difference; below, the Spearman rank
+# correlation of the two layer profiles per family and overall. A low correlation means unflipped items
+# (the model already wrong, or the corruption not changing its answer) would have moved the map.
+
+# %% tags=["hide-input"]
+maps = atlas.item_maps("block", "zero")
+if maps.empty:
+    print("No family has flipped items: there is no flipped-only map to compare.")
+else:
+    display(charts.heatmap(maps.melt(["family", "layer"], var_name="items", value_name="ld_frac"), "layer", "family",
+                           "ld_frac", column=alt.Column("items:N", sort=["flipped", "all"]), width=260, height=160))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+atlas.item_map_agreement("block", "zero").round(3)
+
+# %% [markdown]
+# ## Direct vs total effect
+# For zero-ablation of each block, attention and MLP write: the **total** effect (the measured fraction of
+# the clean logit difference lost) and the **direct** effect (the same edit seen only through the final norm,
+# its scale frozen at the clean run, and the unembedding; no new forward pass). Both are fractions of the
+# clean logit difference on flipped items of testable families (on a model that solves none: all items of
+# every family, a statement about logit mechanics only). A layer is *compensated* when |total| < 0.5 |direct|
+# with |direct| >= 0.1: later layers repair it, so a small total effect must not be read as unimportance.
+
+# %% tags=["hide-input"]
+dvt = pd.concat([atlas.direct_vs_total(c, "zero").assign(component=c) for c in A["components"]])
+alt.Chart(dvt.melt(["component", "layer", "compensated"], ["total", "direct"], var_name="effect")).mark_line(
+    point=True).encode(x=charts.ordinal_x(), y=alt.Y("value:Q", title="fraction of clean LD lost"), color="effect:N",
+                       tooltip=["component", "layer", "effect", alt.Tooltip("value:Q", format=".3f"), "compensated"],
+                       ).properties(width=260, height=160).facet(column="component:N")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+comp = dvt[dvt["compensated"]]
+print("compensated (zero ablation): " + (", ".join(f"{r.component} {r.layer}" for r in comp.itertuples()) or "none"))
+
+# %% [markdown]
+# ## The layer map as a table
+# Per component and layer (zero ablation): total and direct effect, the compensated flag, disruption (KL),
+# specificity (KL on the task prompts minus KL on neutral sentences of the same token lengths; near 0 or
+# negative: the layer disrupts any text, not this task), and for blocks the share of the effect the first
+# token alone carries with the `sink` flag (>= 0.5). `reading` is how the map may describe each layer.
+
+# %%
+table = pd.concat([atlas.layer_table(c, "zero").assign(component=c) for c in A["components"]])
+# NBVAL_CHECK_OUTPUT
+table.set_index(["component", "layer"]).round(3)
+
+# %% [markdown]
 # ## Disruption maps: KL(clean ‖ ablated)
 # Mean KL per layer and family (every family, every prompt), averaged over seeds. Hover for the CI of
 # each cell. Large KL says ablation damages the output; it does not say the component carries the task.
@@ -107,14 +165,15 @@ charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "s
 # beat the median layer (exact sign-flip test over family x seed cells). Family agreement counts families
 # whose own top layer is the hub; seeds replicate when the hub beats the median on that seed's test
 # prompts; methods agree when mean and resample choose the same layer. `first_token_share` is how much of
-# the effect ablating the first token alone reproduces (an attention sink when >= 0.5). Layer 0 usually
-# dominates any ablation, so we also report the hub without it.
+# the effect ablating the first token alone reproduces (`sink` when >= 0.5); `compensated_layers` are the
+# layers whose direct effect is at least twice their total effect. Layer 0 usually dominates any ablation, so
+# we also report the hub without it.
 
 # %%
 hubs = pd.DataFrame([atlas.hub_evidence(c, "zero", ex) for c in A["components"] for ex in ((), (0,))])
 cols = ["component", "excluded", "testable", "hub", "n_candidates", "control", "effect_minus_control", "p_value",
         "families_agreeing", "n_families", "seeds_replicated", "n_seeds", "methods_agreeing", "n_methods",
-        "first_token_share"]
+        "first_token_share", "sink", "compensated_layers"]
 # NBVAL_CHECK_OUTPUT
 hubs.reindex(columns=cols).round(3)
 

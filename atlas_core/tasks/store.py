@@ -23,6 +23,7 @@ def build_files(seed: int = SEED, tokenizer=None) -> dict[str, bytes]:
     """{relative path: bytes} of every data file (manifest excluded). generation_rejects.json counts, per
     family, the drafts the generators discarded under the reference tokenizer, and why."""
     from .generators import Tok, generate_family
+    from .neutral_text import SENTENCES
 
     if tokenizer is None:
         from ..tiny import shared_tokenizer
@@ -42,6 +43,7 @@ def build_files(seed: int = SEED, tokenizer=None) -> dict[str, bytes]:
             files[f"train/{fam}.{split}.jsonl"] = _dump(rows)
     for name in CONCEPTS:
         files[f"contrastive/{name}.jsonl"] = _dump([{"positive": p, "negative": n} for p, n in build_concept(name, seed)])
+    files["neutral/sentences.jsonl"] = _dump([{"text": t} for t in SENTENCES])
     return files
 
 
