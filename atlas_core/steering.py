@@ -14,21 +14,29 @@ it is graded by. `audit` checks all of this for every study a chapter runs.
 
 Effect (logits): ``effect = sign · (LD_clean − LD_steered)`` with LD = logit(answer) − logit(distractor),
 sign = +1 for families (the shift toward the corrupt answer, = `ld_drop`) and −1 for concepts (the
-shift toward the positive token). Controls, of the same norm: random unit directions (seeded) and
-shuffled-label directions (labels permuted before averaging). The real direction's layer and sign are the best
-of many cells on the select prompts, so its controls get the same selection: the first `n_screen_controls` of
-each kind are screened over the same layers at the control strength of each sign, each picks its own best
-(layer, sign) by the same rule, and the real direction (at its best cell) is graded against the *strongest* of
-them (each at its own best cell, same |α|) by an exact paired sign-flip test over the held-out prompts
-(`p_control`). Every control also runs at the real direction's own layer and α; z-scores and empirical p
-against those draws are descriptive only (with k draws an empirical p cannot go below 1/(k+1): 0.25 for 3
-shuffled draws). A task family the model does not solve
+shift toward the positive token). Controls, of the same norm: random directions drawn from N(0, Σ), Σ the
+covariance of the fit activations at that layer (`random_directions`: the residual stream is anisotropic, so an
+isotropic null is weak), and shuffled-label directions (labels permuted before averaging). The real direction's
+layer and sign are the best of many cells on the select prompts, so its controls get the same selection: the first
+`n_screen_controls` of each kind are screened over the same layers at the control strength of each sign, each picks
+its own best (layer, sign) by the same rule, and the real direction (at its best cell) is graded against the
+*strongest* of them (each at its own best cell, same |α|) by an exact paired sign-flip test over the held-out
+prompts (`p_control`). Every control also runs at the real direction's own layer and α: the claim also needs the
+empirical p against the shuffled-label draws there (`p_shuffled`, never below 1/(draws + 1), so too few draws
+cannot pass); z-scores against the random draws are descriptive. A task family the model does not solve
 (`tasks.gate`, or `tasks.solved` on the select + eval items) is not testable: its claims say so instead of steering it.
 
-Knockout is negative steering aimed at one family; selectivity = target effect − mean |off-target effect|,
-each a fraction of that family's clean−corrupt gap (ratio of means, defined only where the gap's 95% CI
-excludes 0, else NaN = "undefined"), with a bootstrap CI over prompts. `steering_claims` turns the measured
-tables into claims whose wording, direction and confidence all come from the evidence.
+Knockout is directional ablation (Arditi et al. 2024): the family's direction projected out of the residual stream
+after every layer, at every position (`knockout_unit`, necessity); mode "push" keeps the +α addition at one layer
+(sufficiency of a push). Selectivity = target effect − mean |off-target effect|, each a fraction of that family's
+clean−corrupt gap (ratio of means, defined only where the gap's 95% CI excludes 0, else NaN = "undefined"), with a
+bootstrap CI over prompts.
+
+Cost and baselines (AxBench, Wu et al. 2025: prompting beats steering): `fluency` = ΔNLL per token on unrelated
+sentences with the direction added at every position; `prompting` = an instruction and a one-shot prompt aimed
+where steering aims, on the same held-out items and metric; `scored_generations` = greedy continuations scored
+offline; `versus_prompting` compares them at the graded cell. `steering_claims` turns the measured tables into
+claims whose wording, direction and confidence all come from the evidence.
 """
 
 from __future__ import annotations
@@ -216,10 +224,15 @@ def shuffled_diff(pos: torch.Tensor, neg: torch.Tensor, gen: torch.Generator) ->
     return x[..., perm[:k], :].mean(-2) - x[..., perm[k:], :].mean(-2), perm
 
 
-def random_directions(d: int, k: int, seed: int) -> torch.Tensor:
-    """k seeded random unit vectors in R^d: (k, d)."""
-    r = torch.randn(k, d, generator=torch.Generator().manual_seed(seed))
-    return r / r.norm(dim=-1, keepdim=True)
+def random_directions(d: int, k: int, seed: int, acts: torch.Tensor | None = None) -> torch.Tensor:
+    """k seeded random unit vectors in R^d: (k, d). With `acts` (N, d), each is drawn from N(0, Σ), Σ the covariance
+    of those activations, then normalised: a null with the residual stream's anisotropy (isotropic without `acts`,
+    or when the activations do not vary)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = None if acts is None else acts.double() - acts.double().mean(0)
+    if x is None or float(x.abs().max()) == 0:
+        return _unit(torch.randn(k, d, generator=gen))
+    return _unit((torch.randn(k, x.shape[0], generator=gen, dtype=torch.float64) @ x).float())  # cov ∝ Xcᵀ Xc
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -250,15 +263,17 @@ class Directions:
 
 def fit(subject: Subject, pairs: Sequence[tuple[str, str]], target: str, n_random: int = 10, n_shuffled: int = 5,
         seed: int = 0) -> Directions:
-    """Directions from (positive, negative) text pairs at every layer, plus random and shuffled-label controls."""
+    """Directions from (positive, negative) text pairs at every layer, plus random directions matched to the fit
+    activations' covariance at that layer and shuffled-label controls."""
     pos = last_resid(subject, [p for p, _ in pairs])
     neg = last_resid(subject, [q for _, q in pairs])
     L, _, d = pos.shape
     raw = mean_diff(pos, neg)
     gen = torch.Generator().manual_seed(seed)
     shuf = torch.stack([shuffled_diff(pos, neg, gen)[0] for _ in range(n_shuffled)], 1) if n_shuffled else torch.zeros(L, 0, d)
-    rnd = torch.stack([random_directions(d, n_random, seed * 1000 + layer) for layer in range(L)])
-    norm = torch.cat([pos, neg], 1).norm(dim=-1).median(dim=1).values
+    acts = torch.cat([pos, neg], 1)
+    rnd = torch.stack([random_directions(d, n_random, seed * 1000 + layer, acts[layer]) for layer in range(L)])
+    norm = acts.norm(dim=-1).median(dim=1).values
     return Directions(target, subject.name, _unit(raw), rnd, _unit(shuf), norm, raw.norm(dim=-1))
 
 
@@ -323,13 +338,13 @@ def concept_target(subject: Subject, concept: str, n: int, n_fit: int, seed: int
 
 
 def bucket_items(subject: Subject, st: Study, family: str, bucket: str, n: int, seed: int) -> list:
-    """Eval items of a family in another length bucket: none shares a template or text with its fit or select
-    prompts (the short bucket gives the study's own eval items)."""
+    """Eval items of a family in a length bucket: none shares a template or text with its fit or select prompts
+    (the short bucket gives the study's own eval items, or more held-out items when `n` exceeds them)."""
     from . import tasks
 
     sp = st.splits[family]
-    if bucket == "short":
-        return sp.eval
+    if bucket == "short" and n <= len(sp.eval):
+        return sp.eval[:n]
     its, _ = tasks.validate(tasks.load_items(family, "synthetic", bucket), subject.tokenizer)
     held = {t for x in [*sp.fit, *sp.select] for t in _templates(x)}
     held_txt = [t for x in [*sp.fit, *sp.select] for t in texts(x)]
@@ -507,6 +522,182 @@ def generate(subject: Subject, prompts: Sequence[str], unit: Unit | None = None,
     return traced_generate(subject, list(prompts), unit, max_new_tokens)
 
 
+# ---------------------------------------------------------------------------------- fluency cost and prompting
+FLUENCY_BUDGET = 0.1  # nats per token on unrelated text: the cost a "beats prompting" claim may pay
+
+
+def _all_logits(subject: Subject, b: Batch, unit: Unit | None) -> torch.Tensor:
+    """(B, T, V) logits at every position of `b`'s clean prompts with `unit` applied (one traced forward)."""
+    from . import tracing
+
+    steps = [b.step(e) for e in unit.edits] if unit is not None else ()
+    with torch.inference_mode():
+        return tracing.forward(subject.nn, subject.arch.paths.layers, b.runs["clean"]["ids"], b.mask, steps=steps,
+                               all_logits=True)["logits"]
+
+
+def nll(subject: Subject, texts: Sequence[str], units: Sequence[Unit | None], batch_size: int = 16) -> np.ndarray:
+    """Teacher-forced NLL per token (nats, mean over each text's predicted tokens) of every text under every unit
+    (None: the model as is): (len(units), len(texts)), one forward per (batch of texts, unit)."""
+    out = np.full((len(units), len(texts)), np.nan)
+    for i in range(0, len(texts), batch_size):
+        b = Batch(subject, list(texts[i:i + batch_size]))
+        ids, m = b.runs["clean"]["ids"], b.mask.bool()
+        valid = (m[:, :-1] & m[:, 1:]).float()
+        for j, u in enumerate(units):
+            lp = torch.log_softmax(_all_logits(subject, b, u)[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+            out[j, i:i + len(ids)] = (-(lp * valid).sum(1) / valid.sum(1).clamp_min(1)).cpu().numpy()
+    return out
+
+
+def fluency(subject: Subject, st: Study, sm: pd.DataFrame, sentences: Sequence[str],
+            alphas: Sequence[float] | None = None, batch_size: int = 16) -> pd.DataFrame:
+    """Fluency cost on unrelated `sentences`: each testable target's direction added at every position of its chosen
+    layer (as when generating), in its chosen sign, at the graded |α| and each of `alphas`. Per (family,
+    α): base and steered NLL per token and `nll_cost`, the mean over sentences of their difference, with a
+    bootstrap 95% CI."""
+    cols = ["family", "layer", "alpha", "nll_base", "nll", "nll_cost", "nll_cost_lo", "nll_cost_hi", "n_sentences"]
+    cells, us = [], []
+    for r in sm[sm["testable"]].itertuples():
+        for a in sorted({abs(x) for x in alphas or ()} | {abs(r.alpha)}):
+            us.append(steer_unit(st.dirs[r.family], "real", 0, int(r.layer), r.sign * abs(a), "all")[0])
+            cells.append((r.family, int(r.layer), r.sign * abs(a)))
+    if not us:
+        return pd.DataFrame(columns=cols)
+    v = nll(subject, sentences, [None, *us], batch_size)
+    return pd.DataFrame([(*c, v[0].mean(), x.mean(), *stats.bootstrap_ci(x - v[0]), len(sentences))
+                         for c, x in zip(cells, v[1:], strict=True)], columns=cols)
+
+
+def _aim(st: Study, target: str, sign: int, it: Any) -> tuple[str, int]:
+    """The word (and token id) that steering `target` with this sign pushes item `it` toward."""
+    return (it.distractor, it.distractor_id) if st.sign[target] * sign > 0 else (it.answer, it.answer_id)
+
+
+def prompted(subject: Subject, st: Study, target: str, sign: int, items: Sequence, demos: Sequence) -> dict[str, list[str]]:
+    """The prompting baselines for `items`, aimed where steering `target` with `sign` aims: an *instruction* (the word
+    to say, for a family; the polarity, for a concept), inside the tokenizer's chat template when it has one, and a
+    *one-shot* prompt (a selection item followed by its own aimed-at word, then the item)."""
+    from .tasks import core
+
+    out: dict[str, list[str]] = {"instruction": [], "one-shot": []}
+    for i, it in enumerate(items):
+        text = (f"Continue the text in a {'positive' if sign > 0 else 'negative'} tone." if st.sign[target] == -1
+                else f'Continue the text. The next word is "{_aim(st, target, sign, it)[0].strip()}".')
+        head = core._render(subject.tokenizer, text, None) if core.has_chat_template(subject.tokenizer) else f"{text}\n\n"
+        d = demos[i % len(demos)]
+        out["instruction"].append(head + it.prompt)
+        out["one-shot"].append(f"{d.prompt}{_aim(st, target, sign, d)[0]}\n\n{it.prompt}")
+    return out
+
+
+def _lds(subject: Subject, prompts: Sequence[str], items: Sequence, batch_size: int = 16) -> np.ndarray:
+    """Logit difference answer − distractor at the last token of each prompt (items give the token ids)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        its = items[i:i + batch_size]
+        lg = Batch(subject, list(prompts[i:i + batch_size])).logits()
+        r = torch.arange(len(its))
+        out.append((lg[r, [it.answer_id for it in its]] - lg[r, [it.distractor_id for it in its]]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def prompting(subject: Subject, st: Study, sm: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
+    """Per held-out item of each testable target, each prompting baseline (`prompted`, aimed as the target's graded
+    sign) on the steering metric: effect = sign_t · (LD_plain − LD_prompted), as `effects` reads steering."""
+    rows = []
+    for r in sm[sm["testable"]].itertuples():
+        t, its = r.family, st.items[r.family]
+        base = _lds(subject, [it.prompt for it in its], its, batch_size)
+        for name, ps in prompted(subject, st, t, int(r.sign), its, st.splits[t].select).items():
+            e = st.sign[t] * (base - _lds(subject, ps, its, batch_size))
+            rows += [{"family": t, "item_id": it.id, "prompt": name, "effect": float(x)} for it, x in zip(its, e, strict=True)]
+    return pd.DataFrame(rows, columns=["family", "item_id", "prompt", "effect"])
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+@lru_cache(maxsize=1)
+def polarity_lexicon() -> tuple[frozenset[str], frozenset[str]]:
+    """(positive, negative) words: those that differ within the sentiment contrast pairs, plus the probe words."""
+    from . import tasks
+
+    pos, neg = {a.strip() for a, _ in SENTIMENT_TOKENS}, {b.strip() for _, b in SENTIMENT_TOKENS}
+    for p, q in tasks.contrastive("sentiment"):
+        a, b = set(_words(p)), set(_words(q))
+        pos |= a - b
+        neg |= b - a
+    return frozenset(pos - neg), frozenset(neg - pos)
+
+
+def polarity(text: str) -> int:
+    """Positive minus negative lexicon words in `text` (`polarity_lexicon`)."""
+    pos, neg = polarity_lexicon()
+    w = _words(text)
+    return sum(x in pos for x in w) - sum(x in neg for x in w)
+
+
+def scored_generations(subject: Subject, st: Study, sm: pd.DataFrame, n: int, openings: Sequence[str] = (),
+                       seed: int = 0, max_new_tokens: int = 12) -> pd.DataFrame:
+    """Greedy continuations of held-out prompts per testable target: unsteered (`none`), steered (its graded layer,
+    sign and α, added at every position, `generate`) and under each prompting baseline (`prompted`), with `hit`.
+    Family: up to `n` items sharing no template or text with its fit and selection prompts (`bucket_items`); hit = the
+    first generated word is the aimed-at answer (2 new tokens). Concept: the first `n` `openings` (unrelated sentence
+    openings); hit = the continuation's `polarity` has the aimed sign."""
+    rows = []
+    for r in sm[sm["testable"]].itertuples():
+        t, s, concept = r.family, int(r.sign), st.sign[r.family] == -1
+        its = ([SimpleNamespace(id=f"opening{i}", prompt=o) for i, o in enumerate(openings[:n])] if concept
+               else bucket_items(subject, st, t, "short", n, seed))
+        if not its:
+            continue
+        plain = [it.prompt for it in its]
+        runs = {"none": (plain, None), "steering": (plain, steer_unit(st.dirs[t], "real", 0, int(r.layer), r.alpha, "all")[0]),
+                **{k: (v, None) for k, v in prompted(subject, st, t, s, its, st.splits[t].select).items()}}
+        for cond, (ps, u) in runs.items():
+            for it, p, g in zip(its, ps, generate(subject, ps, u, max_new_tokens if concept else 2), strict=True):
+                hit = np.sign(polarity(g)) == s if concept else (re.findall(r"\w+", g) or [""])[0] == _aim(st, t, s, it)[0].strip()
+                rows.append({"family": t, "condition": cond, "item_id": it.id, "prompt": p, "text": g, "hit": bool(hit)})
+    return pd.DataFrame(rows, columns=["family", "condition", "item_id", "prompt", "text", "hit"])
+
+
+def versus_prompting(st: Study, sm: pd.DataFrame, prompts: pd.DataFrame, fluency: pd.DataFrame | None = None,
+                     generations: pd.DataFrame | None = None, level: float = 0.05,
+                     budget: float = FLUENCY_BUDGET) -> pd.DataFrame:
+    """Per testable target, steering at its graded cell against the better prompting baseline on the same held-out
+    items and metric: `prompt` (the better of instruction / one-shot by mean aimed effect on these very items, which
+    favours prompting), `prompt_effect` (in the real α's sign), `p_prompt` / `p_prompt_better`: exact paired sign-flip
+    p of steering beating the prompt / the prompt beating steering; `nll_cost` at the graded α (`fluency`); generation
+    hits out of `gen_n` unsteered, steered and with the better prompt. `beats_prompting` = p_prompt ≤ level and
+    nll_cost ≤ budget (False when the cost was not measured)."""
+    rows, pp = [], st.per_prompt
+    for r in sm[sm["testable"]].itertuples():
+        real = pp[(pp["family"] == r.family) & (pp["kind"] == "real") & (pp["layer"] == r.layer)
+                  & (pp["alpha"] == r.alpha)].set_index("item_id")["effect"]
+        pr = prompts[prompts["family"] == r.family].pivot_table(index="item_id", columns="prompt", values="effect")
+        if pr.empty or real.empty:
+            continue
+        best = (r.sign * pr.mean()).idxmax()
+        d = (r.sign * (real - pr[best])).dropna().to_numpy()
+        row = {"family": r.family, "alpha": r.alpha, "prompt": best, "prompt_effect": float(pr[best].mean()),
+               "p_prompt": stats.sign_flip_p(d, "greater"), "p_prompt_better": stats.sign_flip_p(-d, "greater"),
+               "n_prompted": len(d), "fluency_budget": budget}
+        f = None if fluency is None else fluency[(fluency["family"] == r.family) & np.isclose(fluency["alpha"], r.alpha)]
+        if f is not None and len(f):
+            row |= f.iloc[0][["nll_base", "nll_cost", "nll_cost_lo", "nll_cost_hi", "n_sentences"]].to_dict()
+        g = None if generations is None else generations[generations["family"] == r.family]
+        if g is not None and len(g):
+            hits = g.groupby("condition")["hit"].sum()
+            gp = hits.drop(["none", "steering"]).idxmax()
+            row |= {"gen_n": int(g.groupby("condition").size().max()), "gen_none": int(hits["none"]),
+                    "gen_steering": int(hits["steering"]), "gen_prompt": int(hits[gp]), "gen_prompt_kind": gp}
+        row["beats_prompting"] = bool(row["p_prompt"] <= level and row.get("nll_cost", np.inf) <= budget)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------------- the chapter's pipeline
 @dataclass
 class Study:
@@ -622,33 +813,51 @@ def summary(st: Study, n_layers: int) -> pd.DataFrame:
     g["untestable_why"] = [why[f] or "" for f in g["family"]]
     g["held_out"] = [not st.splits[f].leaks() for f in g["family"]]
     cols = ["family", "kind", "layer", "depth", "sign", "alpha", "n_candidates", "effect", "effect_lo", "effect_hi",
-            "control", "control_effect", "n_controls", "p_control", "n_random", "n_shuffled", "z_random", "z_shuffled",
+            "control", "control_effect", "n_controls", "p_control", "n_random", "n_shuffled", "p_shuffled", "z_random",
+            "z_shuffled",
             "kl", "n", "testable", "untestable_why", "held_out"]
     return g[[c for c in cols if c in g]].reset_index(drop=True)
 
 
-def knockout(subject: Subject, st: Study, alpha: float, families: Sequence[str] | None = None, seed: int = 0,
-             cache=None, progress: bool = False, n_boot: int = 500) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Negative steering aimed at each family (its direction toward the corrupt answer, +α, at its best layer of
-    that sign, chosen on the selection prompts) run on every family's held-out prompts: (selectivity table with
-    testability and `n_candidates`, per-prompt rows)."""
+def knockout_unit(dirs: Directions, layer: int, n_layers: int) -> Unit:
+    """Directional ablation (Arditi et al. 2024): the direction fit at `layer` projected out of the residual stream
+    after every layer, at every position (`Op.project`)."""
+    op = Op.project(dirs.real[layer])
+    return Unit(tuple(Edit(Site("resid", i, position="all"), op) for i in range(n_layers)))
+
+
+def knockout(subject: Subject, st: Study, alpha: float = 0.4, families: Sequence[str] | None = None, seed: int = 0,
+             cache=None, progress: bool = False, n_boot: int = 500, mode: str = "project") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Knock out each family's direction (its best layer of the +α sign, chosen on the selection prompts) and run it
+    on every family's held-out prompts: (selectivity table with `mode`, testability and `n_candidates`, per-prompt
+    rows). mode "project": directional ablation at every layer and position (`knockout_unit`: necessity of the
+    direction); "push": +α along it at that layer, last token (sufficiency of a push toward the corrupt answer)."""
     from .sweep import sweep
 
+    if mode not in ("project", "push"):
+        raise ValueError(f"knockout mode {mode!r}: use 'project' (directional ablation) or 'push' (+α addition)")
     fams = [f for f in (families or st.dirs) if st.sign[f] == 1]
     us, meta = [], []
     best = st.best[st.best["sign"] == 1].set_index("family")
     for f in fams:
-        u, m = units(st.dirs[f], [int(best.loc[f, "layer"])], [alpha])
+        layer = int(best.loc[f, "layer"])
+        if mode == "push":
+            u, m = units(st.dirs[f], [layer], [alpha])
+        else:
+            ko_u = knockout_unit(st.dirs[f], layer, subject.arch.n_layers)
+            u, m = [ko_u], pd.DataFrame([{"unit": ko_u.key, "target": f, "kind": "real", "idx": 0, "layer": layer, "alpha": 0.0}])
         us += u
         meta.append(m)
     items = [it for f in fams for it in st.items[f]]
-    rows = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=progress, desc="knockout"), pd.concat(meta), 1)
+    rows = effects(sweep(subject, items, us, seed=seed, cache=cache, progress=progress, desc=f"knockout ({mode})"),
+                   pd.concat(meta), 1)
     ko = knockout_table(rows, n_boot=n_boot)
     if ko.empty:
         return ko, rows
     why = {r.target: st.untestable(r.target) or ("" if r.n_off else "no other family's clean−corrupt gap has a 95% "
                                                  "CI excluding 0, so selectivity is undefined") for r in ko.itertuples()}
     pos = st.screen[st.screen["alpha"] > 0]
+    ko["mode"] = mode
     ko["n_candidates"] = ko["target"].map(pos.groupby("family")["layer"].nunique())
     ko["testable"] = [not why[t] for t in ko["target"]]
     ko["untestable_why"] = ko["target"].map(why)
@@ -689,25 +898,63 @@ def _toward(kind: str, sign: int) -> str:
     return "the corrupt answer" if sign > 0 else "the clean answer"
 
 
-def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None, *, model: str, profile: str,
-                    chapter: str = "04", level: float = 0.05) -> list[Claim]:
-    """Claims from `summary` (one row per target) and a `knockout` table. Wording (direction, whether the effect
-    beats its controls, how many candidates a best was chosen from) and evidence all come from the measured rows:
-    control = paired sign-flip p against the strongest control (steering) or a selectivity CI above 0 (knockout);
-    breadth = testable targets that pass it; selection = held-out when the target's splits share nothing.
-    Targets the model does not solve give claims that say "not testable here"."""
-    def beats(r) -> bool:
-        return bool(r.p_control <= level and r.sign * (r.effect - r.control_effect) > 0)
+def _p(r) -> float:
+    """A steering row's p-value: the larger of the paired sign-flip p against the strongest screened control and the
+    empirical p against the shuffled-label draws at its own cell (never below 1/(n_shuffled + 1))."""
+    ps = getattr(r, "p_shuffled", np.nan)
+    return float(max(r.p_control, ps)) if np.isfinite(ps) else float(r.p_control)
 
+
+def _versus_text(b, r, level: float) -> str:
+    """The prompting and fluency clause of a steering claim from its `versus_prompting` row."""
+    cost = b.get("nll_cost", np.nan)
+    if b["beats_prompting"]:
+        verdict = f"steering beats prompting (p = {b['p_prompt']:.2g}) within the {b['fluency_budget']:g} nats/token fluency budget"
+    elif b["p_prompt"] <= level:
+        verdict = (f"steering beats prompting (p = {b['p_prompt']:.2g}) but not within the {b['fluency_budget']:g} "
+                   "nats/token fluency budget")
+    elif b["p_prompt_better"] <= level:
+        verdict = f"prompting beats steering (p = {b['p_prompt_better']:.2g})"
+    else:
+        verdict = f"steering does not beat prompting (p = {b['p_prompt']:.2g})"
+    out = (f". Against prompting on the same held-out prompts the better prompt ({b['prompt']}) moves it "
+           f"{b['prompt_effect']:+.2f}: {verdict}; ")
+    out += (f"added at every position it costs {cost:+.3f} nats/token (95% CI {b['nll_cost_lo']:+.3f} to "
+            f"{b['nll_cost_hi']:+.3f}) on {int(b['n_sentences'])} unrelated sentences" if np.isfinite(cost)
+            else "its fluency cost was not measured")
+    if np.isfinite(b.get("gen_n", np.nan)):
+        n = int(b["gen_n"])
+        aim = f"the {'positive' if r.sign > 0 else 'negative'} polarity" if r.kind == "concept" else _toward(r.kind, r.sign)
+        out += (f"; greedy generations reach {aim} in {int(b['gen_steering'])}/{n} steered, "
+                f"{int(b['gen_prompt'])}/{n} prompted ({b['gen_prompt_kind']}), {int(b['gen_none'])}/{n} unsteered"
+                + (" (a small scored set, < 50)" if n < 50 else ""))
+    return out
+
+
+def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None, *, model: str, profile: str,
+                    chapter: str = "04", level: float = 0.05, baselines: pd.DataFrame | None = None) -> list[Claim]:
+    """Claims from `summary` (one row per target), a `knockout` table and `baselines` (`versus_prompting`). Wording
+    (direction, whether the effect beats its controls, how many candidates a best was chosen from, whether steering
+    beats prompting at its fluency cost) and evidence all come from the measured rows: control = the larger of the
+    paired sign-flip p against the strongest screened control and the empirical p against the shuffled-label draws
+    (steering; too few draws cannot pass), or a selectivity CI above 0 (knockout); breadth = testable targets that
+    pass it; selection = held-out when the target's splits share nothing. The prompting comparison is stated, not
+    graded. Targets the model does not solve give claims that say "not testable here"."""
+    def beats(r) -> bool:
+        return bool(_p(r) <= level and r.sign * (r.effect - r.control_effect) > 0)
+
+    vs = {} if baselines is None or baselines.empty else baselines.set_index("family").to_dict("index")
     ok = [r.testable and beats(r) for r in summary.itertuples()]
     n_t, n_ok = int(summary["testable"].sum()), int(sum(ok))
     out = []
     for r in summary.itertuples():
         cf = f"add α·‖h_L‖·v̂ to the residual stream after layer {r.layer}, last token"
-        ctl = (f"{int(r.n_controls)} random and shuffled-label directions of the same norm and |α|, each at its own best "
-               "layer and sign on the selection prompts (the direction's candidates, at the control strength)")
+        ctl = (f"{int(r.n_controls)} random (covariance-matched) and shuffled-label directions of the same norm and |α|, "
+               "each at its own best layer and sign on the selection prompts (the direction's candidates, at the control "
+               "strength), and the shuffled-label draws at the direction's own cell; prompting (instruction, one-shot)")
         common = dict(counterfactual=cf, control=ctl, chapter=chapter, model=model, profile=profile)
-        metric = "logit-difference shift toward the target, held-out prompts; paired sign-flip test vs the strongest control"
+        metric = ("logit-difference shift toward the target, held-out prompts; paired sign-flip test vs the strongest "
+                  "control and empirical p vs the shuffled-label draws; NLL per token on unrelated text")
         if not r.testable:
             out.append(Claim(f"Steering {r.family}: not testable here ({r.untestable_why})", metric=metric,
                              evidence={"testable": False, "untestable_why": r.untestable_why}, **common))
@@ -715,36 +962,55 @@ def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None,
         aligned = r.sign * r.effect
         verdict = ("beyond" if beats(r) else "but not reliably beyond" if r.sign * (r.effect - r.control_effect) > 0
                    else "no more than")
+        ns = getattr(r, "n_shuffled", np.nan)
+        shuf = ""
+        if np.isfinite(getattr(r, "p_shuffled", np.nan)):
+            shuf = f", and of {int(ns)} shuffled-label draws at its cell (empirical p = {r.p_shuffled:.2g}"
+            shuf += (f"; {int(ns)} draws cannot reach p ≤ {level:g})" if 1 / (ns + 1) > level else ")")
+        b = vs.get(r.family)
+        ev = {"p_value": _p(r), "p_control": float(r.p_control), "n_candidates": int(r.n_candidates),
+              "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok, "n_families": n_t,
+              "n_prompts": int(r.n)}
+        if b is not None:
+            ev |= {k: (v.item() if hasattr(v, "item") else v) for k, v in b.items()
+                   if k in ("beats_prompting", "prompt", "prompt_effect", "p_prompt", "p_prompt_better", "nll_cost",
+                            "fluency_budget", "n_sentences", "gen_n", "gen_steering", "gen_prompt", "gen_none")}
         out.append(Claim(
             f"Steering {r.family} along its contrastive direction at layer {r.layer} "
             f"({'+' if r.sign > 0 else '−'}α = {abs(r.alpha):g}·‖h‖; layer and sign chosen out of {r.n_candidates} "
             f"candidates on selection prompts) moves the logit difference {abs(r.effect):.2f} "
             f"{'toward' if aligned > 0 else 'away from'} {_toward(r.kind, r.sign)} (effect {r.effect:+.2f}, 95% CI "
             f"{r.effect_lo:+.2f} to {r.effect_hi:+.2f}, {r.n} held-out prompts), {verdict} the strongest of {int(r.n_controls)} controls "
-            f"screened the same way ({r.control} {r.control_effect:+.2f}; paired sign-flip p = {r.p_control:.2g})",
-            metric=metric, evidence={"p_value": float(r.p_control), "n_candidates": int(r.n_candidates),
-                                     "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok,
-                                     "n_families": n_t, "n_prompts": int(r.n)}, **common))
+            f"screened the same way ({r.control} {r.control_effect:+.2f}; paired sign-flip p = {r.p_control:.2g}){shuf}"
+            + (_versus_text(b, r, level) if b is not None else "; no prompting baseline or fluency cost measured"),
+            metric=metric, evidence=ev, **common))
     if knockout is None or knockout.empty:
         return out
     ok = knockout["testable"] & (knockout["selectivity_lo"] > 0)
     n_t, n_ok = int(knockout["testable"].sum()), int(ok.sum())
     for r in knockout.itertuples():
+        push = getattr(r, "mode", "push") == "push"
+        how = (f"+{r.alpha:g}·‖h‖ along the family's direction at layer {r.layer}, last token" if push else
+               f"the family's layer-{r.layer} direction projected out of the residual stream after every layer, at every "
+               "position (directional ablation, Arditi et al. 2024)")
         common = dict(metric="fraction of each family's clean − corrupt gap removed: target − mean |off-target|",
-                      counterfactual=f"+{r.alpha:g}·‖h‖ along the family's direction at layer {r.layer}, last token",
+                      counterfactual=how,
                       control="the same edit on the other families' held-out prompts (0 = as much collateral as effect)",
                       chapter=chapter, model=model, profile=profile)
+        name = "Pushing" if push else "Ablating the direction of"
         if not r.testable:
-            out.append(Claim(f"Knocking out {r.target}: not testable here ({r.untestable_why})",
+            out.append(Claim(f"{name} {r.target}: not testable here ({r.untestable_why})",
                              evidence={"testable": False, "untestable_why": r.untestable_why}, **common))
             continue
         verdict = ("selective" if r.selectivity_lo > 0 else "less selective than its collateral" if r.selectivity_hi < 0
                    else "not distinguishable from non-selective")
+        what = (f"+{r.alpha:g}·‖h‖ at layer {r.layer}, last token" if push
+                else f"its layer-{r.layer} direction projected out after every layer, every position")
         out.append(Claim(
-            f"Knocking out {r.target} (+{r.alpha:g}·‖h‖ at layer {r.layer}, chosen out of {r.n_candidates} layers on "
-            f"selection prompts) removes {r.target_effect:.2f} of its gap vs {r.off_target_effect:.2f} of {r.n_off} other "
-            f"families' gaps: {verdict} (difference {r.selectivity:+.2f}, 95% CI {r.selectivity_lo:+.2f} to "
-            f"{r.selectivity_hi:+.2f}; off-target KL {r.off_target_kl:.3f})",
+            f"{name} {r.target} ({what}; layer chosen out of {r.n_candidates} on selection prompts) removes "
+            f"{r.target_effect:.2f} of its gap vs {r.off_target_effect:.2f} of {r.n_off} other families' gaps: {verdict} "
+            f"(difference {r.selectivity:+.2f}, 95% CI {r.selectivity_lo:+.2f} to {r.selectivity_hi:+.2f}; off-target KL "
+            f"{r.off_target_kl:.3f})",
             evidence={"ci_excludes_control": bool(r.selectivity_lo > 0), "n_candidates": int(r.n_candidates),
                       "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok, "n_families": n_t},
             **common))

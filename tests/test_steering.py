@@ -12,6 +12,7 @@ import torch
 from conftest import make_items, tiny_subject
 
 from atlas_core import steering
+from atlas_core.engine import Batch
 from atlas_core.sweep import Cache, sweep
 
 
@@ -309,3 +310,150 @@ def test_controls_are_screened_and_each_graded_at_its_own_best_cell(study_run, t
     assert ((cells["layer"] != cells["layer_real"]) | (cells["sign"] != cells["sign_real"])).any()  # not the real's cell
     with pytest.raises(ValueError, match="same strengths of both signs"):
         steering.study(s, ["ioi"], [], control_alphas=(-0.4, 0.2))
+
+
+# ---------------------------------------------------------------------------------- necessity, nulls, cost, prompting
+def test_knockout_projects_the_direction_out_at_every_layer_and_position(setup, study_run):
+    """Knockout is directional ablation (Arditi et al. 2024), not a negative push: the direction fit at the chosen
+    layer is projected out of the residual stream after every layer, at every position, and `knockout` runs it."""
+    s, items, dirs, _ = setup
+    n = s.arch.n_layers
+    u = steering.knockout_unit(dirs, 1, n)
+    assert [e.site.layer for e in u.edits] == list(range(n))
+    assert {(e.site.component, e.site.position, e.op.kind) for e in u.edits} == {("resid", "all", "project")}
+    v = dirs.real[1] / dirs.real[1].norm()
+    b = Batch(s, [it.prompt for it in items])
+    x = torch.randn(b.B, b.T, dirs.d)
+    for e in u.edits:
+        torch.testing.assert_close(e.op.vector, v)
+        y = b.replacement(e, x)
+        assert (y @ v)[b.mask.bool()].abs().max() < 1e-5  # no component left at any real token
+    s2, st, *_ = study_run
+    ko, rows = steering.knockout(s2, st, seed=42, n_boot=20)
+    assert (ko["mode"] == "project").all() and (ko["alpha"] == 0).all()
+    best = st.best[st.best["sign"] == 1].set_index("family")["layer"]
+    keys = {steering.knockout_unit(st.dirs[f], int(best[f]), s2.arch.n_layers).key for f in ko["target"]}
+    assert set(rows["unit"]) == keys
+    push, _ = steering.knockout(s2, st, alpha=0.4, seed=42, n_boot=20, mode="push")
+    assert (push["mode"] == "push").all() and (push["alpha"] == 0.4).all()
+
+
+def test_random_directions_follow_the_activation_covariance():
+    """On a planted anisotropic activation set, random directions carry its covariance's spectrum shape (most of
+    their mass on the high-variance axes), where isotropic ones spread 1/d on every axis."""
+    d = 16
+    scales = torch.tensor([8.0, 4.0, 2.0] + [0.5] * (d - 3))
+    x = torch.randn(400, d, generator=torch.Generator().manual_seed(1)) * scales + 3.0  # the mean is not variance
+    r = steering.random_directions(d, 3000, seed=0, acts=x)
+    torch.testing.assert_close(r.norm(dim=-1), torch.ones(3000))
+    m = (r ** 2).mean(0)
+    assert m[0] > 0.5 and m[0] > m[1] > m[2] > m[3:].max()
+    assert (steering.random_directions(d, 3000, seed=0) ** 2).mean(0)[0] < 0.1  # isotropic: about 1/16
+
+
+def test_fit_random_directions_lie_in_the_fit_activations_span(setup, tok):
+    s, items, _, _ = setup
+    pairs = [(it.corrupt, it.prompt) for it in items]
+    dirs = steering.fit(s, pairs, "fact", n_random=4, n_shuffled=2, seed=0)
+    acts = torch.cat([steering.last_resid(s, [p for p, _ in pairs]), steering.last_resid(s, [q for _, q in pairs])], 1)
+    for layer in (0, s.arch.n_layers - 1):
+        xc = acts[layer] - acts[layer].mean(0)
+        q, _ = torch.linalg.qr(xc.T.double())
+        r = dirs.random[layer].double()
+        assert (r - (r @ q) @ q.T).norm(dim=-1).max() < 1e-4  # inside span of the centred activations: not isotropic
+
+
+def test_nll_cost_is_zero_at_alpha_zero_and_grows_with_alpha(tok):
+    """On a tiny model trained for a few steps to predict some sentences (a random-init model predicts nothing, so
+    a push can even lower its NLL), the NLL per token is unchanged at α = 0 and rises with |α|; batching and left
+    padding do not change it."""
+    from atlas_core import neutral
+    from atlas_core.interventions import Op, Site, Unit
+
+    s = tiny_subject("llama", tok, seed=3)
+    texts = neutral.sentences(4, seed=0)
+    enc = s.encode(texts)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    opt = torch.optim.Adam(s.model.parameters(), lr=1e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        s.model(**enc, labels=labels).loss.backward()
+        opt.step()
+    s.model.eval()
+    v = torch.randn(s.arch.d_model, generator=torch.Generator().manual_seed(0))
+    us = [Unit.of(Site("resid", 1, position="all"), Op.add(v / v.norm(), a)) for a in (0.0, 4.0, 16.0, 64.0)]
+    x = steering.nll(s, texts, [None, *us], batch_size=4)
+    assert x.shape == (5, 4) and np.isfinite(x).all() and x[0].mean() < 1.0  # the model predicts these sentences
+    cost = (x[1:] - x[0]).mean(1)
+    assert cost[0] == pytest.approx(0, abs=1e-5) and 0 < cost[1] < cost[2] < cost[3]
+    np.testing.assert_allclose(steering.nll(s, texts, [None], batch_size=3)[0], x[0], atol=1e-4)
+
+
+def test_fluency_prompting_and_scored_generations_run_on_the_study(study_run):
+    """Sentiment is testable on any model (no gate): its fluency cost, prompting baselines and scored generations run
+    at its graded cell; families the model does not solve get none."""
+    from atlas_core import neutral
+
+    s, st, sm, _, _, _ = study_run
+    texts = neutral.sentences(12, seed=0)
+    fl = steering.fluency(s, st, sm, texts[:8], alphas=[0.2, 0.4])
+    assert list(fl["family"]) == ["sentiment"] * 2 and (fl["n_sentences"] == 8).all()
+    assert (fl["alpha"].abs().tolist() == [0.2, 0.4]) and (np.sign(fl["alpha"]) == sm.set_index("family").loc["sentiment", "sign"]).all()
+    pr = steering.prompting(s, st, sm)
+    assert set(pr["prompt"]) == {"instruction", "one-shot"} and len(pr) == 2 * len(st.items["sentiment"])
+    gens = steering.scored_generations(s, st, sm, 3, openings=[" ".join(t.split()[:4]) for t in texts[8:]], max_new_tokens=3)
+    assert set(gens["condition"]) == {"none", "steering", "instruction", "one-shot"} and len(gens) == 12
+    vs = steering.versus_prompting(st, sm, pr, fl, gens)
+    assert list(vs["family"]) == ["sentiment"] and vs["gen_n"].item() == 3 and "nll_cost" in vs
+    ioi = st.items["ioi"][:2]
+    p = steering.prompted(s, st, "ioi", 1, ioi, st.splits["ioi"].select)  # +α on a family: toward the corrupt answer
+    assert all(f'"{it.distractor.strip()}"' in x for it, x in zip(ioi, p["instruction"], strict=True))
+    d = st.splits["ioi"].select[0]
+    assert p["one-shot"][0].startswith(d.prompt + d.distractor) and p["one-shot"][0].endswith(ioi[0].prompt)
+    assert steering.polarity("a wonderful, lovely day") == 2 and steering.polarity("truly dreadful") == -1
+
+
+def _versus(steer: float, prompt: float, cost: float, n: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    sm = pd.DataFrame([_summary(steer, 0.004)])
+    st = steering.Study({}, {"ioi": 1}, {}, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(
+        {"family": "ioi", "item_id": [f"i{i}" for i in range(n)], "kind": "real", "layer": 3, "alpha": 0.4,
+         "effect": steer + 0.1 * np.arange(n)}))
+    pr = pd.DataFrame([{"family": "ioi", "item_id": f"i{i}", "prompt": k, "effect": e + 0.05 * i}
+                       for i in range(n) for k, e in (("instruction", prompt), ("one-shot", prompt / 2))])
+    fl = pd.DataFrame([{"family": "ioi", "layer": 3, "alpha": 0.4, "nll_base": 3.0, "nll": 3.0 + cost, "nll_cost": cost,
+                        "nll_cost_lo": cost - 0.01, "nll_cost_hi": cost + 0.01, "n_sentences": 100}])
+    return sm, steering.versus_prompting(st, sm, pr, fl)
+
+
+def test_claims_say_whether_steering_beats_prompting_at_its_fluency_cost():
+    """A better prompting baseline is stated and no claim says steering beats prompting; beating prompting counts only
+    within the fluency budget; the evidence carries the comparison and the cost at the claimed strength."""
+    sm, worse = _versus(1.0, 3.0, 0.02)
+    (c,) = steering.steering_claims(sm, model="m", profile="p", baselines=worse)
+    assert "prompting beats steering" in c.statement and "steering beats prompting" not in c.statement
+    assert c.evidence["beats_prompting"] is False and c.evidence["prompt"] == "instruction"
+    assert c.evidence["nll_cost"] == pytest.approx(0.02) and "+0.020 nats/token" in c.statement
+    sm, better = _versus(3.0, 1.0, 0.02)
+    (c,) = steering.steering_claims(sm, model="m", profile="p", baselines=better)
+    assert "steering beats prompting" in c.statement and "within the 0.1 nats/token" in c.statement
+    assert c.evidence["beats_prompting"] is True
+    sm, costly = _versus(3.0, 1.0, 0.5)
+    (c,) = steering.steering_claims(sm, model="m", profile="p", baselines=costly)
+    assert "but not within the 0.1" in c.statement and c.evidence["beats_prompting"] is False
+    (c,) = steering.steering_claims(sm, model="m", profile="p")
+    assert "no prompting baseline or fluency cost measured" in c.statement
+
+
+def test_too_few_shuffled_draws_cannot_grade_above_what_they_support():
+    """With 3 shuffled-label draws the smallest empirical p is 0.25: the control criterion cannot pass, however small
+    the sign-flip p against the screened controls; 20 draws can (1/21 < 0.05)."""
+    rank = {"none": 0, "low": 1, "medium": 2, "high": 3}
+
+    def claims(ns: int, ps: float):
+        rows = [{**_summary(1.5, 0.004, family=f), "n_shuffled": ns, "p_shuffled": ps} for f in ("ioi", "antonyms")]
+        return steering.steering_claims(pd.DataFrame(rows), model="m", profile="p")
+
+    few, many = claims(3, 0.25), claims(20, 1 / 21)
+    assert rank[few[0].confidence] <= rank["low"] and few[0].evidence["p_value"] == pytest.approx(0.25)
+    assert "3 draws cannot reach p ≤ 0.05" in few[0].statement and "no more than" not in few[0].statement
+    assert many[0].confidence == "medium" and many[0].evidence["p_value"] == pytest.approx(1 / 21)
