@@ -24,13 +24,19 @@ and tested on the other half (exact sign-flip test, `excess_p`); evidence carrie
 
 Cross-model patching writes activations of model A into model B of the same architecture: B's engine
 `Batch` runs the prompts, A's cached clean pass stands in as its "clean" run, so `Op.patch("clean")`
-units write A's values into B, and recovery measures how far B moves to A's logit difference.
+units write A's values into B, and recovery measures how far B moves to A's logit difference (`cross_patch`).
+CMAP (Prakash et al. 2024) uses it between a model and a real fine-tune (`finetuned`: a LoRA trained by
+`atlas_core.lora` on the family, merged): `cmap` patches every single write and the cumulative blocks 0..k
+in both directions, `cross_localize` / `cross_claim` choose the write that carries the change on half the
+prompts and test it on the other half; two models that do not clearly differ (a model and itself) are
+"not testable". `cross_family_why` says why two separately trained families cannot simply be patched.
+`perturbed` (a noised copy) stays for chapter 04's steering transfer.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,7 +45,7 @@ import torch
 
 from . import metrics, tasks
 from .claims import Claim
-from .engine import Batch, position_ids
+from .engine import Batch, last_logits
 from .interventions import Edit, Op, Site, Unit, _exists
 from .stats import sign_flip_p
 from .subject import Subject
@@ -164,8 +170,7 @@ def input_patch(subject: Subject, items: Sequence) -> pd.DataFrame:
                 for r in ("clean", "corrupt")}
         for pos, sel in (("diff", b.positions("diff")), ("span", (clean != corrupt) & b.mask.bool())):
             ids = torch.where(sel, clean, corrupt)
-            lg = subject.model(input_ids=ids, attention_mask=b.mask, position_ids=position_ids(b.mask),
-                               use_cache=False, logits_to_keep=1).logits[:, -1].float()
+            lg = last_logits(subject, ids, b.mask)
             m = metrics.next_token(lg, b.logits("clean"), b.answer_ids, b.distractor_ids)
             rows.append(pd.DataFrame({"family": fam, "item_id": [it.id for it in its], "position": pos,
                                       "n_diff": sel.sum(1).cpu().numpy(), "logit_diff": m["logit_diff"], "kl": m["kl"],
@@ -309,38 +314,6 @@ def top_write(rows: pd.DataFrame, family: str, seed: int = 0) -> dict:
                   "noise_p": excess_p(noi, 0.0) if len(noi) else np.nan}
 
 
-def cross_curve(cross: pd.DataFrame) -> pd.DataFrame:
-    """Recovery toward A (ratio of means, CI) and KL per curve and k: A's blocks 0..k, or A's residual at k only."""
-    cr = []
-    for _, g in cross.groupby("unit"):
-        comp, n = g["component"].iloc[0], int(g["n_layers_patched"].iloc[0])
-        est, lo, hi = _rec(g)
-        k = int(g["layer"].iloc[0]) + n - 1 if comp == "block" else int(g["layer"].iloc[0])
-        cr.append({"curve": "blocks 0..k (A's writes)" if comp == "block" else "resid at k only", "k": k,
-                   "recovery": est, "recovery_lo": lo, "recovery_hi": hi, "kl": g["kl"].mean()})
-    return pd.DataFrame(cr).sort_values(["curve", "k"], ignore_index=True)
-
-
-def cross_trend(cross: pd.DataFrame, n_layers: int) -> dict:
-    """Does writing A's blocks 0..k into B move B toward A as k grows? Per prompt, the least-squares slope of
-    B's logit difference over the k < n_layers − 1 (all layers restore A by construction), tested > 0 with an exact
-    sign-flip test over prompts; the gap A − B must be clearly positive."""
-    b = cross[cross["component"] == "block"].assign(k=lambda d: d["n_layers_patched"] - 1)
-    b = b[b["k"] < n_layers - 1]
-    gap = b.groupby("item_id")[["ld_clean", "ld_corrupt"]].first()
-    gap = gap["ld_clean"] - gap["ld_corrupt"]
-    curve = cross_curve(cross[cross["component"] == "block"]) if len(b) else pd.DataFrame(columns=["k", "recovery"])
-    inner = curve[curve["k"] < n_layers - 1]
-    ld = b.pivot_table(index="item_id", columns="k", values="logit_diff")
-    ok = gap_ok(gap) and ld.shape[1] >= 2
-    slopes = np.polyfit(ld.columns.to_numpy(float), ld.to_numpy().T, 1)[0] if ok else np.array([])
-    mono, drops = monotonic(inner["recovery"].to_numpy())
-    return {"testable": ok, "gap": float(gap.mean()) if len(gap) else np.nan, "n_k": ld.shape[1],
-            "slope": float(slopes.mean() / gap.mean()) if ok else np.nan,
-            "p": sign_flip_p(slopes, "greater") if ok else np.nan, "monotonic": mono, "drops": drops,
-            "final": float(curve["recovery"].iloc[-1]) if len(curve) else np.nan}
-
-
 def site_name(r) -> str:
     return f"head {r['head']} of layer {r['layer']}" if r["component"] == "head" else f"the {r['component']} of layer {r['layer']}"
 
@@ -355,7 +328,7 @@ def patching_claims(rows: pd.DataFrame, solved: pd.DataFrame, n_layers: int, cro
                     cross_family: str | None = None, *, seed: int = 0, theta: float = 0.5, **meta) -> list[Claim]:
     """Chapter 03's claims, statements and evidence from the measurements: per gated family, where the decision
     reaches the last position (`crossover`) and the strongest last-token write (`top_write`); then the
-    cross-model curve (`cross_trend`). `meta` = chapter, model, profile."""
+    cross-model localization of a fine-tune's change (`cross_claim`). `meta` = chapter, model, profile."""
     testable = sorted(solved.loc[solved["testable"], "family"])
     moves = {f: crossover(rows, f, n_layers, seed, theta) for f in testable}
     writes = {f: top_write(rows, f, seed) for f in testable}
@@ -406,28 +379,8 @@ def patching_claims(rows: pd.DataFrame, solved: pd.DataFrame, n_layers: int, cro
         claims.append(Claim(text, metric=METRIC + ", exact sign-flip test on held-out prompts",
                             counterfactual="clean write of one component at the last position in the corrupt prompt",
                             control="unpatched corrupt run (recovery 0)", evidence=ev, **meta))
-    claims.append(_cross_claim(cross, cross_family, solved, n_layers, meta))
+    claims.append(cross_claim(cross, cross_family, solved, seed=seed, **meta))
     return claims
-
-
-def _cross_claim(cross: pd.DataFrame | None, family: str | None, solved: pd.DataFrame, n_layers: int, meta: dict) -> Claim:
-    kw = dict(metric="normalized recovery toward model A, ratio of means; per-prompt slope over k, exact sign-flip test",
-              counterfactual="A's block writes at layers 0..k in B", control="no trend over k (slope 0)", **meta)
-    if cross is None or not len(cross) or family is None:
-        why = "cross-model patching was not run" if solved["testable"].any() else tasks.untestable_why(solved)
-        return Claim("Writing A's block outputs into a noised copy B: not testable here",
-                     evidence={"testable": False, "untestable_why": why}, **kw)
-    t = cross_trend(cross, n_layers)
-    if not t["testable"]:
-        return Claim(f"Writing A's block outputs into a noised copy B ({family}): not testable here",
-                     evidence={"testable": False, "untestable_why": f"B's logit difference is not clearly below A's "
-                               f"(mean gap {t['gap']:.2f}, needs >= {MIN_GAP} and > 2 SE) or fewer than 2 layers patched"}, **kw)
-    ok = t["p"] <= 0.05
-    shape = "monotonically" if t["monotonic"] else f"with {t['drops']} drops > 0.02"
-    text = (f"In {family}, writing A's block outputs at layers 0..k into a noised copy B "
-            + (f"moves B's logit difference toward A's as k grows, {shape}" if ok else "does not move B's logit difference steadily toward A's as k grows")
-            + f" ({t['slope']:+.2f} of the gap per layer over k < {n_layers - 1}; all layers restore A by construction)")
-    return Claim(text, evidence={"p_value": t["p"]}, **kw)
 
 
 # ---------------------------------------------------------------------------------- cross-model
@@ -487,8 +440,226 @@ def cross_patch(dst: Subject, src: Subject, items: Sequence, units: Sequence[Uni
     return df
 
 
-def monotonic(values: Sequence[float], tol: float = 0.02) -> tuple[bool, int]:
-    """(is the curve non-decreasing within `tol`, number of drops larger than tol)."""
-    d = np.diff(np.asarray(values, float))
-    drops = int((d < -tol).sum())
-    return drops == 0, drops
+# ---------------------------------------------------------------------------------- a real fine-tune and CMAP
+FT = {"steps": 24, "lr": 2e-3, "batch": 8, "r": 8}  # a small LoRA: seconds on a tiny model, under a minute on SmolLM2
+DIRECTIONS = ("tuned→base", "base→tuned")  # whose values are written into whom
+
+
+def finetune_data(family: str, exclude: Iterable[str] = (), bucket: str = "short") -> list[dict]:
+    """`finetuned`'s default training data: the family's synthetic suite items whose ids are not in `exclude`
+    (the prompts patching measures on), each a (prompt, answer) example: a next-token fine-tune on the family."""
+    skip = {str(i) for i in exclude}
+    return [{"prompt": it.prompt, "completion": it.answer}
+            for it in tasks.load_items(family, "synthetic", bucket) if it.id not in skip]
+
+
+def finetuned(subject: Subject, family: str, exclude: Iterable[str] = (), *, examples: Sequence[dict] | None = None,
+              layers: Sequence[int] | None = None, steps: int = FT["steps"], lr: float = FT["lr"],
+              batch: int = FT["batch"], r: int = FT["r"], seed: int = 0) -> Subject:
+    """A real fine-tune of `subject` on a family: a LoRA on every linear module (of `layers`, default all) trained by
+    `lora.train` on `examples` (default `finetune_data(family, exclude)`), cached in lora's adapter cache (a rerun
+    trains nothing), merged by `lora.adapted_subject` into an ordinary Subject. `meta["trained_on"]` says on what;
+    `tuned_effect` measures how far it moved."""
+    from . import lora
+
+    data = list(examples) if examples is not None else finetune_data(family, exclude)
+    if not data:
+        raise ValueError(f"no training examples for {family}: every suite item is excluded")
+    if layers is None:
+        t = lora.target(None, family, subject.arch, subject.arch.n_layers, "all-linear", r=r)
+    else:
+        t = lora.Target("layers", tuple(sorted(layers)), lora.ALL_LINEAR, r, 2.0 * r)
+    ad = lora.train(subject, family, data, t, lora.TrainConfig(steps=steps, lr=lr, batch=batch, seed=seed))
+    tuned = lora.adapted_subject(subject, ad)
+    where = "every layer" if t.layers is None else f"layer{'s' * (len(t.layers) > 1)} {', '.join(map(str, t.layers))}"
+    src = "given examples" if examples is not None else f"{family} suite items (synthetic, short) not patched, prompt → answer"
+    tuned.name = f"{subject.name}+ft:{family}"
+    tuned.meta |= {"trained_on": f"{len(data)} {src}; LoRA r={r} on {'+'.join(t.modules)} at {where}, {steps} steps, "
+                                 f"lr {lr:g}, batch {batch}, seed {seed}", "train_loss": ad.final_loss,
+                   "first_loss": ad.losses[0] if ad.losses else float("nan"), "cached": ad.cached}
+    return tuned
+
+
+@torch.inference_mode()
+def tuned_effect(base: Subject, tuned: Subject, items: Sequence) -> dict:
+    """How `tuned` differs from `base` on the items' prompts: mean logit difference of each, the per-prompt change
+    (95% CI, two-sided exact sign-flip p) and mean KL(base ‖ tuned) of the next token."""
+    from .stats import bootstrap_ci
+    from .tasks.baselines import last_logits
+
+    prompts = [it.prompt for it in items]
+    a, d = torch.tensor([it.answer_id for it in items]), torch.tensor([it.distractor_id for it in items])
+    lb, lt = last_logits(base, prompts), last_logits(tuned, prompts)
+    mb, mt = metrics.next_token(lb, lb, a, d), metrics.next_token(lt, lb, a, d)
+    change = mt["logit_diff"] - mb["logit_diff"]
+    est, lo, hi = bootstrap_ci(change)
+    return {"n": len(items), "ld_base": float(mb["logit_diff"].mean()), "ld_tuned": float(mt["logit_diff"].mean()),
+            "ld_change": est, "ld_change_lo": lo, "ld_change_hi": hi, "p": sign_flip_p(change, "two-sided"),
+            "kl": float(mt["kl"].mean())}
+
+
+def cmap(base: Subject, tuned: Subject, items: Sequence, components: Sequence[str] = ("block", "attn", "mlp"),
+         layers: Sequence[int] | None = None, directions: Sequence[str] = DIRECTIONS, with_cumulative: bool = True,
+         max_tokens: int = 8192) -> pd.DataFrame:
+    """Cross-model activation patching (CMAP, Prakash et al. 2024) between a model and its fine-tune, on the items'
+    clean prompts: in each direction ("tuned→base": the fine-tune's value written into the base, does this write
+    carry the change; "base→tuned": the base's written into the fine-tune, does it undo it) every single write
+    (kind "single": each component at each layer, all positions) and, with `with_cumulative`, the blocks 0..k
+    (kind "cumulative", layer = k; with shared embeddings this equals patching the residual after layer k).
+
+    Rows as `cross_patch` (ld_clean = the source's LD, ld_corrupt = the destination's) plus direction and kind;
+    `recovery` is per prompt, oriented so that 1 = the destination reaches the source whichever is higher."""
+    n = base.arch.n_layers
+    layers = list(range(n)) if layers is None else sorted(layers)
+    single = [Unit.of(Site(c, layer), Op.patch("clean")) for c in components for layer in layers
+              if c in ("resid", "block") or _exists(base.arch, c, layer)]
+    cum = [u for u in cumulative("block", n) if len(u.edits) - 1 in layers] if with_cumulative else []
+    units = list(dict.fromkeys(single + cum))
+    skeys, ckeys = {u.key for u in single}, {u.key for u in cum}
+    pair = {"tuned→base": (tuned, base), "base→tuned": (base, tuned)}
+    frames = []
+    for direction in directions:
+        src, dst = pair[direction]
+        df = cross_patch(dst, src, items, units, max_tokens).assign(direction=direction)
+        frames += [df[df["unit"].isin(skeys)].assign(kind="single"),
+                   df[df["unit"].isin(ckeys)].assign(kind="cumulative", layer=lambda d: d["n_layers_patched"] - 1)]
+    out = pd.concat(frames, ignore_index=True)
+    o = pd.concat([_oriented(g) for _, g in out.groupby("direction", sort=False)]).loc[out.index]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["recovery"] = (o["logit_diff"] - o["ld_corrupt"]) / (o["ld_clean"] - o["ld_corrupt"])
+    return out
+
+
+def _oriented(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one direction with the logit differences negated when the source's mean is below the destination's:
+    recovery keeps its value (1 = at the source) and `gap_ok` then asks that the models clearly differ."""
+    if not len(df) or (df["ld_clean"] - df["ld_corrupt"]).mean() >= 0:
+        return df
+    return df.assign(logit_diff=-df["logit_diff"], ld_clean=-df["ld_clean"], ld_corrupt=-df["ld_corrupt"])
+
+
+def cross_summary(cross: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """One row per direction × kind × component × layer: recovery toward the source (ratio of means, bootstrap CI;
+    NaN when the two models do not clearly differ, `gap_ok`), mean KL(source ‖ patched destination), prompts."""
+    rows = []
+    for direction, d in cross.groupby("direction", sort=False):
+        d = _oriented(d)
+        for (kind, comp, layer), g in d.groupby(["kind", "component", "layer"]):
+            est, lo, hi = recovery_ci(g["logit_diff"], g["ld_clean"], g["ld_corrupt"], n_boot=n_boot)
+            rows.append({"direction": direction, "kind": kind, "component": comp, "layer": int(layer), "recovery": est,
+                         "recovery_lo": lo, "recovery_hi": hi, "kl": g["kl"].mean(), "n": g["item_id"].nunique()})
+    return pd.DataFrame(rows, columns=["direction", "kind", "component", "layer", "recovery", "recovery_lo",
+                                       "recovery_hi", "kl", "n"])
+
+
+def cross_localize(cross: pd.DataFrame, seed: int = 0) -> dict:
+    """Which single write carries the fine-tune's change: the site whose "tuned→base" patch recovers most on the
+    selection half of the prompts, tested on the other half (exact sign-flip test of recovery > 0), with the
+    "base→tuned" patch of the same site (does writing the base's value into the fine-tune undo it) as the second
+    method. `change` = mean LD_tuned − LD_base; `testable` is False when it is not clearly non-zero (`gap_ok`)."""
+    raw = cross[(cross["direction"] == DIRECTIONS[0]) & (cross["kind"] == "single")]
+    fwd, back = _oriented(raw), _oriented(cross[(cross["direction"] == DIRECTIONS[1]) & (cross["kind"] == "single")])
+    lds = raw.groupby("item_id")[["ld_clean", "ld_corrupt"]].first()
+    change = lds["ld_clean"] - lds["ld_corrupt"]  # LD_tuned − LD_base per prompt
+    out = {"change": float(change.mean()) if len(change) else np.nan, "n_prompts": len(change),
+           "testable": gap_ok(-change if change.mean() < 0 else change)}
+    if not out["testable"]:
+        return out
+    sel, test = halves(fwd["item_id"], seed)
+    site = ["component", "layer"]
+    sites = {k: _rec(_at(g, sel))[0] for k, g in fwd.groupby(site)}
+    sites = {k: v for k, v in sites.items() if np.isfinite(v)}
+    out |= {"n_candidates": len(sites), "n_select": len(sel), "n_test": len(test)}
+    if not sites:
+        return out | {"component": None, "p": np.nan}
+    comp, layer = max(sites, key=sites.get)
+    den, rev = _at(fwd, test, component=comp, layer=layer), _at(back, test, component=comp, layer=layer)
+    est, lo, hi = _rec(den)
+    return out | {"component": comp, "layer": int(layer), "head": -1, "select_recovery": sites[(comp, layer)],
+                  "recovery": est, "recovery_lo": lo, "recovery_hi": hi, "p": excess_p(den, 0.0),
+                  "back_recovery": _rec(rev)[0] if len(rev) else np.nan,
+                  "back_p": excess_p(rev, 0.0) if len(rev) else np.nan}
+
+
+def cross_claim(cross: pd.DataFrame | None, family: str | None, solved: pd.DataFrame, *, seed: int = 0,
+                **meta) -> Claim:
+    """Where a fine-tune's change of a family's logit difference lives (`cross_localize`). Not testable when the family
+    fails the flip gate, when no cross-model run was made, or when the models do not clearly differ on it (a model
+    patched with itself or an identical copy can therefore never earn this claim)."""
+    kw = dict(metric=METRIC.replace("over flipped prompts", "toward the source model") + ", exact sign-flip test on "
+              "held-out prompts", counterfactual="one write of the fine-tune (all positions) in the base, and the "
+              "reverse", control="recovery 0 (the unpatched destination)", **meta)
+    subject = f"Where the fine-tune changes {family or 'a family'}"
+    if family is None or cross is None or not len(cross):
+        why = "cross-model patching was not run" if solved["testable"].any() else tasks.untestable_why(solved)
+        return Claim(f"{subject}: not testable here", evidence={"testable": False, "untestable_why": why}, **kw)
+    if family not in set(solved.loc[solved["testable"], "family"]):
+        return Claim(f"{subject}: not testable here", evidence=_untestable(solved, family) if family in set(
+            solved["family"]) else {"testable": False, "untestable_why": f"{family} was not gated"}, **kw)
+    m = cross_localize(cross, seed)
+    if not m["testable"]:
+        return Claim(f"{subject}: not testable here, the fine-tune does not clearly change its logit difference "
+                     f"(mean change {m['change']:+.2f})", evidence={"testable": False, "untestable_why":
+                     f"mean LD_tuned − LD_base {m['change']:+.2f} over {m['n_prompts']} prompts: needs >= {MIN_GAP} "
+                     "in size and > 2 SE, else there is no difference to localize"}, **kw)
+    if m["component"] is None:
+        return Claim(f"In {family}, no single write has a defined recovery toward the fine-tune",
+                     evidence={"ci_excludes_control": False}, **kw)
+    ok = m["p"] <= 0.05
+    site = site_name(m)
+    local = ok and m["recovery_lo"] >= 0.5
+    back = "" if np.isnan(m["back_recovery"]) else f"; the base's value written into the fine-tune undoes {m['back_recovery']:.2f}"
+    text = (f"In {family}, the fine-tune's change of the logit difference ({m['change']:+.2f} on average) "
+            + (f"is {'localized in' if local else 'carried most by'} {site} (best of {m['n_candidates']} single writes on "
+               f"half the prompts): on held-out prompts the fine-tune's value written into the base recovers "
+               f"{m['recovery']:.2f} of it (95% CI {m['recovery_lo']:.2f}–{m['recovery_hi']:.2f}){back}" if ok else
+               f"is not confirmed in any single write: {site}, chosen for recovering {m['select_recovery']:.2f} on half the "
+               f"prompts, recovers {m['recovery']:.2f} on held-out prompts, not clearly above 0"))
+    ev = {"p_value": m["p"], "n_candidates": m["n_candidates"], "selection": "held-out",
+          "n_methods": 2 if np.isfinite(m["back_p"]) else 1, "methods_agreeing": int(ok) + int(m["back_p"] <= 0.05)}
+    return Claim(text, evidence=ev, **kw)
+
+
+# ---------------------------------------------------------------------------------- across model families
+def _shape(model) -> tuple[str, str, int, int, object]:
+    """(name, family, d_model, n_layers, tokenizer) of a Subject or a model name, without loading weights."""
+    if isinstance(model, Subject):
+        return model.name, model.arch.family, model.arch.d_model, model.arch.n_layers, model.tokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from . import models, tiny
+
+    if model.startswith("tiny-"):
+        tok = tiny.shared_tokenizer()
+        cfg = tiny.config(model.removeprefix("tiny-"), len(tok))
+    else:
+        path = models.embedded_dir(model) if model in models.EMBEDDED else model
+        cfg, tok = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    return model, cfg.model_type, int(d), int(n), tok
+
+
+def cross_family_why(a, b, items: Sequence) -> str:
+    """Why activations of model `a` cannot simply be patched into `b` (Subjects or names; names load only config and
+    tokenizer): different widths or depths, separately trained residual bases (a map would have to be learned), and
+    whether the tokenizers split the items' prompts identically, which a learned map needs to align positions honestly."""
+    (na, fa, da, la, ta), (nb, fb, db, lb, tb) = _shape(a), _shape(b)
+    if na == nb:
+        return f"{na} and {nb} are the same model: there is nothing to map"
+    prompts = [it.prompt for it in items]
+    same = sum(ta(p)["input_ids"] == tb(p)["input_ids"] for p in prompts)
+    why = [f"{na} ({fa}, d_model={da}, {la} layers, vocab {len(ta)}) and {nb} ({fb}, d_model={db}, {lb} layers, vocab {len(tb)})"]
+    if (da, la) != (db, lb):
+        why.append("have different residual widths or depths, so no activation fits the other model as it is")
+    why.append("are separate models (not one the fine-tune of the other): their residual streams share no basis, so "
+               "a patch needs a learned map")
+    if same == len(prompts) and prompts:
+        why.append(f"tokenize all {same} prompts identically, so positions align and a linear map fit on held-out "
+                   "activations would be honest; it is not implemented here")
+    else:
+        why.append(f"tokenize only {same} of {len(prompts)} prompts identically, so token positions cannot be aligned "
+                   "honestly and a map fit on them would pair unrelated tokens; answer logit differences are also in "
+                   "different vocabularies")
+    return "; ".join(why[:1]) + " " + "; ".join(why[1:])

@@ -25,15 +25,16 @@ model = None
 profile = "smoke"
 seeds = None
 results_dir = None  # default: $ATLAS_RESULTS or results/
+remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local": nnsight's round trip here
 
 # %% tags=["remove-cell"]
 import altair as alt
 import pandas as pd
 
 from atlas_core import charts, profiles, tasks
-from atlas_core.claims import Claim, record
+from atlas_core.claims import record
 
-ctx = profiles.chapter(model, profile, seeds, results_dir)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, subject, B = ctx.model, ctx.seeds, ctx.subject, ctx.cfg["baselines"]
 print(subject)
 
@@ -68,6 +69,25 @@ charts.bars_with_ci(b, "label", "accuracy", "accuracy_lo", "accuracy_hi", color=
 cols = ["family", "variant", "n", "accuracy", "accuracy_lo", "accuracy_hi", "chance", "status", "p_answer",
         "logit_diff_clean", "logit_diff_corrupt", "pair_accuracy", "flip_rate", "flip_rate_lo", "testable"]
 base[cols].round(3)
+
+# %% [markdown]
+# ## With the chat template
+# An instruct model was trained on conversations. The chat variant puts each prompt (and its corrupt prompt)
+# in the user turn of the tokenizer's chat template and opens the assistant turn; the answer is the reply's
+# first token, so answers lose their leading space and items whose bare answer is not one token drop out
+# (`n` counts what is left). Flip rate per family without and with the template, synthetic prompts, first seed.
+
+# %%
+if tasks.has_chat_template(subject.tokenizer):
+    chat = tasks.baselines(subject, B["families"], variants=("synthetic",), n=B["n"], seed=seeds[0], chat=True)
+    side = tasks.template_flips(base[base["variant"] == "synthetic"], chat)
+else:
+    side = None
+    print(f"{model}'s tokenizer has no chat template: the chat variant does not apply")
+# NBVAL_CHECK_OUTPUT
+print(f"testable without / with the template: {int(side['testable'].sum())} / {int(side['testable_chat'].sum())} "
+      f"of {len(side)} families" if side is not None else "no chat variant")
+side.round(3) if side is not None else None
 
 # %% [markdown]
 # ## Families at chance

@@ -37,6 +37,7 @@ model = None  # default: the profile's model
 profile = "smoke"
 seeds = None  # default: the profile's seeds (the first one samples the prompts)
 results_dir = None  # default: $ATLAS_RESULTS or results/
+remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local": nnsight's round trip here
 
 # %% tags=["remove-cell"]
 import time
@@ -48,7 +49,7 @@ from atlas_core import charts, patching, tasks
 from atlas_core.claims import record
 from atlas_core.profiles import chapter
 
-ctx = chapter(model, profile, seeds, results_dir)
+ctx = chapter(model, profile, seeds, results_dir, remote=remote)
 model, seed, subject, P = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["patching"]
 families = P["families"] or list(tasks.FAMILIES)
 arch = subject.arch
@@ -143,32 +144,53 @@ heads = summ[summ["component"] == "head"]
 charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redblue", width=160, height=120) if len(heads) else None
 
 # %% [markdown]
-# ## Cross-model patching
-# Activations of this model (A) written into a copy B of the same architecture whose decoder weights
-# carry seeded noise (as a fine-tune would leave them; a LoRA-adapted copy from chapter 05 plugs in
-# the same way), on the first family that passes the gate. A's block writes replace B's for layers 0..k,
-# for growing k; recovery measures how far B's logit difference moves to A's, and KL(A ‖ patched B) how
-# far its whole next-token distribution. Patching every layer makes B's final residual equal A's, so the
-# curve ends at 1 by construction; does it rise before that?
+# ## Cross-model patching: the model and a real fine-tune
+# CMAP (Prakash et al. 2024): activations move between a base model and its fine-tune. The fine-tune is a
+# small LoRA on every linear module (`patching.finetuned`, trained by `atlas_core.lora`, merged, cached in
+# `results/lora`) on the family's suite prompts that this chapter does not patch, each with its answer as
+# the completion: a next-token fine-tune on the first family that passes the gate (on a model that passes
+# none, the first family, whose claim is then "not testable"). First, does it differ from the base on the
+# patched prompts at all? Then every single write of one model (all positions; blocks and MLPs on the default
+# profile, attention too on smoke and full) is written into the other: **tuned→base** asks which write carries the change, **base→tuned** which write
+# undoes it; recovery 1 = the destination reaches the source's logit difference. The cumulative curve
+# (blocks 0..k) equals patching the residual after layer k, since the two share their embeddings; it ends at
+# 1 by construction. A model patched with itself has no difference to localize and earns no claim.
 
 # %% tags=["hide-output"]
-fam0 = sel.testable[0] if sel.testable else None
-cross = None
-if fam0:
-    other = patching.perturbed(subject, sigma=P["cross_sigma"], seed=1)
-    ks = sorted(set(layers) | {n_layers - 1})
-    cum = [u for u in patching.cumulative("block", n_layers) if len(u.edits) - 1 in ks]
-    single = patching.units(arch, ("resid",), ("all",), ("denoise",), layers=ks)
-    cross = patching.cross_patch(other, subject, [it for it in sel.items if it.family == fam0], cum + single)
+fam0 = sel.testable[0] if sel.testable else families[0]
+cross_items = [it for it in (sel.items if sel.testable else sel.sampled) if it.family == fam0]
+tuned = patching.finetuned(subject, fam0, exclude=[it.id for it in sel.sampled], seed=seed, **P["finetune"])
+cross = patching.cmap(subject, tuned, cross_items, P["cross_components"], layers=layers)
 
 # %%
-if cross is not None:
-    tr = patching.cross_trend(cross, n_layers)
-    print(f"{fam0}: mean LD gap A − B = {tr['gap']:.2f}; slope {tr['slope']:+.3f} of the gap per layer (p = {tr['p']:.3g}); "
-          f"{tr['drops']} drops > 0.02")
-    display(charts.line_with_ci(patching.cross_curve(cross), "k", "recovery", "recovery_lo", "recovery_hi", color="curve", width=420))
+eff = patching.tuned_effect(subject, tuned, cross_items)
+print(f"{tuned.name}: {tuned.meta['trained_on']}; train loss {tuned.meta['first_loss']:.2f} -> {tuned.meta['train_loss']:.2f}")
+# NBVAL_IGNORE_OUTPUT
+print(f"on {eff['n']} {fam0} prompts: LD base {eff['ld_base']:.2f}, fine-tune {eff['ld_tuned']:.2f}, change "
+      f"{eff['ld_change']:+.2f} (95% CI {eff['ld_change_lo']:+.2f} to {eff['ld_change_hi']:+.2f}, p = {eff['p']:.3g}); "
+      f"KL(base ‖ fine-tune) {eff['kl']:.3f}")
+
+# %% tags=["hide-input"]
+cs = patching.cross_summary(cross)
+single, cum = cs[cs["kind"] == "single"], cs[cs["kind"] == "cumulative"]
+if single["recovery"].notna().any():
+    display(charts.heatmap(single, "layer", "component", "recovery", column="direction", scheme="redblue",
+                           scale={"domain": [-0.5, 1.5], "reverse": True}, width=260, height=80,
+                           tooltip=["direction", "component", "layer", alt.Tooltip("recovery:Q", format=".2f"),
+                                    alt.Tooltip("recovery_lo:Q", format=".2f"), alt.Tooltip("recovery_hi:Q", format=".2f"),
+                                    alt.Tooltip("kl:Q", format=".3f")]),
+            charts.line_with_ci(cum, "layer", "recovery", "recovery_lo", "recovery_hi", color="direction", width=420))
 else:
-    print("no family passes the flip gate: no cross-model curve")
+    print("the fine-tune does not clearly change the logit difference on these prompts: no recovery to map")
+
+# %% [markdown]
+# ## Across model families
+# Patching between the two embedded families (or the two tiny ones on smoke) would need a map between their
+# residual streams; whether one could be fit honestly depends on widths and on whether the tokenizers split
+# the prompts alike. What stands in the way here:
+
+# %%
+print(patching.cross_family_why(subject, P["compare_model"], cross_items))
 
 # %% [markdown]
 # ## Claims
@@ -177,8 +199,10 @@ else:
 # residual restores at least half of the gap, chosen on half the prompts and tested on the other half
 # (exact sign-flip test; noising the same site is the second method); (2) **the strongest single write at
 # the last token** (block, attention, MLP or head), chosen and tested the same way against the unpatched
-# corrupt run. Then the cross-model trend over the layers before the last. Breadth: families with the
-# same kind of finding. A family that fails the gate says so.
+# corrupt run. Then (3) **where the fine-tune changes the family**: the single write whose tuned→base patch
+# recovers most, chosen on half the prompts and tested on the other half, base→tuned as the second method;
+# not testable when the two models do not clearly differ. Breadth: families with the same kind of finding.
+# A family that fails the gate says so.
 
 # %%
 claims = patching.patching_claims(df, sel.solved, n_layers, cross=cross, cross_family=fam0, seed=seed,

@@ -3,11 +3,14 @@ evidence (planted models and synthetic rows), cross-model patching, the screen's
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import make_items, tiny_subject
 from scipy.stats import hypergeom
 
@@ -242,7 +245,7 @@ def test_a_site_best_only_on_the_prompts_it_was_chosen_on_is_not_confirmed():
     assert "is not confirmed" in c.statement and c.confidence in LOW
 
 
-def test_cross_model_patching(setup, tok):
+def test_cross_patch_from_a_perturbed_copy_is_exact_at_the_last_layer(setup, tok):
     s, _, _ = setup
     items = own_task(s, n=8)
     b = patching.perturbed(s, sigma=0.5, seed=1)
@@ -252,33 +255,85 @@ def test_cross_model_patching(setup, tok):
     np.testing.assert_allclose(full["logit_diff"], full["ld_clean"], atol=1e-4)
     res = df[(df["component"] == "resid")]
     np.testing.assert_allclose(res["logit_diff"], res["ld_clean"], atol=1e-4)
-    curve = patching.cross_curve(df)
-    assert curve.groupby("curve")["k"].max().eq(n - 1).all()
-    t = patching.cross_trend(df, n)
-    assert t["n_k"] == n - 1  # the all-layer endpoint (1 by construction) is not part of the trend
     with pytest.raises(ValueError, match="d_model=64.*d_model=32"):
         patching.cross_patch(tiny_subject("llama", tok, d=32), s, items, [])
-    assert patching.monotonic([0, 0.5, 0.4, 1.0], tol=0.05) == (False, 1)
 
 
-def test_cross_claim_grades_the_trend_not_the_endpoint():
-    """B's logit difference flat in k until the last layer (where it is A's by construction): no trend claim; rising
-    steadily: confirmed. The old control (recovery at all layers > 0) held in both."""
-    def cross(rise: bool) -> pd.DataFrame:
-        rng = np.random.default_rng(0)
-        out = []
-        for i in range(10):
-            a, b = 3 + rng.normal(0, 0.3), -1 + rng.normal(0, 0.3)
-            for k in range(4):
-                frac = 1.0 if k == 3 else (k + 1) / 4 if rise else rng.normal(0, 0.05)
-                out.append({"unit": f"u{k}", "component": "block", "layer": 0, "n_layers_patched": k + 1, "item_id": f"i{i}",
-                            "logit_diff": b + frac * (a - b), "ld_clean": a, "ld_corrupt": b, "kl": 0.0})
-        return pd.DataFrame(out)
+# ---------------------------------------------------------------------------------- CMAP against a real fine-tune
+def constant_task(tok, n: int = 16):
+    """Prompts whose answer is ' Paris' against ' Rome', and training examples that complete each with ' Paris'."""
+    a, d = tok(" Paris")["input_ids"][0], tok(" Rome")["input_ids"][0]
+    heads, tails = ["", "Quick. ", "Tell me: ", "Hm. "], ["", " now", " then", " again"]
+    its = [SimpleNamespace(**{**vars(it), "id": f"c{i}", "answer_id": a, "distractor_id": d,
+                              "prompt": heads[i % 4] + it.prompt + tails[i // 4 % 4]})
+           for i, it in enumerate(make_items(tok, 8) * 2)][:n]
+    return its, [{"prompt": it.prompt, "completion": " Paris"} for it in its]
 
-    yes = patching.patching_claims(synth(lambda *a: 0.0), gate("f"), 4, cross=cross(True), cross_family="f")[-1]
-    no = patching.patching_claims(synth(lambda *a: 0.0), gate("f"), 4, cross=cross(False), cross_family="f")[-1]
-    assert "moves B's logit difference toward A's" in yes.statement and yes.confidence == "low"
-    assert "does not move" in no.statement and no.confidence == "none"
+
+@pytest.fixture(scope="module")
+def planted_tune(setup, tok):
+    """A tiny llama and its fine-tune that differs in layer 2's weights only (a LoRA on that layer alone)."""
+    s, *_ = setup
+    items, ex = constant_task(tok)
+    return s, patching.finetuned(s, "const", examples=ex, layers=[2], steps=20, lr=1e-2), items, ex
+
+
+def gated(family: str) -> pd.DataFrame:
+    return pd.DataFrame({"family": [family], "n_items": [16], "n_flipped": [16], "flip_rate": [1.0], "flip_lo": [0.8],
+                         "flip_hi": [1.0], "testable": [True]})
+
+
+def test_finetuned_is_a_cached_merged_subject_that_differs_from_the_base(planted_tune):
+    s, ft, items, ex = planted_tune
+    base, tuned = dict(s.model.named_parameters()), dict(ft.model.named_parameters())
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith("model.layers.2.") for k in changed)  # merged: plain weights, one layer
+    assert "layer 2" in ft.meta["trained_on"] and "20 steps" in ft.meta["trained_on"] and not ft.meta["cached"]
+    again = patching.finetuned(s, "const", examples=ex, layers=[2], steps=20, lr=1e-2)
+    assert again.meta["cached"] and again.fingerprint == ft.fingerprint  # the rerun trained nothing
+    eff = patching.tuned_effect(s, ft, items)
+    assert eff["ld_change_lo"] > 1 and eff["p"] < 0.05 and eff["kl"] > 0
+    assert patching.finetune_data("ioi", exclude=["ioi/synthetic/short/0000"])[0]["completion"].startswith(" ")
+
+
+def test_cmap_finds_the_one_layer_a_fine_tune_changed(planted_tune):
+    """Layers before 2 are identical (recovery 0 both ways), layer 2's block write carries the whole change (1), and
+    the claim names that layer, tested on held-out prompts in both directions."""
+    s, ft, items, _ = planted_tune
+    cross = patching.cmap(s, ft, items)
+    cs = patching.cross_summary(cross).set_index(["direction", "kind", "component", "layer"])["recovery"]
+    for d in patching.DIRECTIONS:
+        assert cs[(d, "single", "block", 2)] == pytest.approx(1, abs=1e-4)
+        assert cs[(d, "cumulative", "block", 2)] == pytest.approx(1, abs=1e-4)
+        for layer in (0, 1):
+            assert cs[(d, "single", "block", layer)] == pytest.approx(0, abs=1e-4)
+            assert cs[(d, "cumulative", "block", layer)] == pytest.approx(0, abs=1e-4)
+    m = patching.cross_localize(cross)
+    assert (m["component"], m["layer"]) == ("block", 2) and m["p"] <= 0.05 and m["back_p"] <= 0.05
+    c = patching.cross_claim(cross, "const", gated("const"))
+    assert "localized in the block of layer 2" in c.statement and c.confidence == "medium"
+
+
+def test_cmap_between_a_model_and_itself_or_a_copy_claims_nothing(planted_tune):
+    s, _, items, _ = planted_tune
+    twin = _finish("copy", copy.deepcopy(s.model), s.tokenizer, "copy", {})
+    for other in (s, twin):
+        cross = patching.cmap(s, other, items, ("block", "mlp"))
+        assert not patching.cross_localize(cross)["testable"]
+        assert patching.cross_summary(cross)["recovery"].isna().all()
+        c = patching.cross_claim(cross, "const", gated("const"))
+        assert "not testable here" in c.statement and c.confidence == "none"
+    cross = patching.cmap(s, planted_tune[1], items, ("block",), with_cumulative=False)
+    not_gated = gated("const").assign(n_flipped=2, flip_lo=0.02, testable=False)
+    assert patching.cross_claim(cross, "const", not_gated).confidence == "none"  # a family the model does not solve
+
+
+def test_cross_family_why_names_the_obstacles(setup, tok):
+    s, items, _ = setup
+    narrow = patching.cross_family_why(s, tiny_subject("qwen2", tok, d=32), items)
+    assert "different residual widths" in narrow and "share no basis" in narrow
+    assert "tokenize all 6 prompts identically" in patching.cross_family_why(s, "tiny-gemma3", items)
+    assert "same model" in patching.cross_family_why(s, s, items)
 
 
 # ---------------------------------------------------------------------------------- screen

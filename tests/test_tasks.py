@@ -183,3 +183,56 @@ def test_gate_scores_more_items_than_a_chapter_samples(tok):
 
     g = tasks.gate(tiny_subject("llama", tok), ["ioi", "antonyms"], n=12)
     assert g["family"].tolist() == ["antonyms", "ioi"] and (g["n_items"] == 12).all() and not g["testable"].any()
+
+
+# ---------------------------------------------------------------- chat-template variant
+SIMPLE_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("template", ["own", "simple"])
+def test_chat_variant_keeps_lengths_equal_and_points_diff_pos_at_the_differing_token(tok, template):
+    """The user turn holds the prompt, the assistant turn is open and the answer is the reply's first token; clean and
+    corrupt keep one token length and diff_pos is the first templated token where they differ."""
+    import copy
+
+    t = copy.copy(tok)
+    if template == "simple":
+        t.chat_template = SIMPLE_TEMPLATE
+    raw = [it for f in ("ioi", "antonyms", "factual_recall") for it in tasks.load_items(f, "synthetic", "short")[:40]]
+    chat = tasks.with_chat_template(raw, t)
+    kept, rep = tasks.validate(chat, t)
+    assert len(kept) >= 40 and rep["dropped_length_mismatch"].sum() == 0
+    for it in kept:
+        assert it.prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\n" in it.prompt
+        assert it.meta["template"] == "chat" and not it.answer.startswith(" ")
+        p, c = t(it.prompt)["input_ids"], t(it.corrupt)["input_ids"]
+        assert len(p) == len(c) == it.n_tokens
+        assert p[: it.diff_pos] == c[: it.diff_pos] and p[it.diff_pos] != c[it.diff_pos]
+        assert t(it.prompt + it.answer)["input_ids"] == p + [it.answer_id]
+    plain = {it.id: it for it in tasks.validate(raw, t)[0]}
+    shift = {it.diff_pos - plain[it.id].diff_pos for it in kept if it.id in plain}
+    assert len(shift) == 1 and shift.pop() > 0  # the template adds one fixed prefix before every prompt
+
+
+def test_chat_variant_without_a_template_is_a_clear_error(tok):
+    import copy
+
+    t = copy.copy(tok)
+    t.chat_template = None
+    assert not tasks.has_chat_template(t)
+    with pytest.raises(ValueError, match="has no chat template"):
+        tasks.with_chat_template(tasks.load_items("ioi", "synthetic", "short")[:2], t)
+
+
+def test_baselines_with_the_chat_template_side_by_side(tok):
+    from conftest import tiny_subject
+
+    s = tiny_subject("llama", tok)
+    plain = tasks.baselines(s, families=("ioi", "agreement"), variants=("synthetic",), n=6)
+    chat = tasks.baselines(s, families=("ioi", "agreement"), variants=("synthetic",), n=6, chat=True)
+    assert set(plain["template"]) == {"none"} and set(chat["template"]) == {"chat"}
+    side = tasks.template_flips(plain, chat)
+    assert list(side["family"]) == ["agreement", "ioi"]
+    assert {"flip_rate", "flip_rate_chat", "n_chat", "testable_chat"} <= set(side.columns)
+    assert tasks.gate(s, ["ioi"], n=6, chat=True)["n_items"].tolist() == [6]

@@ -6,8 +6,29 @@ Data lives in data/ as JSONL written by `python -m atlas_core.tasks regenerate` 
 
 from __future__ import annotations
 
-from .baselines import FLIP_GATE, baseline_claims, baselines, flipped, gate, solved, untestable_why
-from .core import BUCKETS, FAMILIES, VARIANTS, Item, TokItem, load_items, sample, suite_hash, validate
+from .baselines import (
+    FLIP_GATE,
+    baseline_claims,
+    baselines,
+    flipped,
+    gate,
+    solved,
+    template_flips,
+    untestable_why,
+)
+from .core import (
+    BUCKETS,
+    FAMILIES,
+    VARIANTS,
+    Item,
+    TokItem,
+    has_chat_template,
+    load_items,
+    sample,
+    suite_hash,
+    validate,
+    with_chat_template,
+)
 from .training import CONCEPTS, TRAIN_FAMILIES, exact_match, training_split
 
 
@@ -36,5 +57,5 @@ def contrastive(name: str, root=None) -> list[tuple[str, str]]:
 
 __all__ = [
     "BUCKETS", "CONCEPTS", "FAMILIES", "FLIP_GATE", "baseline_claims", "flipped", "gate", "solved", "untestable_why", "TRAIN_FAMILIES", "VARIANTS", "Item", "TokItem", "baselines", "contrastive",
-    "exact_match", "load_items", "sample", "suite_hash", "training_split", "validate",
+    "exact_match", "has_chat_template", "load_items", "template_flips", "with_chat_template", "sample", "suite_hash", "training_split", "validate",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import engine
 from ..stats import bootstrap_ci, proportion_ci
-from .core import FAMILIES, TokItem, load_items, sample, validate
+from .core import FAMILIES, TokItem, load_items, sample, validate, with_chat_template
 
 
 @torch.inference_mode()
@@ -17,8 +18,7 @@ def last_logits(subject, prompts: list[str], batch_size: int = 16) -> torch.Tens
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         enc = subject.encode([prompts[i] for i in idx])
-        pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-        logits = subject.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1].float().cpu()
+        logits = engine.last_logits(subject, enc["input_ids"], enc["attention_mask"]).cpu()
         for j, i in enumerate(idx):
             out[i] = logits[j]
     return torch.stack(out) if out else torch.empty(0)
@@ -66,23 +66,31 @@ def solved(rows, gate: float = FLIP_GATE):
     return pd.DataFrame(out, columns=["family", "n_items", "n_flipped", "flip_rate", "flip_lo", "flip_hi", "testable"])
 
 
-def scored(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", variant: str = "synthetic"):
-    """(items, table): n sampled items per family and their clean/corrupt logit differences and flips."""
+def _suite(subject, family: str, variant: str, bucket: str, chat: bool) -> list:
+    raw = load_items(family, variant, bucket)
+    return with_chat_template(raw, subject.tokenizer) if chat else raw
+
+
+def scored(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", variant: str = "synthetic",
+           chat: bool = False):
+    """(items, table): n sampled items per family and their clean/corrupt logit differences and flips
+    (`chat`: the chat-template variant, `core.with_chat_template`)."""
     import pandas as pd
 
     its = [it for fam in families
-           for it in sample(validate(load_items(fam, variant, bucket), subject.tokenizer)[0], n, seed)]
+           for it in sample(validate(_suite(subject, fam, variant, bucket, chat), subject.tokenizer)[0], n, seed)]
     m = score(subject, its) if its else {"logit_diff_clean": [], "logit_diff_corrupt": []}
     t = pd.DataFrame({"family": [it.family for it in its], "item_id": [it.id for it in its],
                       "ld_clean": m["logit_diff_clean"], "ld_corrupt": m["logit_diff_corrupt"]})
     return its, t.assign(flipped=flipped(t["ld_clean"], t["ld_corrupt"]))
 
 
-def gate(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", variant: str = "synthetic"):
+def gate(subject, families, n: int = 48, seed: int = 0, bucket: str = "short", variant: str = "synthetic",
+         chat: bool = False):
     """`solved` measured on n items per family (clean and corrupt forwards only): the flip gate a chapter applies
     before it localizes, steers or patches a family. More items than a chapter's own sample make the gate's
     lower bound meaningful (16 items need 16/16 flips to pass 0.7; 48 need about 40)."""
-    return solved(scored(subject, families, n, seed, bucket, variant)[1])
+    return solved(scored(subject, families, n, seed, bucket, variant, chat)[1])
 
 
 def untestable_why(table) -> str:
@@ -100,7 +108,7 @@ def _status(lo: float, hi: float, chance: float) -> str:
 
 
 def baselines(subject, families=None, variants=("synthetic", "natural"), n: int = 50, seed: int = 0,
-              bucket: str = "short", batch_size: int = 16):
+              bucket: str = "short", batch_size: int = 16, chat: bool = False):
     """One row per family x variant: accuracy, p(answer), logit differences clean/corrupt and the flip rate,
     each with a 95% CI (Clopper-Pearson for rates, studentized bootstrap for means), whether the model is at
     chance, and whether the family is `testable` (flip-rate lower bound >= FLIP_GATE: what later chapters
@@ -109,6 +117,7 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
     Chance for top-1 accuracy is 1 / (number of distinct answers in the family's items; 2 for agreement),
     i.e. a model that knows the answer type but guesses among its values; chance for the pairwise answer-vs-distractor
     accuracy is 0.5. The validation report (items dropped under this tokenizer) is in `df.attrs['validation']`.
+    `chat`: every prompt wrapped in the tokenizer's chat template (`core.with_chat_template`; column `template`).
 
     `subject` may also be a list of subjects or model names: one table for all of them, with a `model` column."""
     import pandas as pd
@@ -116,7 +125,7 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
     if isinstance(subject, (list, tuple)):
         from .. import load
 
-        parts = [baselines(load(s) if isinstance(s, str) else s, families, variants, n, seed, bucket, batch_size)
+        parts = [baselines(load(s) if isinstance(s, str) else s, families, variants, n, seed, bucket, batch_size, chat)
                  for s in subject]
         tables = []
         for p in parts:  # attrs hold DataFrames, which pd.concat cannot compare: concatenate bare copies
@@ -133,7 +142,7 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
     rows, reports = [], []
     for fam in families or FAMILIES:
         for var in variants:
-            raw = load_items(fam, var, bucket)
+            raw = _suite(subject, fam, var, bucket, chat)
             if not raw:
                 continue
             kept, rep = validate(raw, subject.tokenizer)
@@ -143,7 +152,8 @@ def baselines(subject, families=None, variants=("synthetic", "natural"), n: int 
                 continue
             m = score(subject, its, batch_size)
             chance = 1.0 / CHOICES.get(fam, max(2, len({it.answer.strip() for it in raw})))
-            row = {"family": fam, "variant": var, "bucket": bucket, "n": len(its), "chance": chance}
+            row = {"family": fam, "variant": var, "template": "chat" if chat else "none", "bucket": bucket,
+                   "n": len(its), "chance": chance}
             flips = flipped(m["logit_diff_clean"], m["logit_diff_corrupt"])
             for col, hits in (("accuracy", m["correct"]), ("pair_accuracy", m["logit_diff_clean"] > 0),
                               ("corrupt_accuracy", m["corrupt_correct"]), ("flip_rate", flips)):
@@ -192,3 +202,14 @@ def baseline_claims(base, runs: dict, **tags) -> list:
             metric="flip rate (clean LD > 0 and corrupt LD < 0), Clopper-Pearson 95% CI",
             counterfactual="the corrupt prompt (one token replaced)", control=f"gate = {FLIP_GATE}", evidence=ev, **tags))
     return out
+
+
+def template_flips(plain, chat):
+    """Flip rate per family x variant without and with the chat template, side by side (two `baselines` tables)."""
+    cols = ["n", "flip_rate", "flip_rate_lo", "flip_rate_hi", "testable"]
+    key = ["family", "variant"]
+    a, b = plain[key + cols].copy(), chat[key + cols].copy()
+    a.attrs, b.attrs = {}, {}  # attrs hold DataFrames, which a merge cannot compare
+    out = a.merge(b, on=key, how="outer", suffixes=("", "_chat"))
+    return out.fillna({"n": 0, "n_chat": 0, "testable": False, "testable_chat": False}).astype(
+        {"n": int, "n_chat": int, "testable": bool, "testable_chat": bool})

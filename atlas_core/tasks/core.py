@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..paths import data_dir
@@ -170,6 +170,36 @@ def validate(items: list[Item], tokenizer):
                           columns=["family", "total", "kept", "dropped_answer_not_single_token",
                                    "dropped_length_mismatch", "dropped_other"])
     return kept, report
+
+
+# ---------------------------------------------------------------- chat-template variant
+
+
+def has_chat_template(tok) -> bool:
+    return bool(getattr(tok, "chat_template", None))
+
+
+def _render(tok, text: str, system: str | None) -> str:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    out = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    bos = getattr(tok, "bos_token", None)  # a template that writes BOS, on a tokenizer that adds it again: keep one
+    if bos and out.startswith(bos) and getattr(tok, "bos_token_id", None) in tok("")["input_ids"]:
+        out = out[len(bos):]
+    return out
+
+
+def with_chat_template(items: list[Item], tok, system: str | None = None) -> list[Item]:
+    """Items wrapped in the tokenizer's chat template: the prompt (and the corrupt prompt) is the user turn, the
+    generation prompt opens the assistant turn, and the answer is the reply's first token, so answer, distractor
+    and corrupt answer lose their leading space. The template is the same text around clean and corrupt prompts;
+    `validate` re-checks equal token length and single-token answers and recomputes `diff_pos` in the templated
+    ids. `meta["template"] = "chat"`. A one-line ValueError when the tokenizer has no chat template."""
+    if not has_chat_template(tok):
+        raise ValueError(f"the tokenizer {getattr(tok, 'name_or_path', '') or type(tok).__name__} has no chat template: "
+                         "the chat variant needs an instruct model's tokenizer")
+    return [replace(it, prompt=_render(tok, it.prompt, system), corrupt=_render(tok, it.corrupt, system),
+                    answer=it.answer.lstrip(), distractor=it.distractor.lstrip(), corrupt_answer=it.corrupt_answer.lstrip(),
+                    meta={**it.meta, "template": "chat"}) for it in items]
 
 
 # ---------------------------------------------------------------- sampling and hashing
