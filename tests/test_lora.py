@@ -237,11 +237,13 @@ def test_random_control_matches_parameters_on_a_hybrid_model(tok):
     assert lora.random_matched(counts, int(counts[[1, 3]].sum()), 2, 0, exclude=(1, 3)) is None
     t = lora.matched_target(s, both_attn, 0)
     assert t.layers != (1, 3) and abs(_count(s, t) / _count(s, both_attn) - 1) > lora.PARAM_TOL
-    head = _head({"atlas": [1.0, 1.0, 1.0], "random": [2.0, 2.0, 2.0]}, n={"atlas": 22528, "random": 18944})
+    head = _head({"atlas": [1.0] * 6, **{c: [2.0] * 6 for c in lora.CONTROLS}},
+                 n={"atlas": 22528, "random": 18944, "depth-matched": 22528, "wrong-family": 22528})
     v = lora.compare(head)
     assert not v.set_index("vs").loc["random", "params_matched"]
-    claims = lora.lora_claims(v, NORM_NULL, _targets(), 2)
-    assert "not graded" in claims[0].statement and claims[0].confidence == "none"
+    claims = lora.lora_claims(v, NORM_NULL, _targets(), 2, lrs=_lrs(head))
+    assert "not graded" in claims[0].statement and "random layer set matches" in claims[0].statement
+    assert claims[0].confidence == "none"
 
 
 # --------------------------------------------------------------------------- claims
@@ -254,6 +256,17 @@ def _head(eval_loss: dict[str, list[float]], family: str = "f", n: dict | None =
                          for st, xs in eval_loss.items() for i, x in enumerate(xs)])
 
 
+def _lrs(head: pd.DataFrame, n_lrs: int = 4) -> pd.DataFrame:
+    """A `choose_lr` table: every (family, strategy) of `head` searched on its own validation split."""
+    pairs = head[["family", "strategy"]].drop_duplicates()
+    return pairs.assign(lr=1e-3, val_loss=1.0, n_lrs=n_lrs, n_search_seeds=1, at_edge=False)
+
+
+def _controls(atlas: list[float], others: list[float], family: str = "f", **kw) -> pd.DataFrame:
+    """atlas vs the three controls and all-linear, each control with the same `others` losses."""
+    return _head({"atlas": atlas, **{c: others for c in (*lora.CONTROLS, "all-linear")}}, family, **kw)
+
+
 def _targets(basis: str = "ld_frac", family: str = "f") -> pd.DataFrame:
     return pd.DataFrame([{"family": family, "metric": "ld_frac", "basis": basis,
                           "why": "" if basis == "ld_frac" else "the model flips 0/4 f items"}]).set_index("family")
@@ -263,30 +276,33 @@ def _claim(claims: list[Claim], word: str) -> Claim:
     return next(c for c in claims if word in c.statement)
 
 
-def test_atlas_vs_random_is_an_exact_sign_flip_test_over_seeds():
+def test_atlas_vs_its_controls_is_an_exact_sign_flip_test_over_seeds():
     """3 seeds, atlas lower in each: a bootstrap CI over them is [min, max] and would exclude 0; the exact
     sign-flip test gives p = 1/8, which the statement reports along with why it cannot pass the control."""
-    v = lora.compare(_head({"atlas": [1.0, 2.0, 3.0], "random": [1.5, 2.1, 3.9]}))
+    head = _controls([1.0, 2.0, 3.0], [1.5, 2.1, 3.9])
+    v = lora.compare(head)
     r = v.set_index("vs").loc["random"]
     assert r.p_value == pytest.approx(0.125) and r.min_p == pytest.approx(0.125) and r.n_seeds == 3
-    c = lora.lora_claims(v, NORM_NULL, _targets(), 2)[0]
+    c = lora.lora_claims(v, NORM_NULL, _targets(), 2, lrs=_lrs(head))[0]
     assert "ci_excludes_control" not in c.evidence and c.evidence["p_value"] == pytest.approx(0.125)
     assert "3 seeds cannot give p below 0.125" in c.statement and "not significantly" in c.statement
-    assert c.confidence == "none"  # the seeds are the test's own replicates: not counted again
+    assert c.confidence == "none"
 
 
 def test_claims_follow_the_evidence():
     """Evidence saying the opposite flips the statement or lowers the confidence."""
-    better = lora.compare(_head({"atlas": [1.0] * 6, "random": [1.5, 1.2, 1.9, 1.1, 1.3, 1.4]}))
-    worse = lora.compare(_head({"atlas": [1.0] * 6, "random": [0.5, 0.8, 0.1, 0.9, 0.7, 0.6]}))
-    c_b = lora.lora_claims(better, NORM_NULL, _targets(), 2)[0]
-    c_w = lora.lora_claims(worse, NORM_NULL, _targets(), 2)[0]
-    assert "reaches lower eval loss than" in c_b.statement and c_b.evidence["p_value"] == pytest.approx(1 / 64)
+    others = [1.5, 1.2, 1.9, 1.1, 1.3, 1.4]
+    better, worse = _controls([1.0] * 6, others), _controls([1.0] * 6, [2 - x for x in others])
+    c_b = lora.lora_claims(lora.compare(better), NORM_NULL, _targets(), 2, lrs=_lrs(better))[0]
+    c_w = lora.lora_claims(lora.compare(worse), NORM_NULL, _targets(), 2, lrs=_lrs(worse))[0]
+    assert "beats every strategy it was compared with" in c_b.statement
+    assert c_b.evidence["p_value"] == pytest.approx(1 / 64)
     # one family: the control alone (the seeds are its replicates, breadth needs >= 2 families) -> low
-    assert c_b.confidence == "low" and "does not reach lower" in c_w.statement
+    assert c_b.confidence == "low" and "does not beat every strategy" in c_w.statement
     assert LEVELS.index(c_w.confidence) < LEVELS.index(c_b.confidence)
     assert "ci_excludes_control" not in c_b.evidence and "ci_excludes_control" not in c_w.evidence
     # the norm/effect statement follows the sign AND the test
+    better = lora.compare(better)
     rises = {"rho": 0.9, "p_value": 0.01, "min_p": 1e-4, "n_layers": 30}
     for norm, word, level in [(rises, "rises", "low"), ({**rises, "rho": -0.9}, "falls", "low"),
                               ({**rises, "p_value": 0.3}, "no clear association", "none"),
@@ -331,24 +347,28 @@ def test_layer_scores_read_the_metric_and_fall_back_labelled():
 
 
 def test_random_init_model_earns_no_claim_above_low(tok, tmp_path, monkeypatch):
-    """Chapter 05's pipeline end to end on a random-init tiny model (its real atlas, smoke settings cut down to
-    atlas vs random over the smoke profile's 3 seeds)."""
+    """Chapter 05's pipeline end to end on a random-init tiny model (its real atlas over two families, the smoke
+    profile's learning-rate search and controls, cut down to 2 steps, over 5 seeds)."""
     from atlas_core.atlas import map_atlas
 
     monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path))
     s = tiny_subject("llama", tok, d=32, heads=2, kv_heads=1)
-    fams = ["json_schema"]
-    atlas = map_atlas(s, fams, ["block"], ["zero"], [0], 4, heads=False, positions=(), progress=False)
-    P = {**lora.profile("smoke"), "n_train": 8, "n_eval": 2, "n_drift": 1, "steps": 2}
+    fams, pool = ["json_schema"], ["json_schema", "factual_recall"]
+    atlas = map_atlas(s, pool, ["block"], ["zero"], [0], 4, heads=False, positions=(), progress=False)
+    P = {**lora.profile("smoke"), "n_train": 8, "n_val": 2, "n_eval": 2, "n_drift": 1, "steps": 2}
     train, evalsets, P = lora.task_data(s, fams, P)
     evalsets = {f: replace(ev, max_new_tokens=4) for f, ev in evalsets.items()}  # no claim reads exact match
-    targets = lora.targeting(atlas, fams, s.arch, P["k"])
-    runs = lora.headline_runs(atlas, s, fams, [42, 137, 256], P, strategies=("atlas", "random"))
-    head = lora.run_grid(s, runs, train, evalsets, progress=False)
+    targets = lora.targeting(atlas, fams, s.arch, P["k"], pool=pool)
+    seeds = [42, 137, 256, 512, 1024]
+    lrs = lora.choose_lr(lora.run_grid(s, lora.lr_runs(atlas, s, fams, seeds, P, pool), train, evalsets,
+                                       progress=False, score="val"))
+    head = lora.run_grid(s, lora.headline_runs(atlas, s, fams, seeds, P, lr=lrs, pool=pool), train, evalsets,
+                         progress=False)
+    assert set(head["strategy"]) == {"none", *P["strategies"]} and head.query("seed == 42")["cached"].all()
     surg = lora.train(s, fams[0], train[fams[0]], lora.target(None, fams[0], s.arch, 2, "all-linear"),
                       lora.TrainConfig(P["steps"], P["lr"], P["batch"], "adamw", 0, P["max_len"]))
     final = lora.effect_map(s, surg.path, evalsets[fams[0]].examples[:2], P["max_len"])
-    claims = lora.lora_claims(lora.compare(head), lora.norm_effect(final), targets, P["k"])
+    claims = lora.lora_claims(lora.compare(head), lora.norm_effect(final), targets, P["k"], lrs=lrs)
     assert len(claims) >= 2 and all(c.confidence in ("none", "low") for c in claims), [c.row() for c in claims]
     assert all(c.evidence.get("ci_excludes_control") is not True for c in claims)
 
@@ -396,3 +416,158 @@ def test_grid_shared_with_a_helper_process(tmp_path, monkeypatch):
     Path(job).unlink()
     three = lora.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False)
     assert three["cached"].all() and np.allclose(one["eval_loss"], three["eval_loss"], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- issue 18, item 8: controls and learning rates
+def test_learning_rate_is_the_validation_argmin_and_never_reads_eval_items(subject, tmp_path, monkeypatch):
+    """Each strategy's rate is the argmin of its validation loss over the grid; the search never evaluates (no
+    generation, no eval items: replacing them changes nothing); the headline trains each strategy at its own rate
+    and reuses the search seed's adapter instead of training it again."""
+    monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path))
+    data = [{"prompt": f"Item {i}: the sky is", "completion": " blue"} for i in range(12)]
+    train, val = lora.split_val(data, 8, 4)
+    assert len(train) == 8 and not {e["prompt"] for e in train} & {e["prompt"] for e in val}
+    ev = lora.EvalSet("toy", HELD_OUT, ["Hello there"], lambda t, e: t.strip() == "blue", 3, None, val)
+    P = {"k": 2, "r": 4, "steps": 6, "batch": 4, "lr": 1e-3, "lrs": [1e-4, 1e-3, 1e-2, 5e-2], "search_seeds": 1,
+         "sweep_family": "toy", "checkpoints": [0, 2], "strategies": ["atlas", "random", "all-linear"]}
+    real = lora.evaluate
+    monkeypatch.setattr(lora, "evaluate", lambda *a, **k: pytest.fail("the search evaluated on eval items"))
+    runs = lora.lr_runs(SCORES.iloc[:4], subject, ["toy"], [0, 1, 2], P)
+    assert len(runs) == 3 * 4 and {tc.seed for _, _, tc in runs} == {0}
+    search = lora.run_grid(subject, runs, {"toy": train}, {"toy": ev}, progress=False, score="val")
+    chosen = lora.choose_lr(search).set_index("strategy")
+    for st, g in search.groupby("strategy"):
+        assert chosen.loc[st, "lr"] == g.loc[g["val_loss"].idxmin(), "lr"] and chosen.loc[st, "n_lrs"] == 4
+    other = replace(ev, examples=[{"prompt": "Something else", "completion": " red"}] * 4)
+    again = lora.run_grid(subject, runs, {"toy": train}, {"toy": other}, progress=False, score="val")
+    assert again["cached"].all() and lora.choose_lr(again).equals(lora.choose_lr(search))
+    monkeypatch.setattr(lora, "evaluate", real)
+    head = lora.run_grid(subject, lora.headline_runs(SCORES.iloc[:4], subject, ["toy"], [0, 1], P, lr=lora.choose_lr(search)),
+                         {"toy": train}, {"toy": ev}, progress=False)
+    trained = head[head["strategy"] != "none"]
+    assert (trained["lr"] == trained["strategy"].map(chosen["lr"])).all()
+    assert trained.query("seed == 0")["cached"].all()  # the search's run at the chosen rate, not trained again
+    surg = lora.train(subject, "toy", train, lora.target(None, "toy", subject.arch, 2, "all-linear", r=4),
+                      lora.TrainConfig(6, chosen.loc["all-linear", "lr"], 4, "adamw", 0), checkpoints=(0, 2))
+    assert surg.cached  # the surgery adapter kept its checkpoints in the search
+
+
+def test_task_data_validation_is_disjoint_from_train_and_eval(tok):
+    """Validation items come from the training split (never the eval split) and share no prompt or fact with the
+    training items."""
+    s = SimpleNamespace(tokenizer=tok)
+    train, evalsets, _ = lora.task_data(s, tasks.TRAIN_FAMILIES, {**lora.profile("default"), "n_eval": 8})
+    for f, ev in evalsets.items():
+        val, tr = ev.val, train[f]
+        assert len(val) == 32 and tr
+        assert not {e["prompt"] for e in val} & ({e["prompt"] for e in tr} | {e["prompt"] for e in ev.examples})
+        assert not {e.get("fact") for e in val if "fact" in e} & {e.get("fact") for e in tr if "fact" in e}, f
+        assert {e["prompt"] for e in val} <= {e["prompt"] for e in tasks.training_split(f, "train")}
+
+
+def test_depth_matched_control_stays_in_the_atlas_layers_depth_bins(tok):
+    """30 layers: bins of 3. Each atlas layer gets a random other layer of its own bin, never an atlas layer; a
+    bin with no free layer falls back to the nearest free one; on a hybrid model the sizes match too."""
+    counts = pd.Series(100, index=range(30))
+    bins = lora.depth_bins(30)
+    assert list(bins[:7]) == [0, 0, 0, 1, 1, 1, 2] and bins.max() == 9
+    ref = (1, 7, 13, 19, 22, 28)
+    draws = {lora.depth_matched(counts, ref, seed) for seed in range(6)}
+    assert len(draws) > 1
+    for d in draws:
+        assert len(d) == 6 and not set(d) & set(ref)
+        assert sorted(bins[list(d)]) == sorted(bins[list(ref)])
+    assert lora.depth_matched(counts, (0, 1, 2), 0) == (3, 4, 5)  # bin 0 is all atlas: the nearest free layers
+    s = tiny_subject("lfm2", tok)
+    c = lora.layer_params(s.model, s.arch, lora.ALL_LINEAR, 8)
+    ref_t = lora.target(pd.Series({0: 0.9, 1: 0.0, 2: 0.1, 3: 0.8}), "f", s.arch, 2, "atlas")  # layers 0 and 3
+    for seed in range(4):
+        t = lora.control_target(pd.Series({0: 0.9, 1: 0.0, 2: 0.1, 3: 0.8}), s, "f", "depth-matched", seed, 2)
+        assert t.strategy == "depth-matched" and not set(t.layers) & set(ref_t.layers)
+        assert c[list(t.layers)].sum() == c[list(ref_t.layers)].sum()  # same size, layer by layer
+
+
+def test_wrong_family_control_uses_another_familys_scores():
+    """The layers of the family whose map correlates least with the target's (only families the atlas scores
+    under the target's metric); missing where there is none."""
+    arch = _arch("llama")
+    f = {0: 0.1, 1: 0.5, 2: 0.3, 3: 0.9, 4: 0.2, 5: 0.4, 6: 0.05, 7: 0.35}
+    g = {i: 1 - v for i, v in f.items()}  # the opposite map
+    h = {i: v + 0.01 * i for i, v in f.items()}  # nearly the same map
+    atlas = {"f": pd.Series(f), "g": pd.Series(g), "h": pd.Series(h)}
+    fam, rho, scores = lora.wrong_family(atlas, "f", ["f", "h", "g"], "score")
+    assert fam == "g" and rho < -0.9 and scores.equals(atlas["g"].astype(float).rename_axis("layer"))
+    s = SimpleNamespace(arch=arch)
+    t = lora.control_target(atlas, s, "f", "wrong-family", 0, 2, pool=["f", "g", "h"])
+    assert t.layers == (0, 6) and t.layers == lora.target(atlas, "g", arch, 2, "atlas").layers
+    assert t.layers != lora.target(atlas, "f", arch, 2, "atlas").layers
+    assert lora.wrong_family(atlas, "f", ["f"], "score") is None
+    # under ld_frac only a family the model solves counts: none here, so the control is missing
+    stub = StubAtlas(f, g, ["f"])
+    assert lora.wrong_family(stub, "f", ["f", "g"], "ld_frac") is None
+    tg = lora.targeting(stub, ["f"], arch, 2, pool=["f", "g"]).loc["f"]
+    assert tg["wrong_family"] == "" and tg["wrong-family"] is None
+    tg = lora.targeting(StubAtlas(f, g, ["f", "g"]), ["f"], arch, 2, pool=["f", "g"]).loc["f"]
+    assert tg["wrong_family"] == "g" and tg["wrong-family"] == (1, 3)  # g's ld_frac map here is f's (a stub)
+
+
+def test_beating_random_but_not_depth_matched_is_no_atlas_win():
+    """8 seeds: the atlas beats random-matched, wrong-family and all-linear in every seed but not depth-matched:
+    no claim says it wins and none reaches medium. Beating depth-matched too, in both families, wins at medium."""
+    seeds = np.arange(8)
+    lower = list(1.0 + 0.1 * seeds)
+    above = [x + 0.5 for x in lower]
+    heads, wins = [], []
+    for fam in ("f", "g"):
+        h = _controls(lower, above, fam)
+        h.loc[h["strategy"] == "depth-matched", "eval_loss"] = [x - 0.05 * (-1) ** i for i, x in enumerate(lower)]
+        heads.append(h)
+        wins.append(_controls(lower, above, fam))
+    targets = pd.concat([_targets(family="f"), _targets(family="g")])
+    for head, won in ((pd.concat(heads), False), (pd.concat(wins), True)):
+        v = lora.verdict(lora.compare(head))
+        assert v["wins"].all() == won and v["graded"].all()
+        cl = [c for c in lora.lora_claims(lora.compare(head), NORM_NULL, targets, 2, lrs=_lrs(head)) if "‖B·A‖" not in c.statement]
+        assert len(cl) == 2
+        for c in cl:
+            assert ("beats every strategy it was compared with" in c.statement) == won, c.statement
+            assert c.confidence == "medium" if won else c.confidence in ("none", "low"), (c.confidence, c.reasons)
+        if not won:
+            assert all("weakest: depth-matched" in c.statement for c in cl)
+    # a missing control: not graded, whatever the others say
+    head = pd.concat(wins)
+    cl = lora.lora_claims(lora.compare(head[head["strategy"] != "wrong-family"]), NORM_NULL, targets, 2, lrs=_lrs(head))
+    assert all(c.confidence == "none" and "wrong-family control is missing" in c.statement for c in cl[:2])
+
+
+def test_fewer_than_five_seeds_or_one_learning_rate_cap_the_verdict():
+    """4 seeds, the atlas ahead of every control in every seed: not graded (4 seeds cannot reach p <= 0.05), and
+    the reason says so. 8 seeds at one learning rate for all, or rates chosen on another family's validation
+    split: capped at low, saying why; searched per family over 4 rates: medium."""
+    def two(n):
+        h = pd.concat([_controls([1.0] * n, [2.0] * n, fam) for fam in ("f", "g")])
+        return h, pd.concat([_targets(family="f"), _targets(family="g")])
+
+    head, targets = two(4)
+    c = lora.lora_claims(lora.compare(head), NORM_NULL, targets, 2, lrs=_lrs(head))[0]
+    assert c.confidence == "none" and "4 paired seeds" in c.reasons[0] and "graded from 5" in c.reasons[0]
+    head, targets = two(8)
+    cmp = lora.compare(head)
+    assert lora.lora_claims(cmp, NORM_NULL, targets, 2, lrs=_lrs(head))[0].confidence == "medium"
+    one = lora.lora_claims(cmp, NORM_NULL, targets, 2)[0]
+    assert one.confidence == "low" and "capped at low: one learning rate for every strategy" in one.statement
+    moved = lora.lora_claims(cmp, NORM_NULL, targets, 2, lrs=_lrs(head).query("family == 'g'"))[0]
+    assert moved.confidence == "low" and "chosen on g's validation split, not f's" in moved.statement
+    few = lora.lora_claims(cmp, NORM_NULL, targets, 2, lrs=_lrs(head, n_lrs=3))[0]
+    assert few.confidence == "low" and "3 < 4 values" in few.statement
+
+
+def test_lora_null_with_a_partial_effect_makes_no_win():
+    """The simulated null runs the real claim builder: an atlas better than random only, or than all but the
+    depth-matched control, never reaches medium; an atlas better than every control mostly does (8 seeds)."""
+    from atlas_core import nulls
+
+    for beats in (["random"], ["random", "wrong-family", "all-linear"]):
+        r = nulls.lora_null(60, 8, effect=1.5, beats=beats)
+        assert r["medium_or_high"] == 0.0, (beats, r)
+    assert nulls.lora_null(20, 8, effect=1.5)["medium_or_high"] >= 0.6
