@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make book   build the book on the embedded default model (PROFILE=smoke|default|full; MODEL=, SEEDS= override the profile's)
+#   make book   build the book on the embedded default model (PROFILE=smoke|default|full; MODEL=, SEEDS= override the profile's;
+#               REMOTE=ndif runs every trace on NDIF with MODEL=<hf id> and NDIF_API_KEY set)
 #   make test   run the test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -33,7 +34,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 book: setup
-	$(PY) -m atlas_core.book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+	$(PY) -m atlas_core.book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(REMOTE),--remote $(REMOTE))
 
 check-book: setup
 	$(PY) book/check_render.py --screenshots _build/screenshots

@@ -66,7 +66,7 @@ def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> f
 
 
 def build(model: str | None, profile: str, seeds: str | None, only: list[str] | None = None,
-          results_dir: str | None = None) -> None:
+          results_dir: str | None = None, remote: str | None = None) -> None:
     from .charts import write_bundle
     from .paths import results_dir as default_results
 
@@ -81,6 +81,8 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
         params["model"] = model
     if seeds:
         params["seeds"] = [int(s) for s in seeds.split(",")]
+    if remote:
+        params["remote"] = True if remote == "ndif" else "local"
     times = {}
     t_all = time.time()
     for c in todo:
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default=None, help="comma list; default: the profile's seeds")
     ap.add_argument("--chapters", default=None, help="comma list of chapter numbers to re-execute, e.g. 02,00")
     ap.add_argument("--results-dir", default=None, help="tables and registry; default: $ATLAS_RESULTS or results/")
+    ap.add_argument("--remote", default=None, choices=["ndif", "local"],
+                    help="ndif: every trace runs on NDIF (key from NDIF_API_KEY); local: nnsight's round trip here")
     ap.add_argument("--refresh-references", action="store_true")
     ap.add_argument("--write-toc", action="store_true")
     a = ap.parse_args(argv)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("[references] --refresh-references always refreshes every chapter (00 summarizes them all)")
         refresh_references()
     else:
-        build(a.model, a.profile, a.seeds, a.chapters.split(",") if a.chapters else None, a.results_dir)
+        build(a.model, a.profile, a.seeds, a.chapters.split(",") if a.chapters else None, a.results_dir, a.remote)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--variant", default="synthetic", choices=["synthetic", "natural"])
     m.add_argument("--dtype", default="float32")
     m.add_argument("--device", default="cpu")
+    m.add_argument("--remote", default=None, choices=["ndif", "local"],
+                   help="ndif: run every trace on NDIF (model = HF id, key from NDIF_API_KEY); local: nnsight's round trip here")
     m.add_argument("--out", default="results/atlas", help="output directory (atlas.json, rows.parquet)")
     m.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -58,7 +60,8 @@ def _map(a) -> int:
         raise ValueError("patching methods belong to `atlas patch` / chapter 03; use zero, mean, resample or random here")
     seeds = [int(s) for s in _csv(a.seeds)]
     t0 = time.time()
-    subject = load(a.model, dtype=a.dtype, device=a.device)
+    remote = {"ndif": True, "local": "local", None: False}[a.remote]
+    subject = load(a.model, dtype=a.dtype, device=a.device, remote=remote)
     print(subject, file=sys.stderr)
     atlas = map_atlas(subject, fams, comps, methods, seeds, a.prompts_per_family, heads=not a.no_heads,
                       positions=_csv(a.positions), bucket=a.bucket, variant=a.variant, out=a.out,

@@ -33,10 +33,12 @@ class Batch:
         distractor_ids=None,
         diff_pos=None,
         seed: int = 0,
-        remote: bool | str = False,
+        remote: bool | str | None = None,
     ):
         self.s = subject
-        self.remote = remote
+        # remote (NDIF, or nnsight's local round trip): no prefix reuse — uploading cached layer outputs costs
+        # more than recomputing them there — and residual values are fetched only when a unit needs them.
+        self.remote = subject.remote if remote is None else remote
         self.arch = subject.arch
         enc = subject.encode(clean)
         self.mask = enc["attention_mask"]
@@ -64,9 +66,9 @@ class Batch:
 
     def _capture(self, ids: torch.Tensor) -> dict:
         """One trace: every layer's residual input and output (hidden[i] = input of layer i) and the logits."""
-        got = self._forward(ids, self.mask, hidden=True)
+        got = self._forward(ids, self.mask, hidden=not self.remote)
         _check_finite(got["logits"], "clean forward")
-        return {"ids": ids, "hidden": got["hidden"], "logits": got["logits"]}
+        return {"ids": ids, "hidden": got.get("hidden"), "logits": got["logits"]}
 
     def logits(self, run: str = "clean") -> torch.Tensor:
         return self.runs[run]["logits"]
@@ -103,28 +105,31 @@ class Batch:
         site = edit.site
         key = (run, site.component, site.layer)
         if key not in self._values:
-            r = self.runs[run]
-            if site.component == "resid":
-                self._values[key] = r["hidden"][site.layer + 1]
-            elif site.component == "block":
-                self._values[key] = r["hidden"][site.layer + 1] - r["hidden"][site.layer]
-            else:
-                self._fill(run, [edit])
+            self._fill(run, [edit])
         v = self._values[key]
         return v[..., self.arch.head_slice(site.head)] if site.component == "head" else v
 
     def _fill(self, run: str, edits: list[Edit]) -> None:
-        """Module-site values of the unedited `run` in one trace that runs only the layers holding them."""
-        need: dict[tracing.Point, list[tuple[str, int]]] = {}
+        """Values of the unedited `run` at the edits' sites: residual ones from the capture; module ones (and,
+        when remote, residual ones) from one trace that runs only the layers holding them."""
+        r, need = self.runs[run], {}
         for e in edits:
-            need.setdefault(tracing.point(self.arch, e.site), []).append((e.site.component, e.site.layer))
-        keep = {pt.layer for pt in need}
-        r = self.runs[run]
-        skip = {i: r["hidden"][i + 1] for i in range(self.arch.n_layers) if i not in keep}
-        got = self._forward(r["ids"], self.mask, reads=list(need), skip=skip)
-        for pt, keys in need.items():
-            for comp, layer in keys:
-                self._values[(run, comp, layer)] = got[pt]
+            comp, layer = e.site.component, e.site.layer
+            h = r["hidden"]
+            if h is not None and comp in ("resid", "block"):
+                self._values[(run, comp, layer)] = h[layer + 1] - h[layer] if comp == "block" else h[layer + 1]
+                continue
+            out = tracing.point(self.arch, e.site)
+            pts = (out, tracing.Point(layer, "", "input", -1)) if comp == "block" else (out,)
+            need[(comp, layer)] = pts
+        if not need:
+            return
+        keep = {pts[0].layer for pts in need.values()}
+        skip = {} if r["hidden"] is None else {i: r["hidden"][i + 1] for i in range(self.arch.n_layers) if i not in keep}
+        got = self._forward(r["ids"], self.mask, reads=sorted({p for pts in need.values() for p in pts},
+                                                              key=lambda p: (p.layer, p.stage)), skip=skip)
+        for (comp, layer), pts in need.items():
+            self._values[(run, comp, layer)] = got[pts[0]] - got[pts[1]] if comp == "block" else got[pts[0]]
 
     def replacement(self, edit: Edit, x: torch.Tensor) -> torch.Tensor:
         """The edited value of a site whose current value (B rows) is x."""
@@ -218,7 +223,7 @@ class Batch:
         ids = torch.cat([self.runs[u.run]["ids"] for u in units])
         steps = [self.step(e, slice(j * B, (j + 1) * B)) for j, u in enumerate(units) for e in u.edits]
         skip = {}
-        if start:  # prefix reuse: layers < start are skipped; only layer start-1's output is read
+        if start and not self.remote:  # prefix reuse: layers < start are skipped; only layer start-1's output is read
             prefix = torch.cat([self.runs[u.run]["hidden"][start] for u in units])
             skip = dict.fromkeys(range(start), prefix)
         got = self._forward(ids, self.mask.repeat(k, 1), steps=steps, skip=skip)
@@ -237,8 +242,14 @@ class Batch:
         return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def last_logits(subject: Subject, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, V) last-position logits of one plain traced forward (local or remote, as the subject says)."""
+    with torch.inference_mode():
+        return tracing.forward(subject.nn, subject.arch.paths.layers, ids, mask, remote=subject.remote)["logits"]
+
+
 def generate(subject: Subject, prompts: list[str], unit: Unit | None = None, max_new_tokens: int = 16,
-             remote: bool | str = False) -> list[str]:
+             remote: bool | str | None = None) -> list[str]:
     """Greedy continuations with the unit's edits applied at every forward of generation: position "all" edits
     every token of each forward (the prompt, then each new token), "last" the newest token. Edits that need
     a source run (mean, resample, patch) have no meaning here and raise."""
@@ -254,7 +265,7 @@ def generate(subject: Subject, prompts: list[str], unit: Unit | None = None, max
     with torch.inference_mode():
         ids = tracing.generate(subject.nn, subject.arch.paths.layers, enc["input_ids"], enc["attention_mask"], steps,
                                max_new_tokens, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                               remote=remote)
+                               remote=subject.remote if remote is None else remote)
     return tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

@@ -24,6 +24,8 @@ from .sweep import _batches
 def attribution(subject, items: Sequence, units: Sequence[Unit], seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
     """Estimated per-prompt logit-difference change of each single-edit unit (columns as in `sweep` rows,
     plus `ld_change_est`). One forward+backward per batch and run (clean, or corrupt for denoising)."""
+    if subject.remote:
+        raise ValueError("the attribution screen differentiates here: run it without remote (the exact sweep runs remotely)")
     rows = []
     for its in _batches(items, batch_size):
         b = Batch(subject, [it.prompt for it in its], [it.corrupt for it in its], [it.answer_id for it in its],

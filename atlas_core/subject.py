@@ -31,17 +31,22 @@ class Subject:
     arch: ArchMap
     source: str
     meta: dict = field(default_factory=dict)
+    remote: bool | str = False  # every trace runs on NDIF (True) or through nnsight's local round trip ("local")
+    envoy: object = field(default=None, repr=False)
 
     @cached_property
     def nn(self):
-        """nnsight wrapper around the same module (paths unchanged)."""
+        """nnsight wrapper around the same module (paths unchanged): every intervention traces through it."""
+        if self.envoy is not None:
+            return self.envoy
         import nnsight
 
         return nnsight.TransformersModel(self.model, tokenizer=self.tokenizer, task="text-generation")
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs live: the weights' device, or the CPU for a remote model (its weights are on NDIF)."""
+        return torch.device("cpu") if self.remote is True else next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -53,9 +58,13 @@ class Subject:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of config and every weight: two subjects with equal fingerprints compute the same function."""
+        """Hash of config and every weight: two subjects with equal fingerprints compute the same function.
+        A remote model (weights on NDIF, meta tensors here) hashes its config and hub id instead."""
         h = hashlib.blake2b(digest_size=12)
         h.update(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+        if self.remote is True:
+            h.update(f"ndif:{self.name}".encode())
+            return h.hexdigest()
         for k, v in self.model.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
@@ -81,11 +90,20 @@ def load(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     quantization: str | None = None,
+    remote: bool | str = False,
 ) -> Subject:
     """Load a causal LM: an embedded name (`smollm2-135m`, `gemma3-270m`), a tiny random family
     (`tiny-llama`, `tiny-qwen2`, `tiny-gemma3`, `tiny-lfm2`, `tiny-gpt2`), a local path or an HF id.
 
-    `quantization` may be "nf4" or "int8" (bitsandbytes)."""
+    `quantization` may be "nf4" or "int8" (bitsandbytes). `remote=True` runs every trace on NDIF: the
+    model is built here on the meta device (config and tokenizer only, no weights), the key is read by
+    nnsight from NDIF_API_KEY. `remote="local"` loads the weights here and sends every trace through
+    nnsight's serialize/execute round trip, exactly as the server would run it (the offline test of the
+    remote path)."""
+    if remote is True:
+        return _load_remote(name_or_path)
+    if remote not in (False, "local"):
+        raise ValueError(f"remote must be False, True (NDIF) or 'local' (round trip here), not {remote!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import models, tiny
@@ -99,7 +117,9 @@ def load(
         meta["embedded"] = True
     elif name_or_path.startswith("tiny-"):
         model, tok = tiny.build(name_or_path.removeprefix("tiny-"))
-        return _finish(name_or_path, model.to(device=device, dtype=dtype), tok, "random init (seed 0), built locally", meta)
+        s = _finish(name_or_path, model.to(device=device, dtype=dtype), tok, "random init (seed 0), built locally", meta)
+        s.remote = remote
+        return s
     else:
         path = Path(name_or_path).expanduser()
         if path.exists():
@@ -125,7 +145,27 @@ def load(
         raise ModelNotFound(f"cannot load {name_or_path!r}{hint}: {str(err).splitlines()[0]}") from None
     if not quantization:
         model = model.to(device)
-    return _finish(name_or_path, model, tok, src, meta)
+    s = _finish(name_or_path, model, tok, src, meta)
+    s.remote = remote
+    return s
+
+
+def _load_remote(repo_id: str) -> Subject:
+    """A Subject whose traces run on NDIF: meta-device model here, one clear line for each way it cannot work."""
+    import nnsight
+
+    if not os.environ.get("NDIF_API_KEY"):
+        raise ValueError("remote=True needs an NDIF API key in the environment variable NDIF_API_KEY "
+                         "(nnsight reads it; it is never logged or written to results)")
+    if "/" not in repo_id:
+        raise ModelNotFound(f"remote models are Hugging Face hub ids (org/name), not {repo_id!r}")
+    if not nnsight.is_model_running(repo_id):
+        raise ModelNotFound(f"{repo_id} is not served by NDIF right now (or NDIF is unreachable): "
+                            "see https://nnsight.net/status for the models it runs")
+    envoy = nnsight.LanguageModel(repo_id)  # meta weights: nothing is downloaded but config and tokenizer
+    s = _finish(repo_id, envoy._model, envoy.tokenizer, f"NDIF (remote) {repo_id}", {"remote": True})
+    s.remote, s.envoy = True, envoy
+    return s
 
 
 def _finish(name: str, model, tok, src: str, meta: dict) -> Subject:

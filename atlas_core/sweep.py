@@ -180,7 +180,10 @@ def _batches(items, batch_size: int) -> list[list]:
 
 
 def _default_max_tokens(subject: Subject) -> int:
-    """Tokens per packed forward: sized from free memory on GPU, a cache-friendly constant on CPU."""
+    """Tokens per packed forward: sized from free memory on GPU, a cache-friendly constant on CPU; remote
+    (NDIF) requests pack many units per call, since every call pays a round trip."""
+    if subject.remote:
+        return 65536
     if subject.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(subject.device)
         per_token = subject.arch.d_model * 4 * 40  # activations held per token per layer, generous

@@ -103,7 +103,9 @@ def _layer_input(lay):
 
 
 def _read(lay, pt: Point):
-    env = lay.get(pt.path) if pt.path else lay
+    if not pt.path:
+        return _layer_input(lay) if pt.port == "input" else first(lay.output)
+    env = lay.get(pt.path)
     return env.inputs[0][0] if pt.port == "input" else first(env.output)
 
 

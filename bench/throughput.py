@@ -1,11 +1,14 @@
-"""Atlas throughput in ONE run: naive loop vs sweep engine vs the compute floor.
+"""Atlas throughput in ONE run: naive loop vs sweep engine vs the hook engine it replaced vs the compute floor.
 
     .venv/bin/python bench/throughput.py [--model smollm2-135m] [--prompts 16] [--device cpu] [--dtype float32]
 
-(a) naive: one nnsight trace over the full model per (site, operation) unit;
-(b) engine: `Batch.run` (prefix reuse + row packing) on the same units, batch preparation included;
+(a) naive: one nnsight trace over the full model per (site, operation) unit, no prefix reuse;
+(b) engine: `Batch.run` (nnsight traces, Envoy.skip prefix reuse, row packing), batch preparation included;
+(b') the raw-hook engine of commit --hook-rev (loaded from git history, same units, same packing): the
+     engine before nnsight became the one intervention layer;
 (c) raw forward throughput, giving the floor of a zero-ablation sweep of L blocks:
     L(L+1)/2 block evaluations per prompt with prefix reuse, L^2 without.
+Engines are timed alternately (best of --reps) so machine load hits both alike.
 Prints a markdown table and writes bench/out/throughput-<model>-<device>-<dtype>.json. Never a test.
 """
 
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import json
 import platform
 import pstats
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,6 +46,26 @@ def timed(fn, dev, reps=1):
     return (time.perf_counter() - t0) / reps, out
 
 
+def hook_engine(rev: str):
+    """The engine module of git revision `rev`, imported inside atlas_core (its relative imports resolve there)."""
+    src = subprocess.run(["git", "show", f"{rev}:atlas_core/engine.py"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent).stdout
+    spec = importlib.util.spec_from_loader("atlas_core._hook_engine", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "atlas_core"
+    exec(compile(src, f"{rev}:atlas_core/engine.py", "exec"), mod.__dict__)
+    return mod
+
+
+def best(fns: dict, dev, reps: int) -> dict:
+    """Best wall time of each callable over `reps` alternating rounds."""
+    t = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t[k] = min(t[k], timed(fn, dev)[0])
+    return t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -49,6 +74,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--naive-units", type=int, default=0, help="time the naive loop on this many units (0: all)")
+    ap.add_argument("--hook-rev", default="83b0da5", help="git revision of the raw-hook engine to compare with")
+    ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args()
     s = load(a.model, dtype=a.dtype, device=a.device)
     dev = s.device
@@ -71,25 +98,34 @@ def main() -> None:
     t_block = t_fwd / L
     floor_prefix, floor_plain = L * (L + 1) / 2 * t_block, L * L * t_block
 
+    old = hook_engine(a.hook_rev)
+
+    def hook_batch():
+        return old.Batch(s, prompts, [it.corrupt for it in items], [it.answer_id for it in items],
+                         [it.distractor_id for it in items], [it.diff_pos for it in items])
+
     b = batch()
     run_nnsight(b, blocks[0])  # warm nnsight
     naive_units = blocks if not a.naive_units else blocks[: a.naive_units]
     t_naive, _ = timed(lambda: [run_nnsight(b, u) for u in naive_units], dev)
     t_naive *= len(blocks) / len(naive_units)
-    t_prep, b = timed(batch, dev)
-    t_engine_blocks, _ = timed(lambda: b.run(blocks), dev)
-    t_engine_blocks += t_prep
+    ref, got = hook_batch().run(blocks + mixed), batch().run(blocks + mixed)
+    max_diff = max(float((x - y).abs().max()) for x, y in zip(ref, got))
+    t = best({"engine": lambda: batch().run(blocks), "hook": lambda: hook_batch().run(blocks)}, dev, a.reps)
+    t_engine_blocks, t_hook_blocks = t["engine"], t["hook"]
+    tm = best({"engine": lambda: batch().run(mixed), "hook": lambda: hook_batch().run(mixed)}, dev, 1)
+    t_mixed_engine, t_mixed_hook = tm["engine"], tm["hook"]
     b2 = batch()
     prof = cProfile.Profile()
-    t_mixed_engine, _ = timed(lambda: prof.runcall(b2.run, mixed), dev)
+    prof.runcall(b2.run, mixed)
     st = pstats.Stats(prof)
 
-    def cum(name: str) -> float:
-        return sum(v[3] for (f, _l, fn), v in st.stats.items() if fn == name and f.endswith("engine.py"))
+    def cum(name: str, file: str) -> float:
+        return sum(v[3] for (f, _l, fn), v in st.stats.items() if fn == name and f.endswith(file))
 
-    edits, head, total = cum("replacement"), cum("head"), cum("_run_pack")
-    parts = {"decoder layers": total - edits - head, "edits (replacement)": edits, "final norm + unembedding": head,
-             "batch prep + metrics-free overhead": t_mixed_engine - total}
+    total, fwd_s, apply_s = cum("_run_pack", "engine.py"), cum("forward", "tracing.py"), cum("apply", "tracing.py")
+    parts = {"traced forwards (model + nnsight)": fwd_s - apply_s, "edits (tracing.apply)": apply_s,
+             "compiling steps, packing": total - fwd_s}
     t_naive_mixed = t_naive / len(blocks) * len(mixed)  # naive cost per unit is one full forward either way
 
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
@@ -100,11 +136,14 @@ def main() -> None:
         "layers": L, "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
         + (f", {torch.cuda.get_device_name()}" if dev.type == "cuda" else ""),
         "forward_s": t_fwd, "block_eval_s": t_block,
-        "zero_block_sweep": {"units": L, "naive_s": t_naive, "engine_s": t_engine_blocks,
+        "hook_engine_rev": a.hook_rev, "max_logit_diff_vs_hook_engine": max_diff,
+        "zero_block_sweep": {"units": L, "naive_s": t_naive, "engine_s": t_engine_blocks, "hook_engine_s": t_hook_blocks,
                              "floor_prefix_s": floor_prefix, "floor_no_prefix_s": floor_plain,
                              "engine_vs_naive_speedup": t_naive / t_engine_blocks,
+                             "engine_over_hook_engine": t_engine_blocks / t_hook_blocks,
                              "engine_over_floor": t_engine_blocks / floor_prefix},
-        "mixed_atlas_units": {"units": len(mixed), "engine_s": t_mixed_engine, "naive_s_est": t_naive_mixed,
+        "mixed_atlas_units": {"units": len(mixed), "engine_s": t_mixed_engine, "hook_engine_s": t_mixed_hook,
+                              "engine_over_hook_engine": t_mixed_engine / t_mixed_hook, "naive_s_est": t_naive_mixed,
                               "speedup_est": t_naive_mixed / t_mixed_engine, "profile_s": parts},
         "peak_memory_mib": peak,
     }
@@ -120,10 +159,12 @@ def main() -> None:
     (out / f"throughput-{a.model}-{dev.type}-{a.dtype}.json").write_text(json.dumps(res, indent=1))
     z, m = res["zero_block_sweep"], res["mixed_atlas_units"]
     print(f"| {a.model} | {res['machine']} | {a.dtype} | {a.prompts}x{T} tok | fwd {t_fwd * 1e3:.0f} ms | "
-          f"naive {z['naive_s']:.1f} s | engine {z['engine_s']:.1f} s | floor {z['floor_prefix_s']:.1f} s "
-          f"(no prefix {z['floor_no_prefix_s']:.1f} s) | speedup {z['engine_vs_naive_speedup']:.2f}x | "
-          f"engine/floor {z['engine_over_floor']:.2f} | mixed {m['units']} units {m['engine_s']:.1f} s "
-          f"(naive est {m['naive_s_est']:.0f} s, {m['speedup_est']:.1f}x) | peak {peak:.0f} MiB |")
+          f"naive {z['naive_s']:.1f} s | engine {z['engine_s']:.1f} s | hook engine {z['hook_engine_s']:.1f} s | "
+          f"floor {z['floor_prefix_s']:.1f} s (no prefix {z['floor_no_prefix_s']:.1f} s) | speedup "
+          f"{z['engine_vs_naive_speedup']:.2f}x | engine/hook {z['engine_over_hook_engine']:.2f} | engine/floor "
+          f"{z['engine_over_floor']:.2f} | mixed {m['units']} units {m['engine_s']:.1f} s vs hook {m['hook_engine_s']:.1f} s "
+          f"({m['engine_over_hook_engine']:.2f}; naive est {m['naive_s_est']:.0f} s, {m['speedup_est']:.1f}x) | "
+          f"peak {peak:.0f} MiB | max |Δlogit| vs hook engine {max_diff:.1e} |")
     print("profile of the mixed engine run:", {k: round(v, 2) for k, v in parts.items()})
     print(f"projected default atlas (12 families x 16 prompts x 3 seeds, {default_units} units): "
           f"{res['default_atlas_projection_min']:.0f} min; its compute floor at raw-forward speed "

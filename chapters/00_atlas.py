@@ -22,6 +22,7 @@ model = None
 profile = "smoke"
 seeds = None
 results_dir = None  # default: $ATLAS_RESULTS or results/
+remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local": nnsight's round trip here
 
 # %% tags=["remove-cell"]
 from pathlib import Path
@@ -30,7 +31,7 @@ from atlas_core import charts, profiles
 from atlas_core.atlas import Atlas
 from atlas_core.claims import table
 
-ctx = profiles.chapter(model, profile, seeds, results_dir)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, results_dir, subject = ctx.model, ctx.results_dir, ctx.subject
 atlas_path = Path(results_dir) / f"atlas-{model}-{profile}" / "atlas.json"
 

@@ -445,3 +445,42 @@ def test_no_module_but_tracing_registers_a_hook_or_opens_a_trace():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "tracing.py" and pat.search(p.read_text())]
     assert offenders == [], offenders
+
+
+def test_remote_round_trip_equals_local_for_a_sweep_and_steering(tok, tmp_path, monkeypatch):
+    """nnsight's remote="local" serializes each trace and runs it the way NDIF would: a chapter-02 style sweep
+    and a steering unit (packed forward and generation) give the local numbers."""
+    from nnsight.intervention.backends import local as nn_local
+
+    from atlas_core.engine import generate
+
+    calls = []
+    orig = nn_local.LocalSimulationBackend.__call__
+    monkeypatch.setattr(nn_local.LocalSimulationBackend, "__call__", lambda self, t: calls.append(1) or orig(self, t))
+    s = tiny_subject("llama", tok)
+    r = tiny_subject("llama", tok)
+    r.remote = "local"
+    items = make_items(tok, 4)
+    units = layer_sweep(["block", "attn", "mlp"], ["zero", "mean", "resample"], 2, s.arch)
+    units += head_sweep(s.arch, layers=[1])[:2] + [Unit.of(Site("resid", 1, position="last"), Op.patch("clean"))]
+    loc = sweep(s, items, units, cache=Cache(tmp_path / "a.sqlite"), progress=False)
+    rem = sweep(r, items, units, cache=Cache(tmp_path / "b.sqlite"), progress=False)
+    assert calls, "the remote path was not taken"
+    assert (loc["logit_diff"] - rem["logit_diff"]).abs().max() < 1e-4 and (loc["kl"] - rem["kl"]).abs().max() < 1e-4
+    v = torch.randn(s.arch.d_model, generator=torch.Generator().manual_seed(3))
+    steer = Unit.of(Site("resid", 1, position="all"), Op.add(v, 4.0))
+    args = ([i.prompt for i in items],)
+    assert (Batch(s, *args).run([steer])[0] - Batch(r, *args).run([steer])[0]).abs().max() < 1e-4
+    n = len(calls)
+    assert generate(r, args[0], steer, max_new_tokens=3) == generate(s, args[0], steer, max_new_tokens=3)
+    assert len(calls) > n
+
+
+def test_remote_load_says_what_is_missing(monkeypatch):
+    from atlas_core import load
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="NDIF_API_KEY"):
+        load("meta-llama/Llama-3.1-8B", remote=True)
+    with pytest.raises(ValueError, match="remote must be"):
+        load("tiny-llama", remote="yes")
