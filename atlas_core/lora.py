@@ -532,6 +532,9 @@ def train(subject: Subject, family: str, examples: Sequence[dict], t: Target, tc
     path = adapter_dir(subject, family, t, tc, _data_hash(examples), root)
     if (hit := _load_cached(path, t, tc, family)) is not None and set(checkpoints) <= set(hit.checkpoints):
         return hit
+    if subject.remote is True:
+        raise ValueError(f"training a LoRA needs {subject.name}'s weights here; NDIF runs traces, not training: "
+                         "run this chapter without remote")
     tok = train_tokenizer(subject)
     torch.manual_seed(tc.seed)  # LoRA A init
     order = np.random.default_rng(tc.seed).permutation(len(examples))

@@ -73,6 +73,26 @@ def _estimate(b: Batch, run: str, units: list[Unit]) -> list[np.ndarray]:
     return res
 
 
+def versus_exact(subject, items: Sequence, units: Sequence[Unit], seed: int, k: int) -> tuple[pd.DataFrame | None, str]:
+    """The screen against the exact sweep on the same prompts (`recall` by component and method) and a line on
+    their speeds, measured on the first family with an empty cache so both sides compute. Remote subjects:
+    (None, why) — the screen differentiates through weights that are not here."""
+    from .sweep import Cache, sweep
+
+    if subject.remote:
+        return None, "attribution screen skipped: it differentiates through the weights, which are on NDIF"
+    est = attribution(subject, items, units, seed=seed)
+    exact = sweep(subject, items, units, seed=seed, progress=False)  # the atlas's own seed: cached
+    rec = recall(est, exact, k=k, by=("component", "method"))
+    one = [it for it in items if it.family == items[0].family]
+    t_screen = timed_attribution(subject, one, units, seed=seed)[1]
+    t0 = time.perf_counter()
+    sweep(subject, one, units, seed=seed, progress=False, cache=Cache(":memory:"))
+    t_exact = time.perf_counter() - t0
+    return rec, (f"{len(units)} units x {len(one)} prompts: screen {t_screen:.1f} s, exact {t_exact:.1f} s "
+                 f"-> screen is {t_exact / t_screen:.0f}x faster")
+
+
 def recall(est: pd.DataFrame, exact: pd.DataFrame, k: int = 10, by=("component",)) -> pd.DataFrame:
     """Recall of the exact top-k units (by |mean logit-diff change|) among the screen's top-k, per group, against
     its chance level k/N (`p`: hypergeometric, `recall_p`), with the Pearson correlation of estimated vs exact mean

@@ -15,11 +15,9 @@ Prints a markdown table and writes bench/out/throughput-<model>-<device>-<dtype>
 from __future__ import annotations
 
 import argparse
-import cProfile
 import importlib.util
 import json
 import platform
-import pstats
 import resource
 import subprocess
 import time
@@ -115,17 +113,6 @@ def main() -> None:
     t_engine_blocks, t_hook_blocks = t["engine"], t["hook"]
     tm = best({"engine": lambda: batch().run(mixed), "hook": lambda: hook_batch().run(mixed)}, dev, 1)
     t_mixed_engine, t_mixed_hook = tm["engine"], tm["hook"]
-    b2 = batch()
-    prof = cProfile.Profile()
-    prof.runcall(b2.run, mixed)
-    st = pstats.Stats(prof)
-
-    def cum(name: str, file: str) -> float:
-        return sum(v[3] for (f, _l, fn), v in st.stats.items() if fn == name and f.endswith(file))
-
-    total, fwd_s, apply_s = cum("_run_pack", "engine.py"), cum("forward", "tracing.py"), cum("apply", "tracing.py")
-    parts = {"traced forwards (model + nnsight)": fwd_s - apply_s, "edits (tracing.apply)": apply_s,
-             "compiling steps, packing": total - fwd_s}
     t_naive_mixed = t_naive / len(blocks) * len(mixed)  # naive cost per unit is one full forward either way
 
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
@@ -144,7 +131,7 @@ def main() -> None:
                              "engine_over_floor": t_engine_blocks / floor_prefix},
         "mixed_atlas_units": {"units": len(mixed), "engine_s": t_mixed_engine, "hook_engine_s": t_mixed_hook,
                               "engine_over_hook_engine": t_mixed_engine / t_mixed_hook, "naive_s_est": t_naive_mixed,
-                              "speedup_est": t_naive_mixed / t_mixed_engine, "profile_s": parts},
+                              "speedup_est": t_naive_mixed / t_mixed_engine},
         "peak_memory_mib": peak,
     }
     default_units = 12 * 3 * (len(mixed) + 2 * L)  # 12 families x 3 seeds; +first/last block units
@@ -165,7 +152,6 @@ def main() -> None:
           f"{z['engine_over_floor']:.2f} | mixed {m['units']} units {m['engine_s']:.1f} s vs hook {m['hook_engine_s']:.1f} s "
           f"({m['engine_over_hook_engine']:.2f}; naive est {m['naive_s_est']:.0f} s, {m['speedup_est']:.1f}x) | "
           f"peak {peak:.0f} MiB | max |Δlogit| vs hook engine {max_diff:.1e} |")
-    print("profile of the mixed engine run:", {k: round(v, 2) for k, v in parts.items()})
     print(f"projected default atlas (12 families x 16 prompts x 3 seeds, {default_units} units): "
           f"{res['default_atlas_projection_min']:.0f} min; its compute floor at raw-forward speed "
           f"({evals:.0f} block evaluations per 16-prompt batch x 36 batches): {res['default_atlas_floor_min']:.0f} min")

@@ -42,8 +42,7 @@ from IPython.display import display
 from atlas_core import charts, profiles, tasks
 from atlas_core.atlas import map_atlas
 from atlas_core.interventions import head_sweep, layer_sweep
-from atlas_core.screen import attribution, recall, screen_claims
-from atlas_core.sweep import Cache, sweep
+from atlas_core.screen import screen_claims, versus_exact
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, results_dir, subject, A = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject, ctx.cfg["atlas"]
@@ -227,20 +226,9 @@ items_all, _ = tasks.validate([it for f in fams for it in tasks.load_items(f)], 
 items = [it for f in fams
          for it in tasks.sample([i for i in items_all if i.family == f], A["prompts_per_family"], seeds[0])]
 units = layer_sweep(A["components"], A["methods"], subject.arch.n_layers, subject.arch, seed=seeds[0]) + head_sweep(subject.arch)
-est = attribution(subject, items, units, seed=seeds[0])
-exact = sweep(subject, items, units, seed=seeds[0], progress=False)  # the atlas's own seed: cached
-rec = recall(est, exact, k=A["screen_k"], by=("component", "method"))
-# speed, measured on one family with an empty cache so that both sides really compute
-one = [it for it in items if it.family == fams[0]]
-t0 = time.time()
-attribution(subject, one, units, seed=seeds[0])
-t_screen = time.time() - t0
-t0 = time.time()
-sweep(subject, one, units, seed=seeds[0], progress=False, cache=Cache(":memory:"))
-t_exact = time.time() - t0
-print(f"{len(units)} units x {len(one)} prompts: screen {t_screen:.1f} s, exact {t_exact:.1f} s "
-      f"-> screen is {t_exact / t_screen:.0f}x faster")
-rec.round(3)
+rec, speed = versus_exact(subject, items, units, seeds[0], A["screen_k"])
+print(speed)
+rec.round(3) if rec is not None else None
 
 # %% [markdown]
 # ## Claims
@@ -254,5 +242,5 @@ from atlas_core.claims import record
 tags = dict(chapter="02", model=model, profile=profile)
 claims = [hub_claim(atlas, c, ex, **tags) for c in A["components"] for ex in ((), (0,))]
 claims += [agreement_claim(atlas, c, **tags) for c in A["components"]]
-claims += screen_claims(rec, atlas, **tags)
+claims += screen_claims(rec, atlas, **tags) if rec is not None else []
 record(claims)[["claim", "confidence", "why"]]
