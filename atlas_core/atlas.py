@@ -529,19 +529,44 @@ def map_atlas(
     layer units for the specificity score (default: prompts_per_family; 0: none).
     direct: add each unit's direct effect (`direct.py`; one clean forward per batch, no unit forwards); default:
     on, except for a remote subject (direct effects read the weights locally)."""
+    import warnings
+
     from . import direct as direct_mod
     from . import registry, tasks
     from .interventions import Site, Unit, head_sweep, layer_sweep, method_op
+    from .paths import writable_dir
     from .sweep import Cache, code_version, sweep
+    from .tasks.core import distinct
 
     t0 = time.time()
-    fams = list(families or tasks.FAMILIES)
+    named = families is not None
+    fams = distinct(families if named else tasks.FAMILIES, "families")
     unknown = sorted(set(fams) - set(tasks.FAMILIES))
     if unknown:
         raise ValueError(f"unknown families {unknown}; known: {', '.join(tasks.FAMILIES)}")
+    for what, vals in (("families", fams), ("components", components), ("methods", methods), ("seeds", seeds)):
+        if not list(vals):
+            raise ValueError(f"{what} is empty: give at least one (families=None means all)")
+    seeds = distinct(seeds, "seeds")
+    if prompts_per_family < 1:
+        raise ValueError(f"prompts_per_family={prompts_per_family}: must be >= 1 (mean and resample ablation need >= 2)")
+    if out is not None:
+        writable_dir(out)  # before the compute, not after it
     arch = subject.arch
     items_all, report = tasks.validate(
         [it for f in fams for it in tasks.load_items(f, variant=variant, bucket=bucket)], subject.tokenizer)
+    kept = {f: sum(it.family == f for it in items_all) for f in fams}
+    empty = [f for f in fams if not kept[f]]
+    where = f"{variant}/{bucket} items valid for {subject.name}'s tokenizer"
+    if empty and (named or len(empty) == len(fams)):
+        raise ValueError(f"families {empty} have no {where}: choose other families, --bucket or --variant")
+    if empty:
+        warnings.warn(f"families {empty} have no {where}: mapped without them", stacklevel=2)
+        fams = [f for f in fams if kept[f]]
+    short = {f: kept[f] for f in fams if kept[f] < prompts_per_family}
+    if short:
+        raise ValueError(f"prompts_per_family={prompts_per_family} is more than some families have ({where}: "
+                         f"{', '.join(f'{f} {n}' for f, n in short.items())}); allowed: 1..{min(kept[f] for f in fams)}")
     cache = cache if cache is not None else Cache()
     n_neutral = prompts_per_family if neutral_prompts is None else neutral_prompts
     direct = not subject.remote if direct is None else direct

@@ -49,7 +49,14 @@ def toc_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+class ChapterFailed(RuntimeError):
+    """A chapter raised while executing; the message says which, and where its notebook and log are."""
+
+
 def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> float:
+    """Execute a chapter into `out`. It runs into a hidden temporary notebook that replaces `out` only on success:
+    a failed or killed run never touches the last good notebook; a failed one is kept as `<stem>.failed.ipynb`
+    beside it with its traceback in `<stem>.failed.log`, and ChapterFailed says so in one line."""
     import jupytext
     import papermill
 
@@ -59,9 +66,23 @@ def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> f
         if "parameters" in cell.metadata.get("tags", []):
             cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, failed = out.with_name(f".{out.stem}.running.ipynb"), out.with_name(f"{out.stem}.failed.ipynb")
+    log = failed.with_suffix(".log")
     t0 = time.time()
-    papermill.execute_notebook(nb, str(out), parameters=params, kernel_name="python3", cwd=str(REPO),
-                               progress_bar=progress, log_output=False)
+    try:
+        papermill.execute_notebook(nb, str(tmp), parameters=params, kernel_name="python3", cwd=str(REPO),
+                                   progress_bar=progress, log_output=False)
+    except Exception as err:
+        if tmp.exists():
+            tmp.replace(failed)
+        log.write_text(f"{chapter}: {type(err).__name__}\n{err}\n")
+        last = [s for s in str(err).strip().splitlines() if s.strip()][-1:] or [type(err).__name__]
+        kept = f"the last good notebook {out} is kept" if out.exists() else f"no earlier notebook at {out}"
+        raise ChapterFailed(f"chapter {chapter.stem} failed ({last[0].strip()[:200]}); {kept}; the failed run is "
+                            f"{failed if failed.exists() else '(none written)'}, its log {log}") from None
+    tmp.replace(out)
+    failed.unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
     return time.time() - t0
 
 
@@ -69,7 +90,14 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
           results_dir: str | None = None, remote: str | None = None) -> None:
     from .charts import write_bundle
     from .paths import results_dir as default_results
+    from .tasks.core import distinct
 
+    if seeds:  # checked before anything is written or executed
+        try:
+            ints = distinct([int(s) for s in seeds.split(",") if s.strip()], "seeds")
+        except ValueError as err:
+            raise ValueError(f"--seeds {seeds!r}: {err}" if "more than once" in str(err)
+                             else f"--seeds {seeds!r}: expected a comma list of integers, e.g. 42,137,256") from None
     write_bundle(STATIC)
     (REPO / "_toc.yml").write_text(toc_text())
     unknown = sorted(set(only or []) - {c.stem[:2] for c in chapters()})
@@ -80,7 +108,7 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     if model:
         params["model"] = model
     if seeds:
-        params["seeds"] = [int(s) for s in seeds.split(",")]
+        params["seeds"] = ints
     if remote:
         params["remote"] = True if remote == "ndif" else "local"
     times = {}
@@ -153,9 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     elif a.refresh_references:
         if a.chapters:
             raise SystemExit("[references] --refresh-references always refreshes every chapter (00 summarizes them all)")
-        refresh_references()
+        try:
+            refresh_references()
+        except ChapterFailed as err:
+            raise SystemExit(f"[references] {err}") from None
     else:
-        build(a.model, a.profile, a.seeds, a.chapters.split(",") if a.chapters else None, a.results_dir, a.remote)
+        try:
+            build(a.model, a.profile, a.seeds, a.chapters.split(",") if a.chapters else None, a.results_dir, a.remote)
+        except (ChapterFailed, ValueError) as err:
+            raise SystemExit(f"[book] {err}") from None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 from . import tracing
 from .interventions import Edit, Unit
 from .subject import Subject
+from .tracing import position_ids  # noqa: F401  (re-exported: tests, bench and lora use it from here)
 
 # Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.
 ENGINE_VERSION = "2"  # 2: leave-one-out mean, real-token-aligned resample seeded by the op (new op kinds need no bump)
@@ -67,7 +68,7 @@ class Batch:
     def _capture(self, ids: torch.Tensor) -> dict:
         """One trace: every layer's residual input and output (hidden[i] = input of layer i) and the logits."""
         got = self._forward(ids, self.mask, hidden=not self.remote)
-        _check_finite(got["logits"], "clean forward")
+        _check_finite(got["logits"], "clean forward", self.s.dtype)
         return {"ids": ids, "hidden": got.get("hidden"), "logits": got["logits"]}
 
     def logits(self, run: str = "clean") -> torch.Tensor:
@@ -230,16 +231,9 @@ class Batch:
         # rows whose every edit left the value bit-identical compute exactly the unedited run
         base = torch.cat([self.runs[u.run]["logits"] for u in units])
         logits = torch.where(got["touched"].to(base.device)[:, None], got["logits"], base)
-        _check_finite(logits, f"intervened forward ({units[0].key}…)")
+        _check_finite(logits, f"intervened forward ({units[0].key}…)", self.s.dtype)
         return list(logits.split(B))
 
-    def head(self, h_last: torch.Tensor) -> torch.Tensor:
-        """Final norm + unembedding (+ Gemma-style softcap) of last-position residuals (N, d)."""
-        m = self.s.model
-        x = m.get_submodule(self.arch.paths.final_norm)(h_last[:, None])
-        logits = m.get_submodule(self.arch.paths.unembed)(x)[:, 0].float()
-        cap = getattr(m.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def last_logits(subject: Subject, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -266,7 +260,14 @@ def generate(subject: Subject, prompts: list[str], unit: Unit | None = None, max
         ids = tracing.generate(subject.nn, subject.arch.paths.layers, enc["input_ids"], enc["attention_mask"], steps,
                                max_new_tokens, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                                remote=subject.remote if remote is None else remote)
-    return tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    new = ids[:, enc["input_ids"].shape[1]:]
+    if new.shape[1] and (new == new[:, :1]).all(1).any():  # NaN logits decode as one repeated token (or ''): check
+        with torch.inference_mode():
+            _check_finite(tracing.forward(subject.nn, subject.arch.paths.layers, enc["input_ids"], enc["attention_mask"],
+                                          steps, remote=subject.remote if remote is None else remote)["logits"],
+                          f"first forward of steered generation ({unit.key})" if unit else "clean forward of generation",
+                          subject.dtype)
+    return tok.batch_decode(new, skip_special_tokens=True)
 
 
 def _op_fields(edit: Edit) -> dict:
@@ -282,11 +283,6 @@ def _op_fields(edit: Edit) -> dict:
 def run_nnsight(batch: Batch, unit: Unit) -> torch.Tensor:
     """The same unit as one trace over the full model, no prefix reuse: the naive baseline."""
     return batch._run_pack([unit], 0)[0]
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token (left padding must not shift absolute positions)."""
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def _ids(x, B: int) -> torch.Tensor | None:
@@ -314,6 +310,14 @@ def _derangement(n: int, gen: torch.Generator) -> torch.Tensor:
     return perm
 
 
-def _check_finite(logits: torch.Tensor, where: str) -> None:
+def _check_finite(logits: torch.Tensor, where: str, dtype: torch.dtype = torch.float32) -> None:
+    """A one-line FloatingPointError on NaN/inf logits, with the fix that fits the model's `dtype`."""
     if not torch.isfinite(logits).all():
-        raise FloatingPointError(f"NaN/inf logits in the {where}: check the model dtype (try dtype=float32) and the intervention scale")
+        name = str(dtype).replace("torch.", "")
+        if dtype in (torch.float16, torch.bfloat16):
+            hint = f"the model runs in {name}: try dtype=float32, or a smaller intervention scale"
+        elif where.startswith("clean forward"):
+            hint = f"the model runs in {name} and nothing was edited: its weights or inputs are not finite"
+        else:
+            hint = f"the model runs in {name} already: the intervention scale (alpha, vector norm) is too large"
+        raise FloatingPointError(f"NaN/inf logits in the {where}: {hint}")

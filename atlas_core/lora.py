@@ -404,13 +404,24 @@ def _wrapped(subject: Subject, make: Callable) -> Iterator:
         subject.model.eval()
 
 
-def check_fits(adapter_dir: str | Path, subject: Subject) -> None:
-    """Raise a one-line ValueError if the adapter's LoRA shapes do not fit the model's modules."""
+def adapter_meta(adapter_dir: str | Path) -> dict:
+    """The adapter's `atlas_meta.json`; a checkpoint (`ckpt-N`) shares its adapter's; {} when there is none."""
+    adapter_dir = Path(adapter_dir)
+    meta = _read_json(adapter_dir / "atlas_meta.json")
+    if not meta and adapter_dir.name.startswith("ckpt-"):
+        meta = _read_json(adapter_dir.parent / "atlas_meta.json")
+    return meta
+
+
+def check_fits(adapter_dir: str | Path, subject: Subject, allow_unverified: bool = False) -> None:
+    """Raise a one-line ValueError if the adapter's LoRA shapes do not fit the model's modules, or if it was trained
+    on another model (its recorded base fingerprint differs). An adapter that records no base fingerprint (no
+    `atlas_meta.json`: trained elsewhere) is refused unless `allow_unverified` (then only shapes are checked)."""
     from safetensors import safe_open
 
     adapter_dir = Path(adapter_dir)
-    meta = _read_json(adapter_dir / "atlas_meta.json")
-    origin = f"{meta.get('model', '?')} ({meta.get('fingerprint', '?')[:12]})"
+    meta = adapter_meta(adapter_dir)
+    origin = f"{meta.get('model', '?')} ({str(meta.get('fingerprint', '?'))[:12]})"
     mods = dict(subject.model.named_modules())
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
         for key in sorted(f.keys()):
@@ -432,15 +443,24 @@ def check_fits(adapter_dir: str | Path, subject: Subject) -> None:
                 raise ValueError(f"adapter {adapter_dir.name} trained on {origin} has {path}.lora_{ab} of shape "
                                  f"{list(shape)}, but model {subject.name} ({subject.fingerprint[:12]}) has {path} of "
                                  f"shape [out={out_f}, in={in_f}]")
+    if not meta.get("fingerprint"):
+        if not allow_unverified:
+            raise ValueError(f"adapter {adapter_dir} records no base-model fingerprint (no atlas_meta.json), so it cannot "
+                             f"be checked against model {subject.name} ({subject.fingerprint[:12]}); pass "
+                             "allow_unverified=True if you know it was trained on this model")
+    elif meta["fingerprint"] != subject.fingerprint:
+        raise ValueError(f"adapter {adapter_dir.name} was trained on {origin}, not on model {subject.name} "
+                         f"({subject.fingerprint[:12]}): an adapter only means something on its own base model")
 
 
 @contextmanager
-def attach(subject: Subject, adapter: Adapter | str | Path) -> Iterator:
-    """The subject with a saved adapter loaded (PeftModel); raises a one-line ValueError if it does not fit."""
+def attach(subject: Subject, adapter: Adapter | str | Path, allow_unverified: bool = False) -> Iterator:
+    """The subject with a saved adapter loaded (PeftModel); raises a one-line ValueError if it does not fit or was
+    trained on another model (`check_fits`; `allow_unverified` accepts an adapter without atlas metadata)."""
     from peft import PeftModel
 
     path = adapter.path if isinstance(adapter, Adapter) else Path(adapter)
-    check_fits(path, subject)
+    check_fits(path, subject, allow_unverified)
 
     def make(model):
         try:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,3 +25,35 @@ def cache_path() -> Path:
     """The content-addressed sweep cache. Keys carry model fingerprint, items, unit and engine version, so
     one cache is safely shared by every checkout; override with $ATLAS_CACHE."""
     return Path(os.environ.get("ATLAS_CACHE", Path.home() / ".cache" / "mi-atlas" / "sweep-cache.sqlite"))
+
+
+def writable_dir(out: str | Path) -> Path:
+    """`out`, created if missing, after checking that a file can be written there (before any compute);
+    a one-line ValueError when a file is in the way or the directory is not writable."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is a file: remove it or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise ValueError(f"output directory {out} is not writable ({err.strerror or err}): choose another --out") from None
+    return out
+
+
+@contextmanager
+def locked(out: str | Path) -> Iterator[Path]:
+    """Hold `out/.atlas.lock` for the block, so two runs never write one output directory at once; a second run
+    gets a one-line ValueError instead of waiting. The lock goes with the process (a killed run leaves none)."""
+    out = writable_dir(out)
+    fd = os.open(out / ".atlas.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"another run is writing {out} (it holds {out / '.atlas.lock'}): wait for it to finish "
+                         "or choose another --out") from None
+    try:
+        yield out
+    finally:
+        os.close(fd)

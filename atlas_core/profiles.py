@@ -77,11 +77,19 @@ def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None
     from types import SimpleNamespace
 
     from . import charts, load, paths
+    from .tasks.core import distinct
 
     cfg = get(profile)
+    if isinstance(seeds, str):  # "42,137" from a command line
+        seeds = [s for s in seeds.split(",") if s.strip()]
+    try:
+        ints = [int(s) for s in (seeds or cfg["seeds"])]
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds={seeds!r}: expected distinct integers, e.g. [42, 137, 256]") from None
+    seeds = distinct(ints, "seeds")
     charts.setup()
     if results_dir:  # the registry and every table of this kernel follow the chapter's results_dir
         os.environ["ATLAS_RESULTS"] = str(results_dir)
     name = model or cfg["model"]
-    return SimpleNamespace(cfg=cfg, model=name, seeds=[int(s) for s in (seeds or cfg["seeds"])],
+    return SimpleNamespace(cfg=cfg, model=name, seeds=seeds,
                            results_dir=str(paths.results_dir()), subject=load(name, remote=remote))

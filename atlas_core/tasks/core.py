@@ -78,12 +78,28 @@ def parse_item(line: str, where: str) -> Item:
 
 
 def read_items(path: Path) -> list[Item]:
-    items = []
+    """Items of one JSONL file; a one-line ValueError for a bad line or a repeated id (it would count twice)."""
+    items, first = [], {}
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
-                items.append(parse_item(line, f"{path}:{i}"))
+                it = parse_item(line, f"{path}:{i}")
+                if it.id in first:
+                    raise ValueError(f"{path}:{i}: duplicate id {it.id!r} (first on line {first[it.id]}): ids must be "
+                                     "unique, a repeated item counts twice in n, CIs and claims")
+                first[it.id] = i
+                items.append(it)
     return items
+
+
+def distinct(values, what: str) -> list:
+    """`values` as a list; a one-line ValueError naming any repeat (`what`: e.g. 'seeds'), which would count twice."""
+    vals = list(values)
+    reps = sorted({v for v in vals if vals.count(v) > 1}, key=str)
+    if reps:
+        raise ValueError(f"{what} {', '.join(map(str, reps))} given more than once: give distinct {what} "
+                         "(a repeat counts twice in n, CIs and claims)")
+    return vals
 
 
 def load_items(family: str | None = None, variant: str | None = "synthetic", bucket: str | None = "short",
