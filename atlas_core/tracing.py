@@ -149,9 +149,13 @@ def apply(L, steps: Sequence[Step], n_rows: int) -> torch.Tensor:
     return touched
 
 
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left padding must not shift absolute positions)."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def _inputs(ids: torch.Tensor, mask: torch.Tensor) -> tuple[dict, dict]:
-    pos = (mask.long().cumsum(-1) - 1).clamp_min(0)  # from each row's first real token (left padding)
-    return {"input_ids": ids, "attention_mask": mask}, {"position_ids": pos, "use_cache": False}
+    return {"input_ids": ids, "attention_mask": mask}, {"position_ids": position_ids(mask), "use_cache": False}
 
 
 def forward(nn, layers_path: str, ids: torch.Tensor, mask: torch.Tensor, steps: Sequence[Step] = (),
