@@ -534,7 +534,7 @@ def map_atlas(
     from . import direct as direct_mod
     from . import registry, tasks
     from .interventions import Site, Unit, head_sweep, layer_sweep, method_op
-    from .paths import writable_dir
+    from .paths import locked, writable_dir
     from .sweep import Cache, code_version, sweep
     from .tasks.core import distinct
 
@@ -602,14 +602,13 @@ def map_atlas(
     atlas = Atlas.from_rows(rows, subject.name, subject.fingerprint, arch.n_layers, arch.n_heads, meta, neutral=neutral)
     paths = {}
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths["atlas"] = str(atlas.save(out))
-        for name, df in (("rows", rows), ("neutral", neutral)):
-            if df is not None:
-                df.to_parquet(out / f"{name}.parquet.tmp", index=False)
-                (out / f"{name}.parquet.tmp").replace(out / f"{name}.parquet")
-                paths[name] = str(out / f"{name}.parquet")
+        with locked(out, reentrant=True) as out:  # two runs never write one directory at once
+            paths["atlas"] = str(atlas.save(out))
+            for name, df in (("rows", rows), ("neutral", neutral)):
+                if df is not None:
+                    df.to_parquet(out / f"{name}.parquet.tmp", index=False)
+                    (out / f"{name}.parquet.tmp").replace(out / f"{name}.parquet")
+                    paths[name] = str(out / f"{name}.parquet")
     wall = time.time() - t0
     registry.append("atlas", model=subject.name, fingerprint=subject.fingerprint, params=meta,
                     units_computed=stats["computed"], units_cached=stats["cached"], seconds=round(wall, 2), outputs=paths)

@@ -41,11 +41,20 @@ def writable_dir(out: str | Path) -> Path:
     return out
 
 
+_HELD: set[Path] = set()  # output directories this process holds: `locked` is re-entrant within a process
+
+
 @contextmanager
-def locked(out: str | Path) -> Iterator[Path]:
+def locked(out: str | Path, reentrant: bool = False) -> Iterator[Path]:
     """Hold `out/.atlas.lock` for the block, so two runs never write one output directory at once; a second run
-    gets a one-line ValueError instead of waiting. The lock goes with the process (a killed run leaves none)."""
+    gets a one-line ValueError instead of waiting. `reentrant`: pass through when this process already holds
+    it (the CLI holds it around `map_atlas`, which takes it again to save). The lock goes with the process (a
+    killed run leaves none)."""
     out = writable_dir(out)
+    key = out.resolve()
+    if reentrant and key in _HELD:
+        yield out
+        return
     fd = os.open(out / ".atlas.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -53,7 +62,9 @@ def locked(out: str | Path) -> Iterator[Path]:
         os.close(fd)
         raise ValueError(f"another run is writing {out} (it holds {out / '.atlas.lock'}): wait for it to finish "
                          "or choose another --out") from None
+    _HELD.add(key)
     try:
         yield out
     finally:
+        _HELD.discard(key)
         os.close(fd)

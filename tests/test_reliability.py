@@ -179,6 +179,7 @@ def test_failed_chapter_keeps_last_good_notebook(tmp_path):
 
 # --------------------------------------------------------------------------- 6. output checked before the compute
 def test_out_checked_before_compute_and_locked(capsys, tmp_path, monkeypatch):
+    real_map = atlas_core.atlas.map_atlas
     called = []
     monkeypatch.setattr(atlas_core.atlas, "map_atlas", lambda *a, **kw: called.append(1))
     blocker = tmp_path / "a-file"
@@ -190,3 +191,26 @@ def test_out_checked_before_compute_and_locked(capsys, tmp_path, monkeypatch):
     assert not called
     with paths.locked(tmp_path / "busy"):  # released when its holder is done
         pass
+    # a Python caller of map_atlas (no CLI) is refused at save time while another run holds the directory
+    from atlas_core import load
+    from atlas_core.sweep import Cache
+
+    s = load("tiny-llama")
+    kw = dict(families=["ioi"], components=("block",), methods=("zero",), seeds=(1,), prompts_per_family=2,
+              heads=False, positions=(), progress=False, neutral_prompts=0, direct=False,
+              cache=Cache(tmp_path / "c.sqlite"))
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from atlas_core import paths\n"
+                               f"with paths.locked({str(tmp_path / 'held')!r}):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another process writes that directory now
+        with pytest.raises(ValueError, match="another run is writing"):
+            real_map(s, out=tmp_path / "held", **kw)
+    finally:
+        holder.kill()
+        holder.wait()
+    with paths.locked(tmp_path / "mine", reentrant=True):  # under this process's own lock it saves
+        assert real_map(s, out=tmp_path / "mine", **kw) is not None
