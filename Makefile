@@ -34,13 +34,13 @@ test: setup
 	$(PY) -m pytest -q tests
 
 book: setup
-	$(PY) -m atlas_core.book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(REMOTE),--remote $(REMOTE))
+	$(PY) -m atlas_core.publish.book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(REMOTE),--remote $(REMOTE))
 
 check-book: setup
 	$(PY) book/check_render.py --screenshots _build/screenshots
 
 references: setup
-	$(PY) -m atlas_core.book --refresh-references
+	$(PY) -m atlas_core.publish.book --refresh-references
 
 bench: setup
 	$(PY) bench/throughput.py

@@ -6,13 +6,13 @@
     atlas = map_atlas(subject, seeds=(42, 137, 256))
 """
 
-from .archmap import ArchMap, UnsupportedArchitecture
-from .atlas import Atlas, diff, map_atlas
-from .engine import Batch
-from .interventions import Edit, Op, Site, Unit, head_sweep, layer_sweep
-from .models import DEFAULT_MODEL, EMBEDDED
-from .subject import ModelNotFound, Subject, load
-from .sweep import Cache, sweep
+from .engine.batch import Batch
+from .engine.interventions import Edit, Op, Site, Unit, head_sweep, layer_sweep
+from .engine.sweep import Cache, sweep
+from .model.archmap import ArchMap, UnsupportedArchitecture
+from .model.sources import DEFAULT_MODEL, EMBEDDED
+from .model.subject import ModelNotFound, Subject, load
+from .studies.atlas import Atlas, diff, map_atlas
 
 __all__ = [
     "ArchMap", "Atlas", "Batch", "Cache", "DEFAULT_MODEL", "EMBEDDED", "Edit", "ModelNotFound", "Op", "Site",

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def _args(a) -> tuple[list[str], list[str], list[str], list[int]]:
     """Families, components, methods and seeds from the command line, checked before anything is loaded."""
     from . import tasks
-    from .interventions import COMPONENTS, method_op
+    from .engine.interventions import COMPONENTS, method_op
     from .tasks.core import distinct
 
     fams = list(tasks.FAMILIES) if a.families == "all" else _csv(a.families)
@@ -107,8 +107,8 @@ def _check_device(dtype: str, device: str) -> None:
 
 def _map(a) -> int:
     from . import load
-    from .atlas import map_atlas
     from .paths import locked, results_dir
+    from .studies.atlas import map_atlas
 
     fams, comps, methods, seeds = _args(a)
     _check_device(a.dtype, a.device)

@@ -76,7 +76,8 @@ def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None
     import os
     from types import SimpleNamespace
 
-    from . import charts, load, paths
+    from . import load, paths
+    from .publish import charts
     from .tasks.core import distinct
 
     cfg = get(profile)

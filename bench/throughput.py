@@ -20,14 +20,15 @@ import json
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from atlas_core import load, tasks
-from atlas_core.engine import Batch, position_ids, run_nnsight
-from atlas_core.interventions import Op, Site, Unit, head_sweep, layer_sweep
+from atlas_core.engine.batch import Batch, position_ids, run_nnsight
+from atlas_core.engine.interventions import Op, Site, Unit, head_sweep, layer_sweep
 
 
 def _sync(dev):
@@ -48,6 +49,12 @@ def hook_engine(rev: str):
     """The engine module of git revision `rev`, imported inside atlas_core (its relative imports resolve there)."""
     src = subprocess.run(["git", "show", f"{rev}:atlas_core/engine.py"], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent).stdout
+    import atlas_core.engine.interventions
+    import atlas_core.model.subject
+
+    # that revision's atlas_core was flat: point its relative imports at today's modules of the same names
+    sys.modules.setdefault("atlas_core.interventions", atlas_core.engine.interventions)
+    sys.modules.setdefault("atlas_core.subject", atlas_core.model.subject)
     spec = importlib.util.spec_from_loader("atlas_core._hook_engine", loader=None)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "atlas_core"

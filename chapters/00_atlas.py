@@ -27,9 +27,10 @@ remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local
 # %% tags=["remove-cell"]
 from pathlib import Path
 
-from atlas_core import charts, profiles
-from atlas_core.atlas import Atlas
-from atlas_core.claims import table
+from atlas_core import profiles
+from atlas_core.evidence.claims import table
+from atlas_core.publish import charts
+from atlas_core.studies.atlas import Atlas
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, results_dir, subject = ctx.model, ctx.results_dir, ctx.subject

@@ -31,8 +31,9 @@ remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local
 import altair as alt
 import pandas as pd
 
-from atlas_core import charts, profiles, tasks
-from atlas_core.claims import record
+from atlas_core import profiles, tasks
+from atlas_core.evidence.claims import record
+from atlas_core.publish import charts
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, subject, B = ctx.model, ctx.seeds, ctx.subject, ctx.cfg["baselines"]

@@ -39,10 +39,11 @@ import altair as alt
 import pandas as pd
 from IPython.display import display
 
-from atlas_core import charts, profiles, tasks
-from atlas_core.atlas import map_atlas
-from atlas_core.interventions import head_sweep, layer_sweep
-from atlas_core.screen import screen_claims, versus_exact
+from atlas_core import profiles, tasks
+from atlas_core.engine.interventions import head_sweep, layer_sweep
+from atlas_core.engine.screen import screen_claims, versus_exact
+from atlas_core.publish import charts
+from atlas_core.studies.atlas import map_atlas
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, results_dir, subject, A = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject, ctx.cfg["atlas"]
@@ -236,8 +237,8 @@ rec.round(3) if rec is not None else None
 # test above); a claim about a model that solves no family says "not testable here".
 
 # %%
-from atlas_core.atlas import agreement_claim, hub_claim
-from atlas_core.claims import record
+from atlas_core.evidence.claims import record
+from atlas_core.studies.atlas import agreement_claim, hub_claim
 
 tags = dict(chapter="02", model=model, profile=profile)
 claims = [hub_claim(atlas, c, ex, **tags) for c in A["components"] for ex in ((), (0,))]

@@ -45,9 +45,11 @@ import time
 import altair as alt
 from IPython.display import display
 
-from atlas_core import charts, patching, tasks
-from atlas_core.claims import record
+from atlas_core import tasks
+from atlas_core.evidence.claims import record
 from atlas_core.profiles import chapter
+from atlas_core.publish import charts
+from atlas_core.studies import patching
 
 ctx = chapter(model, profile, seeds, results_dir, remote=remote)
 model, seed, subject, P = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["patching"]
@@ -146,7 +148,7 @@ charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redbl
 # %% [markdown]
 # ## Cross-model patching: the model and a real fine-tune
 # CMAP (Prakash et al. 2024): activations move between a base model and its fine-tune. The fine-tune is a
-# small LoRA on every linear module (`patching.finetuned`, trained by `atlas_core.lora`, merged, cached in
+# small LoRA on every linear module (`patching.finetuned`, trained by `atlas_core.studies.lora`, merged, cached in
 # `results/lora`) on the family's suite prompts that this chapter does not patch, each with its answer as
 # the completion: a next-token fine-tune on the first family that passes the gate (on a model that passes
 # none, the first family, whose claim is then "not testable"). First, does it differ from the base on the

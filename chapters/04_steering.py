@@ -68,10 +68,14 @@ import time
 import altair as alt
 import pandas as pd
 
-from atlas_core import charts, load, neutral, patching, stats, steering, tasks
-from atlas_core.claims import record
+from atlas_core import load, tasks
+from atlas_core.engine.sweep import sweep
+from atlas_core.evidence import stats
+from atlas_core.evidence.claims import record
 from atlas_core.profiles import chapter
-from atlas_core.sweep import sweep
+from atlas_core.publish import charts
+from atlas_core.studies import patching, steering
+from atlas_core.tasks import neutral
 
 ctx = chapter(model, profile, seeds, results_dir, remote=remote)
 model, seed, subject, S = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["steering"]

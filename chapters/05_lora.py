@@ -55,9 +55,11 @@ import time
 import altair as alt
 import pandas as pd
 
-from atlas_core import charts, lora, profiles, tasks
-from atlas_core.atlas import diff, map_atlas
-from atlas_core.claims import record
+from atlas_core import profiles, tasks
+from atlas_core.evidence.claims import record
+from atlas_core.publish import charts
+from atlas_core.studies import lora
+from atlas_core.studies.atlas import diff, map_atlas
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, results_dir, subject = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject
@@ -264,8 +266,8 @@ alt.Chart(maps).mark_line(point=True).encode(
 # widths) raises a ValueError naming both shapes and both models.
 
 # %%
-from atlas_core import tiny  # noqa: E402
-from atlas_core.subject import _finish  # noqa: E402
+from atlas_core.model import tiny  # noqa: E402
+from atlas_core.model.subject import _finish  # noqa: E402
 
 other = _finish("tiny-llama-d48", *tiny.build("llama", d=48, heads=2, kv_heads=1), "random init", {})
 try:

@@ -40,12 +40,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from atlas_core import paths, registry
+from atlas_core import paths
 from atlas_core.cli import main as atlas
+from atlas_core.evidence import registry
 
 with warnings.catch_warnings():  # tqdm's notebook-widget warning, once, here rather than in a result below
     warnings.simplefilter("ignore")
-    import atlas_core.sweep  # noqa: F401
+    import atlas_core.engine.sweep  # noqa: F401
 
 scratch = Path(tempfile.mkdtemp(prefix="atlas-what-happens-"))
 MAP = ["map", "--model", "tiny-llama", "--families", "ioi,antonyms", "--components", "block,mlp", "--methods",
@@ -149,7 +150,7 @@ print("warning:", str(caught[0].message).replace(str(scratch), "<scratch>") if c
 # %%
 import nbformat
 
-from atlas_core import book
+from atlas_core.publish import book
 
 good = scratch / "executed" / "99_demo.ipynb"
 good.parent.mkdir(parents=True, exist_ok=True)

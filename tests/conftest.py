@@ -16,8 +16,8 @@ os.environ["ATLAS_CACHE"] = os.path.join(_tmp, "cache.sqlite")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import atlas_core  # noqa: E402
-from atlas_core import tiny  # noqa: E402
-from atlas_core.subject import _finish  # noqa: E402
+from atlas_core.model import tiny  # noqa: E402
+from atlas_core.model.subject import _finish  # noqa: E402
 
 
 @pytest.fixture(scope="session")

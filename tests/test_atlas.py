@@ -7,11 +7,11 @@ import json
 import pytest
 from conftest import tiny_subject
 
-from atlas_core import tiny
-from atlas_core.atlas import Atlas, diff, map_atlas
 from atlas_core.cli import main
-from atlas_core.subject import _finish
-from atlas_core.sweep import Cache
+from atlas_core.engine.sweep import Cache
+from atlas_core.model import tiny
+from atlas_core.model.subject import _finish
+from atlas_core.studies.atlas import Atlas, diff, map_atlas
 
 SMALL = dict(families=["ioi", "antonyms"], methods=("zero", "mean"), seeds=(1, 2), prompts_per_family=3,
              heads=True, positions=("last",), progress=False)
@@ -80,7 +80,7 @@ def test_cli_map_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
 def test_random_init_models_earn_no_atlas_claim_above_low(tok, tmp_path):
     """Random-init models of several families, depths and seeds solve no family: every hub and
     method-agreement claim says 'not testable here' and grades none."""
-    from atlas_core.atlas import agreement_claim, hub_claim
+    from atlas_core.studies.atlas import agreement_claim, hub_claim
 
     for fam, layers, seed in (("llama", 4, 0), ("gemma3", 3, 1), ("qwen2", 5, 2)):
         s = _finish(f"r-{fam}", tiny.build(fam, vocab_size=len(tok), n_layers=layers, seed=seed)[0], tok, "t", {})
@@ -94,8 +94,8 @@ def test_random_init_models_earn_no_atlas_claim_above_low(tok, tmp_path):
 
 
 def test_hub_is_chosen_on_one_split_and_tested_on_the_other():
-    from atlas_core import nulls
-    from atlas_core.atlas import agreement_claim, hub_claim, split_of
+    from atlas_core.evidence import nulls
+    from atlas_core.studies.atlas import agreement_claim, hub_claim, split_of
 
     planted = nulls._atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
     ev = planted.hub_evidence("block")
@@ -127,7 +127,7 @@ def test_family_flip_gate():
 def test_gated_atlas_takes_its_testable_families_from_the_gate():
     import pandas as pd
 
-    from atlas_core import nulls
+    from atlas_core.evidence import nulls
 
     a = nulls._atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
     assert a.testable_families == ["fam0", "fam1", "fam2", "fam3"]

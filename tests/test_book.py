@@ -9,11 +9,11 @@ from pathlib import Path
 
 import nbformat
 
-from atlas_core import book
+from atlas_core.publish import book
 
 
 def test_toc_lists_every_chapter():
-    assert (book.REPO / "_toc.yml").read_text() == book.toc_text(), "run: python -m atlas_core.book --write-toc"
+    assert (book.REPO / "_toc.yml").read_text() == book.toc_text(), "run: python -m atlas_core.publish.book --write-toc"
 
 
 def test_references_are_fresh():

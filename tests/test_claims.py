@@ -1,6 +1,6 @@
 """Confidence is computed from evidence by the documented rules, and follows the evidence."""
 
-from atlas_core.claims import Claim, grade, record, table
+from atlas_core.evidence.claims import Claim, grade, record, table
 
 STRONG = {"seeds_replicated": 3, "n_seeds": 3, "methods_agreeing": 3, "n_methods": 3, "ci_excludes_control": True,
           "families_agreeing": 2, "n_families": 12}
@@ -74,7 +74,7 @@ def test_graders_on_simulated_nulls_stay_below_nominal():
     """Hub, method agreement and chapter 05's atlas-vs-random LoRA claims on nulls (200 repetitions each, a
     repetition counting when any of its claims does): <= 5% medium or high, <= 1% high; each still passes a
     planted effect, and the old 3-seed bootstrap comparison fails its nominal rate."""
-    from atlas_core import nulls
+    from atlas_core.evidence import nulls
 
     for r in (nulls.hub_null(200), nulls.agreement_null(200), nulls.lora_null(200, 3), nulls.comparison_null(200, 3),
               nulls.comparison_null(200, 8)):
@@ -90,7 +90,7 @@ def test_steering_grader_on_simulated_nulls_stays_below_nominal():
     """Chapter 04's steering and knockout claims (`grade` -> `summary` -> `steering_claims`, default sizes) when
     the contrastive direction is one more draw of its controls: <= 5% of 200 repetitions reach medium, none high
     (no seeds or methods, so steering claims cannot); a planted effect on the target's own prompts passes."""
-    from atlas_core import nulls
+    from atlas_core.evidence import nulls
 
     r = nulls.steering_null(200)
     assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, r
@@ -101,7 +101,7 @@ def test_lora_grader_on_nulls_with_more_seeds_stays_below_nominal():
     """With 5 or 8 seeds a 3-seed-proof grader could pass by chance: atlas vs random LoRA is Holm-corrected over
     the families, breadth counts only families that pass, and the seeds (the test's own replicates) are not
     counted twice (before: 7.0% medium and 4.5% high at 5 seeds, 8.5% medium at 8)."""
-    from atlas_core import nulls
+    from atlas_core.evidence import nulls
 
     for n in (5, 8):
         r = nulls.lora_null(200, n)
@@ -112,14 +112,14 @@ def test_steering_grader_on_a_null_with_per_layer_direction_effects():
     """A direction whose own per-layer mean effect varies (sd = the prompt noise), chosen out of 60 (layer, sign)
     cells: graded against controls read at its cell without being chosen, 18.5% of runs reached medium (issue 17);
     graded against screened controls, each at its own best cell, it stays below nominal."""
-    from atlas_core import nulls
+    from atlas_core.evidence import nulls
 
     r = nulls.steering_null(200, direction_sd=1.0)
     assert r["medium_or_high"] <= 0.05 and r["high"] <= 0.01, r
 
 
 def test_interval_coverage_is_measured_on_skewed_data():
-    from atlas_core import stats
+    from atlas_core.evidence import stats
 
     assert stats.coverage(8, reps=400) >= 0.88 and stats.coverage(16, reps=400) >= 0.92
     assert stats.coverage(8, reps=400, method=stats.percentile_ci) < 0.88  # the interval it replaced
@@ -128,7 +128,7 @@ def test_interval_coverage_is_measured_on_skewed_data():
 def test_exact_tests_and_corrections():
     import numpy as np
 
-    from atlas_core import stats
+    from atlas_core.evidence import stats
 
     assert stats.sign_flip_p([1.0, 2.0, 3.0]) == 0.125  # 3 replicates can never reach 0.05
     assert stats.sign_flip_p([-1.0, -2.0, -3.0]) == 1.0

@@ -11,12 +11,15 @@ import pytest
 import torch
 from conftest import tiny_subject
 
-from atlas_core import direct, neutral, nulls, tiny
-from atlas_core.atlas import Atlas, map_atlas, neutral_items
-from atlas_core.engine import Batch
-from atlas_core.interventions import Op, Site, Unit, layer_sweep
-from atlas_core.subject import _finish
-from atlas_core.sweep import Cache, sweep
+from atlas_core.engine.batch import Batch
+from atlas_core.engine.interventions import Op, Site, Unit, layer_sweep
+from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.evidence import nulls
+from atlas_core.model import tiny
+from atlas_core.model.subject import _finish
+from atlas_core.studies import direct
+from atlas_core.studies.atlas import Atlas, map_atlas, neutral_items
+from atlas_core.tasks import neutral
 
 A_, C_, B_, K_ = 3.0, 1.0, 1.0, 4.0  # embedding size, A's write, the control's write, readout gain
 
@@ -218,7 +221,7 @@ def test_flipped_only_and_all_item_maps_are_compared_by_rank():
 
 
 def test_hub_claim_never_reads_a_compensated_layer_as_unimportant():
-    from atlas_core.atlas import hub_claim
+    from atlas_core.studies.atlas import hub_claim
 
     r = nulls.null_rows(0, n_layers=6, methods=("zero",), hub=2, effect=0.4)
     # layer 4: its direct path carries 0.6 of the clean LD, its total effect stays small (repaired downstream)

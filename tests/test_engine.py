@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import make_items, tiny_subject
 
-from atlas_core import tiny
-from atlas_core.engine import Batch, position_ids, run_nnsight
-from atlas_core.interventions import Op, Site, Unit, head_sweep, layer_sweep
-from atlas_core.subject import _finish
-from atlas_core.sweep import Cache, sweep
+from atlas_core.engine.batch import Batch, position_ids, run_nnsight
+from atlas_core.engine.interventions import Op, Site, Unit, head_sweep, layer_sweep
+from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.model import tiny
+from atlas_core.model.subject import _finish
 
 
 # -- an independent reference: the full HF forward with one raw PyTorch hook ----------------------
@@ -226,7 +226,7 @@ def test_site_and_op_validation():
 
 
 def test_attribution_screen_is_exact_to_first_order(tok):
-    from atlas_core.screen import attribution, recall
+    from atlas_core.engine.screen import attribution, recall
 
     s = tiny_subject("llama", tok)
     items = make_items(tok, 4)
@@ -313,7 +313,7 @@ def test_mean_and_resample_refuse_single_prompt_batches(tok):
 def test_sweep_batches_split_families_evenly():
     from types import SimpleNamespace
 
-    from atlas_core.sweep import _batches
+    from atlas_core.engine.sweep import _batches
 
     def sizes(n, bs, fam="f"):
         return [len(c) for c in _batches([SimpleNamespace(family=fam, id=i) for i in range(n)], bs)]
@@ -384,7 +384,7 @@ def test_head_ablation_is_additive_on_llama_but_not_on_gemma3(family, tok):
 def test_screen_claims_follow_recall_against_chance():
     import pandas as pd
 
-    from atlas_core.screen import screen_claims
+    from atlas_core.engine.screen import screen_claims
 
     class Solved:  # an atlas that solves one family / none
         def __init__(self, fams):
@@ -402,7 +402,7 @@ def test_screen_claims_follow_recall_against_chance():
 @pytest.mark.parametrize("position", ["all", "last"])
 def test_generation_edits_match_a_raw_hook_on_model_generate(position, tok):
     """engine.generate (one nnsight trace, the step applied at every forward) == HF generate with a raw hook."""
-    from atlas_core.engine import generate
+    from atlas_core.engine.batch import generate
 
     s = tiny_subject("llama", tok)
     prompts = [i.prompt for i in make_items(tok, 3)]
@@ -434,7 +434,7 @@ def test_generation_edits_match_a_raw_hook_on_model_generate(position, tok):
 
 
 def test_no_module_but_tracing_registers_a_hook_or_opens_a_trace():
-    """One intervention layer: hooks and traces live in atlas_core/tracing.py only."""
+    """One intervention layer: hooks and traces live in atlas_core/engine/tracing.py only."""
     import re
     from pathlib import Path
 
@@ -452,7 +452,7 @@ def test_remote_round_trip_equals_local_for_a_sweep_and_steering(tok, tmp_path, 
     and a steering unit (packed forward and generation) give the local numbers."""
     from nnsight.intervention.backends import local as nn_local
 
-    from atlas_core.engine import generate
+    from atlas_core.engine.batch import generate
 
     calls = []
     orig = nn_local.LocalSimulationBackend.__call__

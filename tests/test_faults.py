@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from atlas_core import book, registry
 from atlas_core.cli import main
+from atlas_core.evidence import registry
+from atlas_core.publish import book
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def _report(name: str, faults: int, checked: int, lost: int) -> None:
 
 APPEND = """
 import os, sys
-from atlas_core import registry
+from atlas_core.evidence import registry
 tag, n, torn = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "torn"
 for i in range(n):
     if torn and i == n - 1:  # a crash in the middle of this append: half the line written, then the process dies
@@ -83,7 +84,7 @@ HEADER = "# ---\n# jupyter:\n#   kernelspec:\n#     display_name: Python 3\n#   
 EXECUTE = """
 import sys
 from pathlib import Path
-from atlas_core import book
+from atlas_core.publish import book
 book.execute(Path(sys.argv[1]), Path(sys.argv[2]), {})
 """
 
@@ -113,8 +114,8 @@ def test_killed_notebook_write_keeps_the_last_good_notebook(tmp_path):
 SWEEP = """
 import itertools, sys
 from atlas_core import load, tasks
-from atlas_core.interventions import layer_sweep
-from atlas_core.sweep import Cache, sweep
+from atlas_core.engine.interventions import layer_sweep
+from atlas_core.engine.sweep import Cache, sweep
 s = load("tiny-llama")
 items, _ = tasks.validate(tasks.load_items("ioi")[:6], s.tokenizer)
 units = layer_sweep(["block", "attn", "mlp"], ["zero", "mean", "resample"], s.arch.n_layers, s.arch)
@@ -131,8 +132,8 @@ def _cache_rows(path: Path) -> int:
 
 def test_killed_sweep_commits_lose_nothing_and_resume_identically(tmp_path):
     from atlas_core import load, tasks
-    from atlas_core.interventions import layer_sweep
-    from atlas_core.sweep import Cache, sweep
+    from atlas_core.engine.interventions import layer_sweep
+    from atlas_core.engine.sweep import Cache, sweep
 
     db = tmp_path / "cache.sqlite"
     before, faults = 0, 0

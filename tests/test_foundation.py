@@ -7,8 +7,8 @@ import torch
 import transformers
 
 import atlas_core
-from atlas_core import tiny
-from atlas_core.archmap import ArchMap, UnsupportedArchitecture
+from atlas_core.model import tiny
+from atlas_core.model.archmap import ArchMap, UnsupportedArchitecture
 
 
 @pytest.mark.parametrize("family", tiny.FAMILIES)
@@ -87,6 +87,6 @@ def test_fingerprint_follows_the_weights(tok):
 
 
 def test_tiny_gemma3_has_sliding_and_global_layers():
-    from atlas_core import tiny
+    from atlas_core.model import tiny
 
     assert set(tiny.config("gemma3", 100).layer_types) == {"sliding_attention", "full_attention"}

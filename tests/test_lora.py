@@ -14,10 +14,12 @@ import pytest
 import torch
 from conftest import tiny_subject
 
-from atlas_core import lora, tasks, tiny
-from atlas_core.archmap import ArchMap
-from atlas_core.claims import Claim
-from atlas_core.subject import _finish
+from atlas_core import tasks
+from atlas_core.evidence.claims import Claim
+from atlas_core.model import tiny
+from atlas_core.model.archmap import ArchMap
+from atlas_core.model.subject import _finish
+from atlas_core.studies import lora
 
 SCORES = pd.Series({0: 0.1, 1: 0.5, 2: 0.3, 3: 0.9, 4: 0.2, 5: 0.4, 6: 0.05, 7: 0.35})
 DATA = [{"prompt": f"Item {i}: the sky is", "completion": " blue"} for i in range(8)]
@@ -349,7 +351,7 @@ def test_layer_scores_read_the_metric_and_fall_back_labelled():
 def test_random_init_model_earns_no_claim_above_low(tok, tmp_path, monkeypatch):
     """Chapter 05's pipeline end to end on a random-init tiny model (its real atlas over two families, the smoke
     profile's learning-rate search and controls, cut down to 2 steps, over 5 seeds)."""
-    from atlas_core.atlas import map_atlas
+    from atlas_core.studies.atlas import map_atlas
 
     monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path))
     s = tiny_subject("llama", tok, d=32, heads=2, kv_heads=1)
@@ -565,7 +567,7 @@ def test_fewer_than_five_seeds_or_one_learning_rate_cap_the_verdict():
 def test_lora_null_with_a_partial_effect_makes_no_win():
     """The simulated null runs the real claim builder: an atlas better than random only, or than all but the
     depth-matched control, never reaches medium; an atlas better than every control mostly does (8 seeds)."""
-    from atlas_core import nulls
+    from atlas_core.evidence import nulls
 
     for beats in (["random"], ["random", "wrong-family", "all-linear"]):
         r = nulls.lora_null(60, 8, effect=1.5, beats=beats)

@@ -14,10 +14,14 @@ import torch
 from conftest import make_items, tiny_subject
 from scipy.stats import hypergeom
 
-from atlas_core import metrics, patching, screen, tasks, tiny
-from atlas_core.interventions import Op, Site, Unit
-from atlas_core.subject import _finish
-from atlas_core.sweep import Cache, sweep
+from atlas_core import tasks
+from atlas_core.engine import screen
+from atlas_core.engine.interventions import Op, Site, Unit
+from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.evidence import metrics
+from atlas_core.model import tiny
+from atlas_core.model.subject import _finish
+from atlas_core.studies import patching
 from atlas_core.tasks.baselines import last_logits
 
 LOW = {"none", "low"}

@@ -9,11 +9,16 @@ import shutil
 import pytest
 import torch
 
-import atlas_core.atlas
-from atlas_core import book, engine, lora, paths, profiles, registry, steering, tasks, tiny
+import atlas_core.studies.atlas
+from atlas_core import paths, profiles, tasks
 from atlas_core.cli import main
-from atlas_core.interventions import Op, Site, Unit
-from atlas_core.subject import _finish
+from atlas_core.engine import batch
+from atlas_core.engine.interventions import Op, Site, Unit
+from atlas_core.evidence import registry
+from atlas_core.model import tiny
+from atlas_core.model.subject import _finish
+from atlas_core.publish import book
+from atlas_core.studies import lora, steering
 
 TINY = ["map", "--model", "tiny-llama", "--families", "ioi", "--components", "block", "--methods", "zero",
         "--seeds", "42", "--prompts-per-family", "2", "--no-heads", "--positions", "", "--no-progress"]
@@ -69,7 +74,7 @@ def test_registry_survives_torn_and_bad_lines(tmp_path, monkeypatch):
     assert [r["n"] for r in got] == [1, 2, 3]
     msg = str(w[0].message)
     assert "\n" not in msg and "skipped 5 bad line(s)" in msg and "not UTF-8" in msg and "missing chapter" in msg
-    from atlas_core import claims
+    from atlas_core.evidence import claims
 
     with pytest.warns(registry.RegistryWarning):
         assert claims.table("m", "smoke").empty  # chapter 00's read does not crash
@@ -85,7 +90,7 @@ def test_duplicate_seeds_and_ids_are_refused(capsys, tmp_path, tok):
     from conftest import tiny_subject
 
     with pytest.raises(ValueError, match="seeds 1 given more than once"):
-        atlas_core.atlas.map_atlas(tiny_subject("llama", tok), ["ioi"], seeds=(1, 1), progress=False)
+        atlas_core.studies.atlas.map_atlas(tiny_subject("llama", tok), ["ioi"], seeds=(1, 1), progress=False)
     d = tmp_path / "tasks"
     d.mkdir()
     it = tasks.load_items("ioi")[0]
@@ -107,11 +112,11 @@ def test_empty_and_out_of_range_input(capsys, tok, monkeypatch):
 
     s = tiny_subject("llama", tok)
     with pytest.raises(ValueError, match=r"have no natural/medium items valid for tiny-llama's tokenizer"):
-        atlas_core.atlas.map_atlas(s, None, variant="natural", bucket="medium", progress=False)
+        atlas_core.studies.atlas.map_atlas(s, None, variant="natural", bucket="medium", progress=False)
     real = tasks.load_items
     monkeypatch.setattr(tasks, "load_items", lambda f, **kw: [] if f == "antonyms" else real(f, **kw))
     with pytest.raises(ValueError, match=r"families \['antonyms'\] have no synthetic/short items"):
-        atlas_core.atlas.map_atlas(s, ["ioi", "antonyms"], progress=False)
+        atlas_core.studies.atlas.map_atlas(s, ["ioi", "antonyms"], progress=False)
 
 
 # --------------------------------------------------------------------------- 7. messages instead of tracebacks
@@ -126,23 +131,23 @@ def test_dtype_device_interrupt_and_failures_are_one_line(capsys, monkeypatch, t
         seen["out"] = kw["out"]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(atlas_core.atlas, "map_atlas", interrupted)
+    monkeypatch.setattr(atlas_core.studies.atlas, "map_atlas", interrupted)
     monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "res"))
     code, err = _cli(capsys)
     assert code == 130 and "interrupted" in err and "run the same command again to resume" in err
     assert seen["out"] == str(tmp_path / "res" / "atlas")  # the default --out follows $ATLAS_RESULTS
 
     def nan(*a, **kw):
-        engine._check_finite(torch.tensor([float("nan")]), "intervened forward (block.L0@all)")
+        batch._check_finite(torch.tensor([float("nan")]), "intervened forward (block.L0@all)")
 
-    monkeypatch.setattr(atlas_core.atlas, "map_atlas", nan)
+    monkeypatch.setattr(atlas_core.studies.atlas, "map_atlas", nan)
     code, err = _cli(capsys)
     assert code == 1 and "FloatingPointError: NaN/inf logits in the intervened forward" in err and "Traceback" not in err
     assert "float32 already: the intervention scale" in err and "try dtype=float32" not in err
     with pytest.raises(FloatingPointError):
         main([*TINY, "--debug"])
     with pytest.raises(FloatingPointError, match="bfloat16: try dtype=float32"):
-        engine._check_finite(torch.tensor([float("inf")]), "clean forward", torch.bfloat16)
+        batch._check_finite(torch.tensor([float("inf")]), "clean forward", torch.bfloat16)
 
 
 def test_steered_generation_says_nan_instead_of_empty(tok):
@@ -179,9 +184,9 @@ def test_failed_chapter_keeps_last_good_notebook(tmp_path):
 
 # --------------------------------------------------------------------------- 6. output checked before the compute
 def test_out_checked_before_compute_and_locked(capsys, tmp_path, monkeypatch):
-    real_map = atlas_core.atlas.map_atlas
+    real_map = atlas_core.studies.atlas.map_atlas
     called = []
-    monkeypatch.setattr(atlas_core.atlas, "map_atlas", lambda *a, **kw: called.append(1))
+    monkeypatch.setattr(atlas_core.studies.atlas, "map_atlas", lambda *a, **kw: called.append(1))
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     _one_line(*_cli(capsys, "--out", str(blocker)), 2, f"output directory {blocker} is a file")
@@ -193,7 +198,7 @@ def test_out_checked_before_compute_and_locked(capsys, tmp_path, monkeypatch):
         pass
     # a Python caller of map_atlas (no CLI) is refused at save time while another run holds the directory
     from atlas_core import load
-    from atlas_core.sweep import Cache
+    from atlas_core.engine.sweep import Cache
 
     s = load("tiny-llama")
     kw = dict(families=["ioi"], components=("block",), methods=("zero",), seeds=(1,), prompts_per_family=2,

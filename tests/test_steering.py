@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import make_items, tiny_subject
 
-from atlas_core import steering
-from atlas_core.engine import Batch
-from atlas_core.sweep import Cache, sweep
+from atlas_core.engine.batch import Batch
+from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.studies import steering
 
 
 @pytest.fixture(scope="module")
@@ -367,8 +367,8 @@ def test_nll_cost_is_zero_at_alpha_zero_and_grows_with_alpha(tok):
     """On a tiny model trained for a few steps to predict some sentences (a random-init model predicts nothing, so
     a push can even lower its NLL), the NLL per token is unchanged at α = 0 and rises with |α|; batching and left
     padding do not change it."""
-    from atlas_core import neutral
-    from atlas_core.interventions import Op, Site, Unit
+    from atlas_core.engine.interventions import Op, Site, Unit
+    from atlas_core.tasks import neutral
 
     s = tiny_subject("llama", tok, seed=3)
     texts = neutral.sentences(4, seed=0)
@@ -392,7 +392,7 @@ def test_nll_cost_is_zero_at_alpha_zero_and_grows_with_alpha(tok):
 def test_fluency_prompting_and_scored_generations_run_on_the_study(study_run):
     """Sentiment is testable on any model (no gate): its fluency cost, prompting baselines and scored generations run
     at its graded cell; families the model does not solve get none."""
-    from atlas_core import neutral
+    from atlas_core.tasks import neutral
 
     s, st, sm, _, _, _ = study_run
     texts = neutral.sentences(12, seed=0)

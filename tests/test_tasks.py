@@ -16,7 +16,7 @@ MIN = {("synthetic", "short"): 300, ("natural", "short"): 50, ("synthetic", "med
 
 @pytest.fixture(scope="module")
 def tok():
-    from atlas_core.tiny import shared_tokenizer
+    from atlas_core.model.tiny import shared_tokenizer
 
     return shared_tokenizer()
 
@@ -76,7 +76,7 @@ def test_validation_counts_drops():
     it = tasks.load_items("ioi")[0]
     from dataclasses import replace
 
-    from atlas_core.tiny import shared_tokenizer
+    from atlas_core.model.tiny import shared_tokenizer
 
     bad = [replace(it, answer=" Mary Jane"), replace(it, corrupt=it.corrupt + " and"), it]
     kept, rep = tasks.validate(bad, shared_tokenizer())
@@ -130,9 +130,9 @@ def test_contrastive(name):
 
 
 def test_baselines_on_tiny_model():
-    from atlas_core.archmap import ArchMap
-    from atlas_core.subject import Subject
-    from atlas_core.tiny import build
+    from atlas_core.model.archmap import ArchMap
+    from atlas_core.model.subject import Subject
+    from atlas_core.model.tiny import build
 
     model, tok = build("llama", n_layers=2, d=32)
     subj = Subject("tiny", model, tok, ArchMap.from_model(model), source="tiny")
@@ -147,9 +147,9 @@ def test_baselines_on_tiny_model():
 
 
 def test_baselines_for_several_models_in_one_call():
-    from atlas_core.archmap import ArchMap
-    from atlas_core.subject import Subject
-    from atlas_core.tiny import build
+    from atlas_core.model.archmap import ArchMap
+    from atlas_core.model.subject import Subject
+    from atlas_core.model.tiny import build
 
     subs = []
     for fam in ("llama", "qwen2"):

@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tokenizer(model: str):
     if model == "smollm2-135m":
-        from ..tiny import shared_tokenizer
+        from ..model.tiny import shared_tokenizer
 
         return shared_tokenizer()
     from transformers import AutoTokenizer
 
-    from ..models import EMBEDDED, embedded_dir
+    from ..model.sources import EMBEDDED, embedded_dir
 
     return AutoTokenizer.from_pretrained(embedded_dir(model) if model in EMBEDDED else model)
 

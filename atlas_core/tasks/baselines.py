@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import engine
-from ..stats import bootstrap_ci, proportion_ci
+from ..engine import batch
+from ..evidence.stats import bootstrap_ci, proportion_ci
 from .core import FAMILIES, TokItem, load_items, sample, validate, with_chat_template
 
 
@@ -18,7 +18,7 @@ def last_logits(subject, prompts: list[str], batch_size: int = 16) -> torch.Tens
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         enc = subject.encode([prompts[i] for i in idx])
-        logits = engine.last_logits(subject, enc["input_ids"], enc["attention_mask"]).cpu()
+        logits = batch.last_logits(subject, enc["input_ids"], enc["attention_mask"]).cpu()
         for j, i in enumerate(idx):
             out[i] = logits[j]
     return torch.stack(out) if out else torch.empty(0)
@@ -178,7 +178,7 @@ def baseline_claims(base, runs: dict, **tags) -> list:
     """Per family x variant: "above chance" and "flips reliably (testable)", worded from the measured rates.
 
     base: `baselines` of the first seed; runs: {seed: baselines table} (replication over prompt samples)."""
-    from ..claims import Claim
+    from ..evidence.claims import Claim
 
     def seeds_ok(r, ok) -> int:  # seeds in which this family x variant meets `ok(table)`
         return sum(bool((ok(t) & (t["family"] == r.family) & (t["variant"] == r.variant)).any()) for t in runs.values())

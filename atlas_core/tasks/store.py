@@ -26,7 +26,7 @@ def build_files(seed: int = SEED, tokenizer=None) -> dict[str, bytes]:
     from .neutral_text import SENTENCES
 
     if tokenizer is None:
-        from ..tiny import shared_tokenizer
+        from ..model.tiny import shared_tokenizer
 
         tokenizer = shared_tokenizer()
     T = Tok(tokenizer)

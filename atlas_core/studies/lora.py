@@ -56,11 +56,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .claims import Claim
-from .engine import position_ids
-from .paths import results_dir
-from .stats import holm, sign_flip_p
-from .subject import Subject
+from ..engine.batch import position_ids
+from ..evidence.claims import Claim
+from ..evidence.stats import holm, sign_flip_p
+from ..model.subject import Subject
+from ..paths import results_dir
 
 CACHE_VERSION = 2
 STRATEGIES = ("atlas", "atlas-late", "random", "all-linear")  # layer rules of `select_layers`
@@ -876,14 +876,14 @@ def _helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]]):
                      "fingerprint": subject.fingerprint, "runs": todo[::-1],
                      "data": {fam: data[fam] for _, _, fam, _ in todo}}, f)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.Popen([sys.executable, "-m", "atlas_core.lora", job], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "atlas_core.studies.lora", job], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL), job
 
 
 def _helper_main(job: str) -> None:
     import pickle
 
-    from . import load
+    from .. import load
 
     spec = pickle.loads(Path(job).read_bytes())
     subject = load(spec["model"], dtype=spec["dtype"])
@@ -1003,7 +1003,7 @@ def task_data(subject: Subject, families: Sequence[str], P: dict) -> tuple[dict[
     The limits come from the data: `max_len` is the longest tokenized train, validation or eval example (prompt,
     completion, EOS), so no example is cut before the loss; a family's generation cap is its longest reference
     completion (tokens, EOS included) + `GEN_MARGIN`, so the reference completions score exact match 1."""
-    from . import tasks
+    from .. import tasks
 
     tv = {f: split_val(tasks.training_split(f, "train"), P["n_train"], P.get("n_val", 0)) for f in families}
     train = {f: tv[f][0] for f in families}
@@ -1316,10 +1316,10 @@ def lora_claims(cmp: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int, ch
     return claims
 
 
-if __name__ == "__main__":  # the run_grid helper process: python -m atlas_core.lora JOB.pkl
+if __name__ == "__main__":  # the run_grid helper process: python -m atlas_core.studies.lora JOB.pkl
     import sys
 
-    from atlas_core.lora import _helper_main as _run  # the package's classes, as pickled
+    from atlas_core.studies.lora import _helper_main as _run  # the package's classes, as pickled
 
     try:
         _run(sys.argv[1])

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .engine import Batch
-from .interventions import Edit, Op, Unit
+from ..engine.batch import Batch
+from ..engine.interventions import Edit, Op, Unit
 
 WRITES = ("block", "attn", "mlp", "mixer", "conv")
 ADDITIVE_HEADS = ("llama", "qwen2", "gpt2", "lfm2")
@@ -118,7 +118,7 @@ def direct_rows(subject, items: Sequence, units: Sequence[Unit], *, seed: int = 
     """One row per (item, unit): `direct` = the unit's direct LD drop (NaN where undefined, `undefined_why` says
     why). Batches are the sweep's own (same family chunks, same seed), so mean/resample replacements match the
     total effects exactly; each batch costs one clean forward (Batch construction) plus the site values."""
-    from .sweep import _batches
+    from ..engine.sweep import _batches
 
     units = list(dict.fromkeys(units))
     why = {u: undefined_why(subject.arch, u) for u in units}

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from .stats import bootstrap_ci, sign_flip_p
+from ..evidence.stats import bootstrap_ci, sign_flip_p
 
 SCHEMA = "mi-atlas/atlas@2"
 KEYS = ["component", "layer", "head", "position", "method", "family", "seed", "split"]
@@ -131,7 +131,7 @@ class Atlas:
 
         Rows may carry `direct` (`direct.attach`); `neutral` are sweep rows of the same units on neutral text
         (`neutral_items`), giving each cell `kl_neutral` and `specificity` = kl - kl_neutral."""
-        from .tasks import flipped, solved
+        from ..tasks import flipped, solved
 
         rows = rows.assign(split=[split_of(i) for i in rows["item_id"]],
                            flipped=flipped(rows["ld_clean"], rows["ld_corrupt"]))
@@ -253,7 +253,7 @@ class Atlas:
         ev = {"hub": h, "component": comp, "method": meth, "metric": metric, "excluded": list(exclude),
               "n_candidates": sel["n_candidates"], "selection": "held-out", "testable": sel["testable"]}
         if not sel["testable"]:
-            from .tasks import untestable_why
+            from ..tasks import untestable_why
 
             return {**ev, "untestable_why": untestable_why(self.solved), "control": "none (not testable)"}
         score = self.layer_scores(None, comp, meth, metric, split="select").drop(list(exclude), errors="ignore")
@@ -329,7 +329,7 @@ class Atlas:
         metric = self._metric()
         ev: dict = {"component": component, "metric": metric, "testable": self.testable}
         if not ev["testable"]:
-            from .tasks import untestable_why
+            from ..tasks import untestable_why
 
             return {**ev, "untestable_why": untestable_why(self.solved)}
         pairs = self.method_agreement(metric)
@@ -531,12 +531,13 @@ def map_atlas(
     on, except for a remote subject (direct effects read the weights locally)."""
     import warnings
 
+    from .. import tasks
+    from ..engine.interventions import Site, Unit, head_sweep, layer_sweep, method_op
+    from ..engine.sweep import Cache, code_version, sweep
+    from ..evidence import registry
+    from ..paths import locked, writable_dir
+    from ..tasks.core import distinct
     from . import direct as direct_mod
-    from . import registry, tasks
-    from .interventions import Site, Unit, head_sweep, layer_sweep, method_op
-    from .paths import locked, writable_dir
-    from .sweep import Cache, code_version, sweep
-    from .tasks.core import distinct
 
     t0 = time.time()
     named = families is not None
@@ -624,7 +625,7 @@ def neutral_items(tokenizer, lengths: list[int], n: int, seed: int = 0) -> list:
     construction; only KL is read)."""
     from types import SimpleNamespace
 
-    from . import neutral
+    from ..tasks import neutral
 
     texts = neutral.sentences(seed=seed)
     specials = len(tokenizer("x")["input_ids"]) - len(tokenizer("x", add_special_tokens=False)["input_ids"])
@@ -652,7 +653,7 @@ def neutral_items(tokenizer, lengths: list[int], n: int, seed: int = 0) -> list:
 
 def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), method: str = "zero", **tags):
     """The claim "component layer H is the hub", its statement and direction taken from `hub_evidence`."""
-    from .claims import Claim
+    from ..evidence.claims import Claim
 
     ev = atlas.hub_evidence(component, method, exclude)
     where = f" (excluding layer{'s' if len(exclude) > 1 else ''} {', '.join(map(str, exclude))})" if exclude else ""
@@ -680,7 +681,7 @@ def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), metho
 
 def agreement_claim(atlas: Atlas, component: str, **tags):
     """The claim "the ablation methods rank this component's layers alike", worded from `agreement_evidence`."""
-    from .claims import Claim
+    from ..evidence.claims import Claim
 
     ev = atlas.agreement_evidence(component)
     kw = dict(metric="Spearman correlation of layer profiles between methods (test split)",

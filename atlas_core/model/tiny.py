@@ -59,7 +59,7 @@ def build(family: str, vocab_size: int | None = None, seed: int = 0, **kw):
 def shared_tokenizer():
     from transformers import AutoTokenizer
 
-    from .models import embedded_dir
+    from .sources import embedded_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_dir("smollm2-135m"))
     tok.padding_side = "left"

@@ -89,7 +89,7 @@ def family_of(config) -> str:
     if mt not in FAMILIES:
         raise UnsupportedArchitecture(
             f"unsupported architecture {mt!r}; supported: {', '.join(sorted(FAMILIES))} "
-            f"(add a FamilyPaths entry to atlas_core/archmap.py FAMILIES to map a new one)"
+            f"(add a FamilyPaths entry to atlas_core/model/archmap.py FAMILIES to map a new one)"
         )
     return mt
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import tracing
-from .engine import Batch
+from .batch import Batch
 from .interventions import Unit
 from .sweep import _batches
 
@@ -134,9 +134,9 @@ def screen_claims(rec: pd.DataFrame, atlas, **tags) -> list:
 
     p-values are Holm-adjusted over the groups (one family of tests); a model that solves no family makes the
     logit difference meaningless, so there the claims are not testable."""
-    from .claims import Claim
-    from .stats import holm
-    from .tasks import untestable_why
+    from ..evidence.claims import Claim
+    from ..evidence.stats import holm
+    from ..tasks import untestable_why
 
     adj = holm(rec["p"].to_numpy()) if len(rec) else np.array([])
     out = []

@@ -26,7 +26,7 @@ Cross-model patching writes activations of model A into model B of the same arch
 `Batch` runs the prompts, A's cached clean pass stands in as its "clean" run, so `Op.patch("clean")`
 units write A's values into B, and recovery measures how far B moves to A's logit difference (`cross_patch`).
 CMAP (Prakash et al. 2024) uses it between a model and a real fine-tune (`finetuned`: a LoRA trained by
-`atlas_core.lora` on the family, merged): `cmap` patches every single write and the cumulative blocks 0..k
+`atlas_core.studies.lora` on the family, merged): `cmap` patches every single write and the cumulative blocks 0..k
 in both directions, `cross_localize` / `cross_claim` choose the write that carries the change on half the
 prompts and test it on the other half; two models that do not clearly differ (a model and itself) are
 "not testable". `cross_family_why` says why two separately trained families cannot simply be patched.
@@ -43,13 +43,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, tasks
-from .claims import Claim
-from .engine import Batch, last_logits
-from .interventions import Edit, Op, Site, Unit, _exists
-from .stats import sign_flip_p
-from .subject import Subject
-from .sweep import sweep
+from .. import tasks
+from ..engine.batch import Batch, last_logits
+from ..engine.interventions import Edit, Op, Site, Unit, _exists
+from ..engine.sweep import sweep
+from ..evidence import metrics
+from ..evidence.claims import Claim
+from ..evidence.stats import sign_flip_p
+from ..model import sources
+from ..model.subject import Subject
 
 MIN_GAP = 0.5  # logits: below this mean clean − corrupt gap a recovery ratio is refused (odds change < 1.65x)
 SITE = ["component", "layer", "head", "position"]
@@ -95,7 +97,7 @@ class Selection:
 def select(subject: Subject, families: Sequence[str], n_gate: int, n: int, seed: int) -> Selection:
     """Score `n_gate` sampled prompts per family, gate each family (`tasks.solved`), keep up to `n` flipped prompts
     of each family that passes."""
-    from .tasks.baselines import scored as score_items
+    from ..tasks.baselines import scored as score_items
 
     sampled, scored = score_items(subject, families, n_gate, seed)
     spans = [span_of(subject.tokenizer, it) for it in sampled]
@@ -387,7 +389,7 @@ def patching_claims(rows: pd.DataFrame, solved: pd.DataFrame, n_layers: int, cro
 def perturbed(subject: Subject, sigma: float = 0.05, seed: int = 0, name: str | None = None) -> Subject:
     """A copy of `subject` whose decoder-layer weights carry seeded Gaussian noise of `sigma` × each tensor's std
     (embeddings, final norm and unembedding untouched, as with a LoRA adapter on attention/MLP)."""
-    from .subject import _finish
+    from ..model.subject import _finish
 
     model = copy.deepcopy(subject.model)
     gen = torch.Generator().manual_seed(seed)
@@ -484,8 +486,8 @@ def finetuned(subject: Subject, family: str, exclude: Iterable[str] = (), *, exa
 def tuned_effect(base: Subject, tuned: Subject, items: Sequence) -> dict:
     """How `tuned` differs from `base` on the items' prompts: mean logit difference of each, the per-prompt change
     (95% CI, two-sided exact sign-flip p) and mean KL(base ‖ tuned) of the next token."""
-    from .stats import bootstrap_ci
-    from .tasks.baselines import last_logits
+    from ..evidence.stats import bootstrap_ci
+    from ..tasks.baselines import last_logits
 
     prompts = [it.prompt for it in items]
     a, d = torch.tensor([it.answer_id for it in items]), torch.tensor([it.distractor_id for it in items])
@@ -627,13 +629,13 @@ def _shape(model) -> tuple[str, str, int, int, object]:
         return model.name, model.arch.family, model.arch.d_model, model.arch.n_layers, model.tokenizer
     from transformers import AutoConfig, AutoTokenizer
 
-    from . import models, tiny
+    from ..model import tiny
 
     if model.startswith("tiny-"):
         tok = tiny.shared_tokenizer()
         cfg = tiny.config(model.removeprefix("tiny-"), len(tok))
     else:
-        path = models.embedded_dir(model) if model in models.EMBEDDED else model
+        path = sources.embedded_dir(model) if model in sources.EMBEDDED else model
         cfg, tok = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     cfg = getattr(cfg, "text_config", None) or cfg
     d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)

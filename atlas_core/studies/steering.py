@@ -53,11 +53,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import stats
-from .claims import Claim
-from .engine import Batch
-from .interventions import Edit, Op, Site, Unit
-from .subject import Subject
+from ..engine.batch import Batch
+from ..engine.interventions import Edit, Op, Site, Unit
+from ..evidence import stats
+from ..evidence.claims import Claim
+from ..model.subject import Subject
 
 # Probe prompts for sentiment: neutral openings whose next word is an evaluative adjective. They avoid the
 # subjects and frames of the contrastive fit sentences (data/contrastive/sentiment.jsonl), and the probe words
@@ -78,8 +78,8 @@ SENTIMENT_TOKENS = ((" good", " bad"), (" great", " terrible"), (" wonderful", "
 def _filler_rx() -> re.Pattern:
     """Every slot filler of the generators (names, nouns, cities, numbers, adjectives, filler sentences, ...),
     single letters and numbers, longest first, matched case-insensitively as whole words."""
-    from .tasks import generators as G
-    from .tasks import lexicon as L
+    from ..tasks import generators as G
+    from ..tasks import lexicon as L
 
     words: set[str] = set()
     for tup in (L.NAMES, L.NOUNS, L.COLORS, L.CITIES, L.PETS, L.JOBS, L.NUMBER_WORDS, L.ORDINALS, L.DAYS, L.MONTHS,
@@ -122,7 +122,7 @@ def split_by_template(units: Sequence, sizes: Sequence[int], seed: int,
     in a seeded order, to the part missing the largest share of its units (then to the one with the fewest groups
     per unit wanted), and each part is sampled round-robin over its groups. A part stays short (or empty) when
     there are too few groups."""
-    from . import tasks
+    from .. import tasks
 
     parent = list(range(len(units)))
 
@@ -293,7 +293,7 @@ def transfer(dirs: Directions, src: Subject, dst: Subject) -> Directions:
 def family_target(subject: Subject, family: str, n: int, n_fit: int, seed: int = 0, bucket: str = "short") -> Split:
     """Fit pairs (corrupt, clean), select items and eval items of a family: validated items, disjoint in
     templates and texts (`split_by_template`)."""
-    from . import tasks
+    from .. import tasks
 
     items, _ = tasks.validate(tasks.load_items(family, "synthetic", bucket), subject.tokenizer)
     fit_items, sel, ev = split_by_template(items, (n_fit, n, n), seed)
@@ -323,7 +323,7 @@ def concept_target(subject: Subject, concept: str, n: int, n_fit: int, seed: int
     """Fit pairs (positive, negative), select and eval probe items of a concept. Probe templates are split between
     select and eval; fit sentences sharing a template or text with any probe prompt, or containing a probe word,
     are dropped before sampling."""
-    from . import tasks
+    from .. import tasks
 
     items = concept_items(subject, concept)
     sel, ev = split_by_template(items, (n, n), seed)
@@ -340,7 +340,7 @@ def concept_target(subject: Subject, concept: str, n: int, n_fit: int, seed: int
 def bucket_items(subject: Subject, st: Study, family: str, bucket: str, n: int, seed: int) -> list:
     """Eval items of a family in a length bucket: none shares a template or text with its fit or select prompts
     (the short bucket gives the study's own eval items, or more held-out items when `n` exceeds them)."""
-    from . import tasks
+    from .. import tasks
 
     sp = st.splits[family]
     if bucket == "short" and n <= len(sp.eval):
@@ -517,7 +517,7 @@ def knockout_table(per_prompt: pd.DataFrame, n_boot: int = 500) -> pd.DataFrame:
 def generate(subject: Subject, prompts: Sequence[str], unit: Unit | None = None, max_new_tokens: int = 16) -> list[str]:
     """Greedy continuations with a steering unit's edits applied at every forward of generation
     (position 'all': every token; 'last': the newest token of each forward): `engine.generate`."""
-    from .engine import generate as traced_generate
+    from ..engine.batch import generate as traced_generate
 
     return traced_generate(subject, list(prompts), unit, max_new_tokens)
 
@@ -528,7 +528,7 @@ FLUENCY_BUDGET = 0.1  # nats per token on unrelated text: the cost a "beats prom
 
 def _all_logits(subject: Subject, b: Batch, unit: Unit | None) -> torch.Tensor:
     """(B, T, V) logits at every position of `b`'s clean prompts with `unit` applied (one traced forward)."""
-    from . import tracing
+    from ..engine import tracing
 
     steps = [b.step(e) for e in unit.edits] if unit is not None else ()
     with torch.inference_mode():
@@ -578,7 +578,7 @@ def prompted(subject: Subject, st: Study, target: str, sign: int, items: Sequenc
     """The prompting baselines for `items`, aimed where steering `target` with `sign` aims: an *instruction* (the word
     to say, for a family; the polarity, for a concept), inside the tokenizer's chat template when it has one, and a
     *one-shot* prompt (a selection item followed by its own aimed-at word, then the item)."""
-    from .tasks import core
+    from ..tasks import core
 
     out: dict[str, list[str]] = {"instruction": [], "one-shot": []}
     for i, it in enumerate(items):
@@ -622,7 +622,7 @@ def _words(text: str) -> list[str]:
 @lru_cache(maxsize=1)
 def polarity_lexicon() -> tuple[frozenset[str], frozenset[str]]:
     """(positive, negative) words: those that differ within the sentiment contrast pairs, plus the probe words."""
-    from . import tasks
+    from .. import tasks
 
     pos, neg = {a.strip() for a, _ in SENTIMENT_TOKENS}, {b.strip() for _, b in SENTIMENT_TOKENS}
     for p, q in tasks.contrastive("sentiment"):
@@ -721,7 +721,7 @@ class Study:
 
     def untestable(self, target: str) -> str | None:
         """Why a family's claims cannot be tested on this model (None when they can; concepts have no gate)."""
-        from . import tasks
+        from .. import tasks
 
         if self.sign[target] != 1:
             return None
@@ -741,8 +741,8 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
     controls, each at its own best cell and the same |α| (`grade`); every control also runs at the real
     direction's layer and α (descriptive z / empirical p). Families are gated by `solved` (e.g. `tasks.gate`, on
     more items), else by `tasks.solved` on their select + eval items."""
-    from . import tasks
-    from .sweep import sweep
+    from .. import tasks
+    from ..engine.sweep import sweep
 
     if sorted(-a for a in control_alphas if a < 0) != sorted(a for a in control_alphas if a > 0):
         raise ValueError(f"control_alphas {tuple(control_alphas)} must hold the same strengths of both signs: a "
@@ -832,7 +832,7 @@ def knockout(subject: Subject, st: Study, alpha: float = 0.4, families: Sequence
     on every family's held-out prompts: (selectivity table with `mode`, testability and `n_candidates`, per-prompt
     rows). mode "project": directional ablation at every layer and position (`knockout_unit`: necessity of the
     direction); "push": +α along it at that layer, last token (sufficiency of a push toward the corrupt answer)."""
-    from .sweep import sweep
+    from ..engine.sweep import sweep
 
     if mode not in ("project", "push"):
         raise ValueError(f"knockout mode {mode!r}: use 'project' (directional ablation) or 'push' (+α addition)")
@@ -867,7 +867,7 @@ def knockout(subject: Subject, st: Study, alpha: float = 0.4, families: Sequence
 
 def concept_kl(subject: Subject, st: Study, concept: str, alpha: float, seed: int = 0, cache=None) -> pd.DataFrame:
     """Off-target effect of a concept direction: mean KL(clean ‖ steered) on every family's held-out prompts."""
-    from .sweep import sweep
+    from ..engine.sweep import sweep
 
     b = st.best[(st.best["family"] == concept) & (st.best["sign"] == np.sign(alpha))].iloc[0]
     us, meta = units(st.dirs[concept], [int(b.layer)], [alpha])

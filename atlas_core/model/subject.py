@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import sources
 from .archmap import ArchMap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,14 +107,14 @@ def load(
         raise ValueError(f"remote must be False, True (NDIF) or 'local' (round trip here), not {remote!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import models, tiny
+    from . import tiny
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     meta: dict = {}
-    if name_or_path in models.EMBEDDED:
-        path = models.embedded_dir(name_or_path)
-        src = models.EMBEDDED[name_or_path].note
+    if name_or_path in sources.EMBEDDED:
+        path = sources.embedded_dir(name_or_path)
+        src = sources.EMBEDDED[name_or_path].note
         meta["embedded"] = True
     elif name_or_path.startswith("tiny-"):
         model, tok = tiny.build(name_or_path.removeprefix("tiny-"))
@@ -128,7 +129,7 @@ def load(
             src = f"local directory {path}"
         else:
             if "/" not in name_or_path:
-                known = ", ".join(list(models.EMBEDDED) + [f"tiny-{f}" for f in tiny.FAMILIES])
+                known = ", ".join(list(sources.EMBEDDED) + [f"tiny-{f}" for f in tiny.FAMILIES])
                 raise ModelNotFound(f"unknown model {name_or_path!r}: use one of {known}, a local path or an HF id (org/name)")
             path = name_or_path
             src = f"Hugging Face hub id {name_or_path}"

@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from .paths import data_dir
+from ..paths import data_dir
 
 
 def path() -> Path:

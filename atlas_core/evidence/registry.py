@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .paths import results_dir
+from ..paths import results_dir
 
 # fields every record has, and the fields its readers need per kind (claims.table, chapter 00)
 BASE_FIELDS = ("kind", "time")

@@ -1,6 +1,6 @@
 """Graders run on simulated nulls: how often does a claim reach medium or high when nothing is there?
 
-`python -m atlas_core.nulls [--reps 200]` prints the table the method page quotes. Each null keeps what a
+`python -m atlas_core.evidence.nulls [--reps 200]` prints the table the method page quotes. Each null keeps what a
 real run has (item-level noise shared across layers, skewed effects, several families, seeds and methods)
 and removes the one thing the claim asserts; a planted effect beside it shows the grader can still pass.
 Every null runs the chapter's own claim builder (`hub_claim`, `agreement_claim`, `steering_claims` after
@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import lora, steering
-from .atlas import Atlas, agreement_claim, hub_claim
+from ..studies import lora, steering
+from ..studies.atlas import Atlas, agreement_claim, hub_claim
 from .claims import Claim, _criteria
 from .stats import bootstrap_ci, sign_flip_p
 

@@ -13,9 +13,9 @@ import zlib
 
 import torch
 
+from ..model.subject import Subject
 from . import tracing
 from .interventions import Edit, Unit
-from .subject import Subject
 from .tracing import position_ids  # noqa: F401  (re-exported: tests, bench and lora use it from here)
 
 # Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.

@@ -20,16 +20,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import engine, metrics
+from ..evidence import metrics
+from ..model.subject import Subject
+from ..paths import cache_path
+from . import batch
 from .interventions import Unit
-from .paths import cache_path
-from .subject import Subject
 
 
 def code_version() -> str:
-    """Version of the code that determines a unit's numbers (engine.ENGINE_VERSION, bumped by hand whenever
+    """Version of the code that determines a unit's numbers (batch.ENGINE_VERSION, bumped by hand whenever
     a change to engine/interventions/metrics could alter any result): part of every cache key."""
-    return f"engine-{engine.ENGINE_VERSION}"
+    return f"engine-{batch.ENGINE_VERSION}"
 
 
 class Cache:
@@ -103,7 +104,7 @@ def sweep(
         bar.update(len(units) - len(todo))
         if todo:
             t0 = time.perf_counter()
-            b = engine.Batch(subject, [it.prompt for it in its], [it.corrupt for it in its],
+            b = batch.Batch(subject, [it.prompt for it in its], [it.corrupt for it in its],
                              [it.answer_id for it in its], [it.distractor_id for it in its],
                              [it.diff_pos for it in its], seed=seed)
             base = {}

@@ -1,0 +1,1 @@
+"""Stage 5, publishing: execute the chapters and render the book (`book`), offline Altair charts (`charts`)."""
