@@ -17,7 +17,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import atlas_core  # noqa: E402
 from atlas_core.model import tiny  # noqa: E402
-from atlas_core.model.subject import _finish  # noqa: E402
+from atlas_core.model.subject import wrap  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def tok():
 
 def tiny_subject(family: str, tok, seed: int = 0, **kw):
     model, _ = tiny.build(family, vocab_size=len(tok), seed=seed, **kw)
-    return _finish(f"tiny-{family}", model, tok, "test", {})
+    return wrap(f"tiny-{family}", model, tok, "test", {})
 
 
 def make_items(tok, n: int = 6, family: str = "fact"):

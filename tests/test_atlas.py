@@ -10,7 +10,7 @@ from conftest import tiny_subject
 from atlas_core.cli import main
 from atlas_core.engine.sweep import Cache
 from atlas_core.model import tiny
-from atlas_core.model.subject import _finish
+from atlas_core.model.subject import wrap
 from atlas_core.studies.atlas import Atlas, diff, map_atlas
 
 SMALL = dict(families=["ioi", "antonyms"], methods=("zero", "mean"), seeds=(1, 2), prompts_per_family=3,
@@ -34,7 +34,7 @@ def test_same_seed_gives_identical_atlas_json(tok, tmp_path):
 def test_planted_layers_are_the_only_nonzero_layers(tok, tmp_path):
     model, _ = tiny.build("llama", vocab_size=len(tok), n_layers=5)
     tiny.plant(model, keep_blocks=[1, 3])
-    s = _finish("planted", model, tok, "planted", {})
+    s = wrap("planted", model, tok, "planted", {})
     a = map_atlas(s, cache=Cache(tmp_path / "c.sqlite"), **{**SMALL, "heads": False})
     for method in ("zero", "mean"):
         sc = a.layer_scores(component="block", method=method, metric="kl")
@@ -45,7 +45,7 @@ def test_planted_layers_are_the_only_nonzero_layers(tok, tmp_path):
 
 def test_diff_depth_normalizes_different_depths(tok, tmp_path):
     s4 = tiny_subject("llama", tok)
-    s6 = _finish("tiny6", tiny.build("llama", vocab_size=len(tok), n_layers=6)[0], tok, "t", {})
+    s6 = wrap("tiny6", tiny.build("llama", vocab_size=len(tok), n_layers=6)[0], tok, "t", {})
     kw = {**SMALL, "heads": False, "positions": ()}
     a = map_atlas(s4, cache=Cache(tmp_path / "d.sqlite"), **kw)
     b = map_atlas(s6, cache=Cache(tmp_path / "d.sqlite"), **kw)
@@ -83,7 +83,7 @@ def test_random_init_models_earn_no_atlas_claim_above_low(tok, tmp_path):
     from atlas_core.studies.atlas import agreement_claim, hub_claim
 
     for fam, layers, seed in (("llama", 4, 0), ("gemma3", 3, 1), ("qwen2", 5, 2)):
-        s = _finish(f"r-{fam}", tiny.build(fam, vocab_size=len(tok), n_layers=layers, seed=seed)[0], tok, "t", {})
+        s = wrap(f"r-{fam}", tiny.build(fam, vocab_size=len(tok), n_layers=layers, seed=seed)[0], tok, "t", {})
         a = map_atlas(s, families=["ioi", "antonyms", "copying"], components=("block", "mlp"), methods=("zero", "mean"),
                       seeds=(1, 2), prompts_per_family=4, heads=False, positions=(), progress=False,
                       cache=Cache(tmp_path / "r.sqlite"))

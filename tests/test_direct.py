@@ -16,7 +16,7 @@ from atlas_core.engine.interventions import Op, Site, Unit, layer_sweep
 from atlas_core.engine.sweep import Cache, sweep
 from atlas_core.evidence import nulls
 from atlas_core.model import tiny
-from atlas_core.model.subject import _finish
+from atlas_core.model.subject import wrap
 from atlas_core.studies import direct
 from atlas_core.studies.atlas import Atlas, map_atlas, neutral_items
 from atlas_core.tasks import neutral
@@ -58,7 +58,7 @@ def repair_model(tok):
         h[1].mlp.c_fc.bias[0] = C_ / 2
         h[1].mlp.c_proj.weight[0] = q  # ... written back along q
         h[2].attn.c_proj.bias[:] = B_ * q2  # C: unread by any component
-    return _finish("repair", model, tok, "hand-built", {}), (p, q, q2)
+    return wrap("repair", model, tok, "hand-built", {}), (p, q, q2)
 
 
 def fixed_items(tok, n: int = 6):

@@ -10,7 +10,7 @@ from atlas_core.engine.batch import Batch, position_ids, run_nnsight
 from atlas_core.engine.interventions import Op, Site, Unit, head_sweep, layer_sweep
 from atlas_core.engine.sweep import Cache, sweep
 from atlas_core.model import tiny
-from atlas_core.model.subject import _finish
+from atlas_core.model.subject import wrap
 
 
 # -- an independent reference: the full HF forward with one raw PyTorch hook ----------------------
@@ -149,7 +149,7 @@ def test_engine_identity_and_nnsight_agree_on_every_family(family, tok):
 def test_planted_structure_is_found_exactly(tok):
     model, _ = tiny.build("llama", vocab_size=len(tok), n_layers=6)
     tiny.plant(model, keep_blocks=[1, 4], keep_heads=[(2, 3)])
-    s = _finish("planted", model, tok, "planted", {})
+    s = wrap("planted", model, tok, "planted", {})
     items = make_items(tok, 4)
     units = layer_sweep(["block", "attn", "mlp"], ["zero"], 6, s.arch) + head_sweep(s.arch)
     df = sweep(s, items, units, cache=Cache(":memory:"), progress=False)
@@ -301,7 +301,7 @@ def test_mean_is_leave_one_out_over_the_other_prompts(tok):
     assert (b.run([Unit.of(e.site, e.op)])[0] - ref).abs().max() < 1e-5
 
 
-def test_mean_and_resample_refuse_single_prompt_batches(tok):
+def test_mean_and_resample_refuse_single_promptbatches(tok):
     s = tiny_subject("llama", tok)
     b = Batch(s, ["The capital of France is"])
     for op in (Op.mean(), Op.resample(0)):
@@ -313,16 +313,16 @@ def test_mean_and_resample_refuse_single_prompt_batches(tok):
 def test_sweep_batches_split_families_evenly():
     from types import SimpleNamespace
 
-    from atlas_core.engine.sweep import _batches
+    from atlas_core.engine.sweep import batches
 
     def sizes(n, bs, fam="f"):
-        return [len(c) for c in _batches([SimpleNamespace(family=fam, id=i) for i in range(n)], bs)]
+        return [len(c) for c in batches([SimpleNamespace(family=fam, id=i) for i in range(n)], bs)]
 
     assert sizes(18, 16) == [9, 9] and sizes(17, 16) == [9, 8] and sizes(33, 16) == [11, 11, 11]
     assert sizes(16, 16) == [16] and sizes(8, 4) == [4, 4] and sizes(1, 16) == [1]
     assert sizes(3, 2) == [3] and sizes(5, 1) == [3, 2]  # never a 1-prompt batch from a larger family
     items = [SimpleNamespace(family=f, id=i) for i in range(5) for f in ("b", "a")]
-    got = _batches(items, 4)
+    got = batches(items, 4)
     assert [[it.family for it in c] for c in got] == [["a"] * 3, ["a"] * 2, ["b"] * 3, ["b"] * 2]
     assert [it.id for c in got for it in c] == [0, 1, 2, 3, 4] * 2  # order kept, nothing lost
 

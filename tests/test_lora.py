@@ -18,7 +18,7 @@ from atlas_core import tasks
 from atlas_core.evidence.claims import Claim
 from atlas_core.model import tiny
 from atlas_core.model.archmap import ArchMap
-from atlas_core.model.subject import _finish
+from atlas_core.model.subject import wrap
 from atlas_core.studies import lora
 
 SCORES = pd.Series({0: 0.1, 1: 0.5, 2: 0.3, 3: 0.9, 4: 0.2, 5: 0.4, 6: 0.05, 7: 0.35})
@@ -47,7 +47,7 @@ def _arch(family: str, n_layers: int = 8) -> ArchMap:
 @pytest.fixture(scope="module")
 def subject():
     model, tok = tiny.build("llama", n_layers=4, d=32, heads=2, kv_heads=1)
-    return _finish("tiny-llama-d32", model, tok, "random init", {})
+    return wrap("tiny-llama-d32", model, tok, "random init", {})
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_layer_ablation_and_lock_in(subject, adapter):
 
 def test_mismatch_error_names_both_shapes(adapter):
     model, tok = tiny.build("llama", n_layers=4, d=48, heads=2, kv_heads=1)
-    other = _finish("tiny-llama-d48", model, tok, "random init", {})
+    other = wrap("tiny-llama-d48", model, tok, "random init", {})
     with pytest.raises(ValueError) as err:
         with lora.attach(other, adapter):
             pass

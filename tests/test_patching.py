@@ -20,7 +20,7 @@ from atlas_core.engine.interventions import Op, Site, Unit
 from atlas_core.engine.sweep import Cache, sweep
 from atlas_core.evidence import metrics
 from atlas_core.model import tiny
-from atlas_core.model.subject import _finish
+from atlas_core.model.subject import wrap
 from atlas_core.studies import patching
 from atlas_core.tasks.baselines import last_logits
 
@@ -44,7 +44,7 @@ def planted(tok, keep: list[int]):
     model, _ = tiny.build("llama", vocab_size=len(tok), seed=0)
     tiny.plant(model, keep_blocks=keep)
     model.lm_head.weight.data.mul_(5)
-    return _finish(f"planted{keep}", model, tok, "planted", {})
+    return wrap(f"planted{keep}", model, tok, "planted", {})
 
 
 def pipeline(s, items, cache, seed: int = 0):
@@ -320,7 +320,7 @@ def test_cmap_finds_the_one_layer_a_fine_tune_changed(planted_tune):
 
 def test_cmap_between_a_model_and_itself_or_a_copy_claims_nothing(planted_tune):
     s, _, items, _ = planted_tune
-    twin = _finish("copy", copy.deepcopy(s.model), s.tokenizer, "copy", {})
+    twin = wrap("copy", copy.deepcopy(s.model), s.tokenizer, "copy", {})
     for other in (s, twin):
         cross = patching.cmap(s, other, items, ("block", "mlp"))
         assert not patching.cross_localize(cross)["testable"]

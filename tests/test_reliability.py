@@ -16,7 +16,7 @@ from atlas_core.engine import batch
 from atlas_core.engine.interventions import Op, Site, Unit
 from atlas_core.evidence import registry
 from atlas_core.model import tiny
-from atlas_core.model.subject import _finish
+from atlas_core.model.subject import wrap
 from atlas_core.publish import book
 from atlas_core.studies import lora, steering
 
@@ -36,7 +36,7 @@ def _one_line(code: int, err: str, want: int, needle: str) -> None:
 
 # --------------------------------------------------------------------------- 1. adapters from another model
 def _tiny(name: str, seed: int):
-    return _finish(name, *tiny.build("llama", n_layers=2, d=32, heads=2, kv_heads=1, seed=seed), "random init", {})
+    return wrap(name, *tiny.build("llama", n_layers=2, d=32, heads=2, kv_heads=1, seed=seed), "random init", {})
 
 
 def test_adapter_refuses_another_model_and_missing_metadata(tmp_path):

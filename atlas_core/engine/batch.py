@@ -25,6 +25,14 @@ ENGINE_VERSION = "2"  # 2: leave-one-out mean, real-token-aligned resample seede
 class Batch:
     """A batch of prompts (one family) prepared for many interventions."""
 
+    @classmethod
+    def of_items(cls, subject: Subject, items, corrupt: bool = True, seed: int = 0,
+                 remote: bool | str | None = None) -> Batch:
+        """A batch of validated task items (prompt, corrupt, answer_id, distractor_id, diff_pos)."""
+        return cls(subject, [it.prompt for it in items], [it.corrupt for it in items] if corrupt else None,
+                   [it.answer_id for it in items], [it.distractor_id for it in items], [it.diff_pos for it in items],
+                   seed=seed, remote=remote)
+
     def __init__(
         self,
         subject: Subject,

@@ -27,7 +27,8 @@ inside the batch's shortest prompt, else ValueError (it never clamps silently).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -171,10 +172,15 @@ class Unit:
     """One intervention condition: one or more edits applied together in one forward."""
 
     edits: tuple[Edit, ...]
+    labels: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # extra sweep columns; not in the key
 
     @classmethod
-    def of(cls, site: Site, op: Op) -> Unit:
-        return cls((Edit(site, op),))
+    def of(cls, site: Site, op: Op, **labels) -> Unit:
+        return cls((Edit(site, op),), tuple(labels.items()))
+
+    def label(self, **labels) -> Unit:
+        """The same unit (same key, same cached numbers) carrying extra columns for the sweep's rows."""
+        return replace(self, labels=(*self.labels, *labels.items()))
 
     @property
     def key(self) -> str:
@@ -190,12 +196,14 @@ class Unit:
         return min(e.site.layer for e in self.edits)
 
     def describe(self) -> dict:
-        """Flat columns for tidy tables (first edit; `unit` holds the full key)."""
+        """Flat columns for tidy tables: the first edit's site and op, the layer span of all edits
+        (`layer`..`last_layer`), `n_edits`, `unit` (the full key), then the labels."""
         e = self.edits[0]
         return {
             "unit": self.key, "component": e.site.component, "layer": e.site.layer,
             "head": -1 if e.site.head is None else e.site.head, "position": str(e.site.position),
             "method": e.op.method, "alpha": e.op.alpha, "n_edits": len(self.edits),
+            "last_layer": max(x.site.layer for x in self.edits), **dict(self.labels),
         }
 
 
@@ -204,7 +212,7 @@ def layer_sweep(components, methods, n_layers: int, arch=None, position="all", s
     units = []
     for comp in components:
         for layer in range(n_layers):
-            if arch is not None and not _exists(arch, comp, layer):
+            if arch is not None and not exists(arch, comp, layer):
                 continue
             for m in methods:
                 units.append(Unit.of(Site(comp, layer, position=position), method_op(m, seed)))
@@ -230,7 +238,7 @@ def method_op(method: str, seed: int = 0) -> Op:
     return table[method]()
 
 
-def _exists(arch, comp: str, layer: int) -> bool:
+def exists(arch, comp: str, layer: int) -> bool:
     try:
         arch.relative_path(comp, layer)
         return True

@@ -18,7 +18,7 @@ import torch
 from . import tracing
 from .batch import Batch
 from .interventions import Unit
-from .sweep import _batches
+from .sweep import batches
 
 
 def attribution(subject, items: Sequence, units: Sequence[Unit], seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
@@ -27,9 +27,8 @@ def attribution(subject, items: Sequence, units: Sequence[Unit], seed: int = 0, 
     if subject.remote:
         raise ValueError("the attribution screen differentiates here: run it without remote (the exact sweep runs remotely)")
     rows = []
-    for its in _batches(items, batch_size):
-        b = Batch(subject, [it.prompt for it in its], [it.corrupt for it in its], [it.answer_id for it in its],
-                  [it.distractor_id for it in its], [it.diff_pos for it in its], seed=seed)
+    for its in batches(items, batch_size):
+        b = Batch.of_items(subject, its, seed=seed)
         b.prefetch(list(units))
         for run in ("clean", "corrupt"):
             us = [u for u in units if u.run == run]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..evidence import metrics
 from ..model.subject import Subject
 from ..paths import cache_path
+from ..tasks.core import by_family
 from . import batch
 from .interventions import Unit
 
@@ -88,13 +89,14 @@ def sweep(
     `df.attrs` reports how many (batch, unit) results were computed vs. read from the cache."""
     cache = cache if cache is not None else Cache()
     max_tokens = max_tokens or _default_max_tokens(subject)
-    units = list(dict.fromkeys(units))
-    batches = _batches(items, batch_size)
+    emit = list(dict.fromkeys((u, u.labels) for u in units))  # rows: every distinct (unit, labels)
+    units = list(dict.fromkeys(units))  # compute: every distinct unit once
+    groups = batches(items, batch_size)
     ver = code_version()
     counts = {"computed": 0, "cached": 0, "seconds_compute": 0.0}
     frames = []
-    bar = tqdm(total=len(batches) * len(units), desc=desc, disable=not progress, unit="unit", smoothing=0.05)
-    for its in batches:
+    bar = tqdm(total=len(groups) * len(units), desc=desc, disable=not progress, unit="unit", smoothing=0.05)
+    for its in groups:
         bkey = _key(subject.fingerprint, ver, seed, [
             (it.id, it.prompt, it.corrupt, it.answer_id, it.distractor_id, it.diff_pos) for it in its])
         keys = {u: _key(bkey, u.key) for u in units}
@@ -104,9 +106,7 @@ def sweep(
         bar.update(len(units) - len(todo))
         if todo:
             t0 = time.perf_counter()
-            b = batch.Batch(subject, [it.prompt for it in its], [it.corrupt for it in its],
-                             [it.answer_id for it in its], [it.distractor_id for it in its],
-                             [it.diff_pos for it in its], seed=seed)
+            b = batch.Batch.of_items(subject, its, seed=seed)
             base = {}
             for run in ("clean", "corrupt"):
                 m = metrics.next_token(b.logits(run), b.logits("clean"), b.answer_ids, b.distractor_ids)
@@ -127,7 +127,7 @@ def sweep(
                 bar.update(len(group))
                 new = {}
             counts["seconds_compute"] += time.perf_counter() - t0
-        frames.append(_rows(its, units, keys, have, have[bkey], seed))
+        frames.append(_rows(its, [u for u, _ in emit], keys, have, have[bkey], seed))
     bar.close()
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     df.attrs.update(counts)
@@ -162,17 +162,13 @@ def _rows(its, units, keys, have, base, seed) -> pd.DataFrame:
     return df
 
 
-def _batches(items, batch_size: int) -> list[list]:
+def batches(items, batch_size: int) -> list[list]:
     """One family per batch, each family split into chunks of near-equal size (18 items, batch_size 16 -> 9 + 9).
 
     A chunk never holds 1 prompt unless its family does (mean/resample need >= 2), even if that makes a chunk
     exceed batch_size (3 items, batch_size 2 -> one batch of 3)."""
-    by_fam: dict[str, list] = {}
-    for it in items:
-        by_fam.setdefault(it.family, []).append(it)
     out = []
-    for fam in sorted(by_fam):
-        its = by_fam[fam]
+    for its in by_family(items).values():
         k = max(1, min(-(-len(its) // batch_size), len(its) // 2))
         q, r = divmod(len(its), k)
         ends = [(i + 1) * q + min(i + 1, r) for i in range(k)]

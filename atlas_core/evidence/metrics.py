@@ -28,7 +28,17 @@ def next_token(logits: torch.Tensor, clean: torch.Tensor, answer: torch.Tensor |
 def recovery(ld: np.ndarray, ld_clean: np.ndarray, ld_corrupt: np.ndarray, min_gap: float = 0.5) -> np.ndarray:
     """Per-prompt normalized recovery (LD - LD_corrupt) / (LD_clean - LD_corrupt); NaN where the clean - corrupt gap
     is below `min_gap` logits (negative or near zero: the ratio would only inflate noise). Grade recovery as a ratio
-    of means over flipped prompts (`patching.recovery_ci`), never as a mean of these ratios."""
+    of means over flipped prompts (`mean_recovery`), never as a mean of these ratios."""
     den = np.asarray(ld_clean, float) - np.asarray(ld_corrupt, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den >= min_gap, (np.asarray(ld, float) - ld_corrupt) / den, np.nan)
+
+
+def mean_recovery(ld, ld_clean, ld_corrupt, positive_gap: bool = True) -> float:
+    """Normalized recovery of the means, (mean LD - mean LD_corrupt) / (mean LD_clean - mean LD_corrupt): the one
+    recovery formula of the package (patching's recovery; steering's fraction of the gap removed is 1 minus it).
+    NaN when the mean gap is not positive (`positive_gap`) or is zero. Callers decide first whether the gap is
+    large enough to grade (`patching.gap_ok`, `steering.gap_defined`)."""
+    den = float(np.mean(ld_clean) - np.mean(ld_corrupt))
+    ok = den > 0 if positive_gap else abs(den) > 1e-12
+    return (float(np.mean(ld)) - float(np.mean(ld_corrupt))) / den if ok else float("nan")

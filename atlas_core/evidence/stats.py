@@ -5,6 +5,8 @@
   and a t interval 93% / 93% (`coverage` re-measures this; the method page prints the table).
 - `sign_flip_p`: exact paired permutation test (every sign pattern of the differences, up to 2^16; seeded
   Monte Carlo above). Use it whenever there are fewer than ~8 independent replicates (seeds, families).
+- `resample_ci`: percentile bootstrap of any statistic of paired and/or stratified samples (ratios of means,
+  selectivity across families); coverage is measured where it is used.
 - `proportion_ci`: exact Clopper-Pearson interval of a rate (accuracy, flip rate).
 - `holm`, `bh`: multiplicity-adjusted p-values for a family of tests (a "best" chosen out of many).
 """
@@ -43,14 +45,30 @@ def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
             return est, est - q * se, est + q * se
         t_lo, t_hi = np.quantile(t, [alpha / 2, 1 - alpha / 2])
         return est, float(est - t_hi * se), float(est - t_lo * se)
-    boots = stat(xb, axis=1) if stat is np.median else np.array([stat(r) for r in xb])
+    return resample_ci(lambda s: stat(s[0]), (x,), n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def resample_ci(stat, *samples: tuple, n_boot: int = 1000, alpha: float = 0.05,
+                seed: int = 0) -> tuple[float, float, float]:
+    """(stat(*samples), low, high) by the percentile bootstrap, for any statistic of one or more samples.
+
+    Each sample is a tuple of aligned arrays whose rows are resampled together (paired per-prompt values); the
+    samples are resampled independently of each other (strata, e.g. one per family). Resamples where `stat` is
+    not finite are dropped; NaN bounds when none is. The one bootstrap loop of the package."""
+    samples = tuple(tuple(np.asarray(a, dtype=float) for a in s) for s in samples)
+    est = float(stat(*samples))
+    if all(len(s[0]) < 2 for s in samples):
+        return est, est, est
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        boots[b] = stat(*(tuple(a[i] for a in s) for s in samples
+                          for i in [rng.integers(0, len(s[0]), len(s[0]))]))
+    boots = boots[np.isfinite(boots)]
+    if not boots.size:
+        return est, float("nan"), float("nan")
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return est, float(lo), float(hi)
-
-
-def paired_ci(a, b, **kw) -> tuple[float, float, float]:
-    """CI of the mean paired difference a - b (same prompts under two conditions)."""
-    return bootstrap_ci(np.asarray(a, float) - np.asarray(b, float), **kw)
 
 
 def sign_flip_p(d, alternative: str = "greater", n_mc: int = 20000, seed: int = 0) -> float:
@@ -137,7 +155,4 @@ def coverage(n: int, sigma: float = 0.5, reps: int = 1000, seed: int = 0, method
 
 def percentile_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
     """Percentile bootstrap of the mean: kept only to show its under-coverage beside `bootstrap_ci`."""
-    x = np.asarray(values, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
-    lo, hi = np.quantile(x[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2])
-    return float(x.mean()), float(lo), float(hi)
+    return resample_ci(lambda s: s[0].mean(), (values,), n_boot=n_boot, alpha=alpha, seed=seed)

@@ -71,6 +71,11 @@ class Subject:
             h.update(v.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def derive(self, model: torch.nn.Module, name: str, how: str) -> Subject:
+        """Another model with this tokenizer (a perturbed, merged or pruned copy): its source says `how` it was
+        made from this one, and it gets its own fingerprint."""
+        return wrap(name, model, self.tokenizer, f"{self.source}; {how}", dict(self.meta))
+
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Left-padded batch on the model's device (batched last-position logits equal single-prompt ones)."""
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -118,7 +123,7 @@ def load(
         meta["embedded"] = True
     elif name_or_path.startswith("tiny-"):
         model, tok = tiny.build(name_or_path.removeprefix("tiny-"))
-        s = _finish(name_or_path, model.to(device=device, dtype=dtype), tok, "random init (seed 0), built locally", meta)
+        s = wrap(name_or_path, model.to(device=device, dtype=dtype), tok, "random init (seed 0), built locally", meta)
         s.remote = remote
         return s
     else:
@@ -146,7 +151,7 @@ def load(
         raise ModelNotFound(f"cannot load {name_or_path!r}{hint}: {str(err).splitlines()[0]}") from None
     if not quantization:
         model = model.to(device)
-    s = _finish(name_or_path, model, tok, src, meta)
+    s = wrap(name_or_path, model, tok, src, meta)
     s.remote = remote
     return s
 
@@ -164,13 +169,16 @@ def _load_remote(repo_id: str) -> Subject:
         raise ModelNotFound(f"{repo_id} is not served by NDIF right now (or NDIF is unreachable): "
                             "see https://nnsight.net/status for the models it runs")
     envoy = nnsight.LanguageModel(repo_id)  # meta weights: nothing is downloaded but config and tokenizer
-    s = _finish(repo_id, envoy._model, envoy.tokenizer, f"NDIF (remote) {repo_id}", {"remote": True})
+    s = wrap(repo_id, envoy._model, envoy.tokenizer, f"NDIF (remote) {repo_id}", {"remote": True})
     s.remote, s.envoy = True, envoy
     return s
 
 
-def _finish(name: str, model, tok, src: str, meta: dict) -> Subject:
+def wrap(name: str, model, tok, src: str, meta: dict | None = None) -> Subject:
+    """A Subject around a model and tokenizer built elsewhere (a planted-structure test model, an adapter merged
+    into a copy, a pruned model): eval mode, left padding, a pad token, its architecture mapped."""
     arch = ArchMap.from_model(model)  # raises the one-line unsupported-architecture error first
+    meta = {} if meta is None else meta
     model.eval()
     tok.padding_side = "left"
     if tok.pad_token is None:

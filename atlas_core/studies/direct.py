@@ -33,6 +33,7 @@ import torch
 
 from ..engine.batch import Batch
 from ..engine.interventions import Edit, Op, Unit
+from ..engine.sweep import batches
 
 WRITES = ("block", "attn", "mlp", "mixer", "conv")
 ADDITIVE_HEADS = ("llama", "qwen2", "gpt2", "lfm2")
@@ -118,14 +119,11 @@ def direct_rows(subject, items: Sequence, units: Sequence[Unit], *, seed: int = 
     """One row per (item, unit): `direct` = the unit's direct LD drop (NaN where undefined, `undefined_why` says
     why). Batches are the sweep's own (same family chunks, same seed), so mean/resample replacements match the
     total effects exactly; each batch costs one clean forward (Batch construction) plus the site values."""
-    from ..engine.sweep import _batches
-
     units = list(dict.fromkeys(units))
     why = {u: undefined_why(subject.arch, u) for u in units}
     frames = []
-    for its in _batches(items, batch_size):
-        b = Batch(subject, [it.prompt for it in its], None, [it.answer_id for it in its],
-                  [it.distractor_id for it in its], [it.diff_pos for it in its], seed=seed)
+    for its in batches(items, batch_size):
+        b = Batch.of_items(subject, its, corrupt=False, seed=seed)
         # every site's clean value in one pass (a clean patch needs exactly that value)
         b.prefetch([Unit.of(u.edits[0].site, Op.patch("clean")) for u in units if not why[u]])
         r = Readout(b)

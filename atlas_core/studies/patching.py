@@ -45,7 +45,7 @@ import torch
 
 from .. import tasks
 from ..engine.batch import Batch, last_logits
-from ..engine.interventions import Edit, Op, Site, Unit, _exists
+from ..engine.interventions import Edit, Op, Site, Unit, exists
 from ..engine.sweep import sweep
 from ..evidence import metrics
 from ..evidence.claims import Claim
@@ -66,7 +66,7 @@ def units(arch, components: Sequence[str] = ("resid", "block", "attn", "mlp"), p
     layers = range(arch.n_layers) if layers is None else layers
     ops = {"denoise": Op.patch("clean"), "noise": Op.patch("corrupt")}
     out = [Unit.of(Site(c, layer, position=p), ops[m]) for c in components for layer in layers
-           if c in ("resid", "block") or _exists(arch, c, layer)
+           if c in ("resid", "block") or exists(arch, c, layer)
            for p in positions for m in methods]
     out += [Unit.of(Site("head", layer, head=h, position=p), ops[m]) for layer in head_layers
             if arch.layer_kinds[layer] == "attention" for h in range(arch.n_heads) for p in head_positions for m in head_methods]
@@ -389,7 +389,7 @@ def patching_claims(rows: pd.DataFrame, solved: pd.DataFrame, n_layers: int, cro
 def perturbed(subject: Subject, sigma: float = 0.05, seed: int = 0, name: str | None = None) -> Subject:
     """A copy of `subject` whose decoder-layer weights carry seeded Gaussian noise of `sigma` × each tensor's std
     (embeddings, final norm and unembedding untouched, as with a LoRA adapter on attention/MLP)."""
-    from ..model.subject import _finish
+    from ..model.subject import wrap
 
     model = copy.deepcopy(subject.model)
     gen = torch.Generator().manual_seed(seed)
@@ -397,7 +397,7 @@ def perturbed(subject: Subject, sigma: float = 0.05, seed: int = 0, name: str | 
         for p in model.get_submodule(subject.arch.paths.layers).parameters():
             if p.dim() >= 2:
                 p.add_(torch.randn(p.shape, generator=gen).to(p) * p.float().std().to(p) * sigma)
-    return _finish(name or f"{subject.name}+noise{sigma:g}s{seed}", model, subject.tokenizer,
+    return wrap(name or f"{subject.name}+noise{sigma:g}s{seed}", model, subject.tokenizer,
                    f"{subject.source}; decoder weights + N(0, ({sigma:g}·std)^2), seed {seed}", dict(subject.meta))
 
 
@@ -514,7 +514,7 @@ def cmap(base: Subject, tuned: Subject, items: Sequence, components: Sequence[st
     n = base.arch.n_layers
     layers = list(range(n)) if layers is None else sorted(layers)
     single = [Unit.of(Site(c, layer), Op.patch("clean")) for c in components for layer in layers
-              if c in ("resid", "block") or _exists(base.arch, c, layer)]
+              if c in ("resid", "block") or exists(base.arch, c, layer)]
     cum = [u for u in cumulative("block", n) if len(u.edits) - 1 in layers] if with_cumulative else []
     units = list(dict.fromkeys(single + cum))
     skeys, ckeys = {u.key for u in single}, {u.key for u in cum}

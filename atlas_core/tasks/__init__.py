@@ -22,6 +22,7 @@ from .core import (
     VARIANTS,
     Item,
     TokItem,
+    by_family,
     has_chat_template,
     load_items,
     sample,
@@ -56,6 +57,6 @@ def contrastive(name: str, root=None) -> list[tuple[str, str]]:
 
 
 __all__ = [
-    "BUCKETS", "CONCEPTS", "FAMILIES", "FLIP_GATE", "baseline_claims", "flipped", "gate", "solved", "untestable_why", "TRAIN_FAMILIES", "VARIANTS", "Item", "TokItem", "baselines", "contrastive",
+    "BUCKETS", "by_family", "CONCEPTS", "FAMILIES", "FLIP_GATE", "baseline_claims", "flipped", "gate", "solved", "untestable_why", "TRAIN_FAMILIES", "VARIANTS", "Item", "TokItem", "baselines", "contrastive",
     "exact_match", "has_chat_template", "load_items", "template_flips", "with_chat_template", "sample", "suite_hash", "training_split", "validate",
 ]

@@ -221,6 +221,14 @@ def with_chat_template(items: list[Item], tok, system: str | None = None) -> lis
 # ---------------------------------------------------------------- sampling and hashing
 
 
+def by_family(items) -> dict[str, list]:
+    """Items (anything with a `.family`) grouped by family, families sorted, order kept within each."""
+    out: dict[str, list] = {}
+    for it in items:
+        out.setdefault(it.family, []).append(it)
+    return dict(sorted(out.items()))
+
+
 def _key(s: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()
 
