@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make book   build the book on the embedded default model (PROFILE=smoke|default|full; MODEL=, SEEDS= override the profile's;
 #               REMOTE=ndif runs every trace on NDIF with MODEL=<hf id> and NDIF_API_KEY set)
-#   make test   run the test suite
+#   make test   ruff, then the test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
@@ -31,19 +31,20 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	@touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check atlas_core tests bench chapters book
 	$(PY) -m pytest -q tests
 
 book: setup
-	$(PY) -m atlas_core.publish.book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(REMOTE),--remote $(REMOTE))
+	$(PY) -m atlas_core book --profile $(PROFILE) $(if $(MODEL),--model $(MODEL)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(REMOTE),--remote $(REMOTE))
 
 check-book: setup
 	$(PY) book/check_render.py --screenshots _build/screenshots
 
 references: setup
-	$(PY) -m atlas_core.publish.book --refresh-references
+	$(PY) -m atlas_core book --refresh-references
 
 bench: setup
 	$(PY) bench/throughput.py
 
 lint: setup
-	$(VENV)/bin/ruff check atlas_core tests bench
+	$(VENV)/bin/ruff check atlas_core tests bench chapters book

@@ -1,13 +1,29 @@
-"""`atlas` command line: the library's main entry points with the same names and defaults."""
+"""`atlas` command line: one verb per chapter, plus the book.
+
+    atlas map      the ablation atlas (chapter 02's library call, with every knob of `map_atlas`)
+    atlas tasks | patch | steer | lora | summary
+                   execute chapter 01 | 03 | 04 | 05 | 00 with the chapter's own parameters (read from its
+                   parameters cell, so a verb always takes what its chapter takes) and print its claims
+    atlas book     execute the chapters and render the book (`make book`)
+
+Heavy modules are imported inside the verbs so that `--help` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import io
 import os
 import sys
 import time
+from pathlib import Path
+
+from .paths import REPO
 
 DTYPES = ("float32", "bfloat16", "float16")
+VERBS = {"tasks": "01", "patch": "03", "steer": "04", "lora": "05", "summary": "00"}  # a new chapter adds its verb
 
 
 def _csv(s: str) -> list[str]:
@@ -36,11 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", default=None, help="output directory (atlas.json, rows.parquet); default: $ATLAS_RESULTS/atlas")
     m.add_argument("--no-progress", action="store_true")
     m.add_argument("--debug", action="store_true", help="show tracebacks (also ATLAS_DEBUG=1)")
+    for verb, num in VERBS.items():
+        _chapter_parser(sub, verb, num)
+    sub.add_parser("book", help="execute the chapters and render the book (atlas book --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["book"]:
+        from .publish import book
+
+        book.main(argv[1:], prog="atlas book")
+        return 0
     a = p.parse_args(argv)
+    run = _map if a.cmd == "map" else _chapter
     if a.debug or os.environ.get("ATLAS_DEBUG", "") not in ("", "0"):
-        return _map(a)
+        return run(a)
     try:
-        return _map(a)
+        return run(a)
     except (ValueError, KeyError, FileNotFoundError) as err:  # usage errors: what was wrong and what is allowed
         print(f"atlas: error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return 2
@@ -54,6 +80,88 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(err).strip().splitlines() or [""])[0]
         print(f"atlas: error: {type(err).__name__}: {first} (--debug or ATLAS_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def run(*args: str) -> tuple[int, str]:
+    """`atlas <args>` in this process, its output captured: the exit code and the last line on stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(list(args))
+    lines = [x for x in err.getvalue().splitlines() if x.strip()]
+    return code, lines[-1] if lines else ""
+
+
+def chapter_path(num: str) -> Path:
+    return next((REPO / "chapters").glob(f"{num}_*.py"))
+
+
+def chapter_parameters(path: Path) -> list[tuple[str, object, str]]:
+    """(name, default, help) of each assignment in a jupytext chapter's parameters cell (help: its comment)."""
+    lines, inside = [], False
+    for ln in path.read_text().splitlines():
+        if ln.startswith("# %%"):
+            if inside:
+                break
+            inside = '"parameters"' in ln
+        elif inside and "=" in ln and not ln.startswith((" ", "#")):
+            lines.append(ln)
+    out = []
+    for ln in lines:
+        code, _, comment = ln.partition("#")
+        node = ast.parse(code.strip()).body[0]
+        out.append((node.targets[0].id, ast.literal_eval(node.value), comment.strip()))
+    return out
+
+
+def _chapter_parser(sub, verb: str, num: str) -> None:
+    from . import profiles
+
+    path = chapter_path(num)
+    c = sub.add_parser(verb, help=f"execute chapter {path.stem} and print its claims",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, default, helptext in chapter_parameters(path):
+        flag = "--" + name.replace("_", "-")
+        if name == "profile":
+            c.add_argument(flag, default="default", choices=list(profiles.PROFILES), help="profile sizes (profiles.py)")
+        elif name == "remote":
+            c.add_argument(flag, default=None, choices=["ndif", "local"],
+                           help="ndif: every trace runs on NDIF (key from NDIF_API_KEY); local: nnsight's round trip here")
+        elif name == "seeds":
+            c.add_argument(flag, default=None, help="comma list of integers; default: the profile's seeds")
+        else:
+            kind = type(default) if default is not None and not isinstance(default, bool) else str
+            c.add_argument(flag, default=default, type=kind, help=helptext or None)
+    c.add_argument("--out", default=None, help="where the executed notebook goes; default: $ATLAS_RESULTS/chapters")
+    c.add_argument("--debug", action="store_true", help="show tracebacks (also ATLAS_DEBUG=1)")
+
+
+def _chapter(a) -> int:
+    from .evidence.claims import table
+    from .paths import results_dir, writable_dir
+    from .publish import book
+    from .tasks.core import distinct
+
+    path = chapter_path(VERBS[a.cmd])
+    params = {k: getattr(a, k) for k, _, _ in chapter_parameters(path) if getattr(a, k) is not None}
+    if "seeds" in params:
+        try:
+            params["seeds"] = distinct([int(s) for s in params["seeds"].split(",") if s.strip()], "seeds")
+        except ValueError as err:
+            raise ValueError(f"--seeds {a.seeds!r}: {err}") from None
+        if not params["seeds"]:
+            raise ValueError("--seeds is empty; give a comma list of integers, e.g. 42,137,256")
+    if "remote" in params:
+        params["remote"] = {"ndif": True, "local": "local"}[params["remote"]]
+    if params.pop("results_dir", None):
+        os.environ["ATLAS_RESULTS"] = str(Path(a.results_dir).resolve())
+    with_dir = writable_dir(a.out or results_dir() / "chapters")
+    secs = book.execute(path, with_dir / f"{path.stem}.ipynb", params, progress=True)
+    run = book.run_of(params)
+    claims = table(run["model"], run["profile"])
+    mine = claims[claims["chapter"] == path.stem[:2]]
+    print(mine[["claim", "confidence", "why"]].to_string(index=False) if len(mine) else "no claims recorded")
+    print(f"executed {path.stem} in {secs:.0f} s -> {with_dir / f'{path.stem}.ipynb'}")
+    return 0
 
 
 def _args(a) -> tuple[list[str], list[str], list[str], list[int]]:

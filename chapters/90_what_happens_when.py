@@ -25,12 +25,9 @@ results_dir = None  # unused: this page works in a scratch directory
 remote = False  # unused: the examples run locally on tiny-llama
 
 # %% tags=["remove-cell"]
-import contextlib
-import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,25 +38,16 @@ from pathlib import Path
 import pandas as pd
 
 from atlas_core import paths
-from atlas_core.cli import main as atlas
+from atlas_core.cli import run as cli_run
 from atlas_core.evidence import registry
 
 with warnings.catch_warnings():  # tqdm's notebook-widget warning, once, here rather than in a result below
     warnings.simplefilter("ignore")
-    import atlas_core.engine.sweep  # noqa: F401
+    from atlas_core.engine.sweep import Cache
 
 scratch = Path(tempfile.mkdtemp(prefix="atlas-what-happens-"))
 MAP = ["map", "--model", "tiny-llama", "--families", "ioi,antonyms", "--components", "block,mlp", "--methods",
        "zero,mean", "--seeds", "1", "--prompts-per-family", "4", "--no-heads", "--positions", "", "--no-progress"]
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    """`atlas <args>` in this process: its exit code and the last line it wrote to stderr."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = atlas(list(args))
-    lines = [x for x in err.getvalue().splitlines() if x.strip()]
-    return code, lines[-1] if lines else ""
 
 
 # %% [markdown]
@@ -73,7 +61,7 @@ bad = {"no families": ["--families", ""], "a seed twice": ["--seeds", "42,42"], 
        "an unknown family": ["--families", "ioi,poetry"], "an unknown dtype": ["--dtype", "float8"]}
 rows = []
 for what, args in bad.items():
-    code, line = run_cli(*MAP, "--out", str(scratch / "bad"), *args)
+    code, line = cli_run(*MAP, "--out", str(scratch / "bad"), *args)
     rows.append({"input": what, "exit": code, "message": line})
 with pd.option_context("display.max_colwidth", None):
     print(pd.DataFrame(rows).to_string(index=False))
@@ -89,20 +77,13 @@ env = {**os.environ, "ATLAS_CACHE": str(scratch / "cache.sqlite"), "ATLAS_RESULT
 cmd = [sys.executable, "-m", "atlas_core.cli", *MAP]
 
 
-def committed() -> int:
-    try:
-        with sqlite3.connect(scratch / "cache.sqlite") as db:
-            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
+cache = Cache(scratch / "cache.sqlite")  # a reader beside the run's writer (SQLite WAL)
 p = subprocess.Popen([*cmd, "--out", str(scratch / "run")], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-while committed() == 0 and p.poll() is None:
+while len(cache) == 0 and p.poll() is None:
     time.sleep(0.05)
 p.send_signal(signal.SIGINT)
 _, err = p.communicate()
-print(f"interrupted: exit {p.returncode}, {committed()} cache rows committed (results and batch baselines)")
+print(f"interrupted: exit {p.returncode}, {len(cache)} cache rows committed (results and batch baselines)")
 print("  " + [x for x in err.splitlines() if x.strip()][-1].replace(str(scratch), "<scratch>"))
 again = subprocess.run([*cmd, "--out", str(scratch / "run")], env=env, capture_output=True, text=True)
 print("resumed:", next(x for x in again.stdout.splitlines() if x.startswith("units")))
@@ -118,7 +99,7 @@ print("resumed table == uninterrupted table:", a.drop(columns="split", errors="i
 # %%
 # NBVAL_CHECK_OUTPUT
 with paths.locked(scratch / "busy"):  # another run holds the directory
-    code, line = run_cli(*MAP, "--out", str(scratch / "busy"))
+    code, line = cli_run(*MAP, "--out", str(scratch / "busy"))
 print(f"exit {code}: {line.replace(str(scratch), '<scratch>')}")
 
 # %% [markdown]

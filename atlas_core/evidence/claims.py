@@ -30,7 +30,8 @@ from . import registry
 SELECTIONS = ("held-out", "holm", "bh")
 
 
-def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
+def criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
+    """Each criterion of the module docstring: (met, reason); met is None where its evidence was not measured."""
     out: dict[str, tuple[bool | None, str]] = {}
     if ev.get("testable") is False:
         out["testable"] = (False, f"not testable here: {ev.get('untestable_why', 'the model does not do the behaviour')}")
@@ -70,7 +71,7 @@ def _criteria(ev: dict) -> dict[str, tuple[bool | None, str]]:
 
 def grade(evidence: dict) -> tuple[str, list[str]]:
     """(confidence, reasons) from the evidence by the rules in the module docstring."""
-    crit = _criteria(evidence)
+    crit = criteria(evidence)
     if "testable" in crit:
         return "none", [f"✗ {crit['testable'][1]}"]
     control = crit["control"][0] is True

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..studies import lora, steering
 from ..studies.atlas import Atlas, agreement_claim, hub_claim
-from .claims import Claim, _criteria
+from .claims import Claim, criteria
 from .stats import bootstrap_ci, sign_flip_p
 
 RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
@@ -67,7 +67,7 @@ def rates(grade_one: Callable[[int], str | Sequence[Claim]], reps: int) -> dict:
         every = np.concatenate(levels)
         res |= {"claims": len(claims), "claim_medium_or_high": float((every >= 2).mean()),
                 "claim_high": float((every >= 3).mean()),
-                "claim_control": float(np.mean([_criteria(c.evidence)["control"][0] is True for c in claims]))}
+                "claim_control": float(np.mean([criteria(c.evidence)["control"][0] is True for c in claims]))}
     return res
 
 

@@ -133,7 +133,7 @@ def _next_id(prompt_ids: list[int], full: list[int]) -> int | None:
     return full[-1]
 
 
-def _judge(item: Item, p: list[int], c: list[int], pa: list[int], pd: list[int], cca: list[int]) -> TokItem | str:
+def judge(item: Item, p: list[int], c: list[int], pa: list[int], pd: list[int], cca: list[int]) -> TokItem | str:
     a, d, ca = _next_id(p, pa), _next_id(p, pd), _next_id(c, cca)
     if a is None or d is None or ca is None:
         return "answer_not_single_token"
@@ -148,14 +148,14 @@ def _judge(item: Item, p: list[int], c: list[int], pa: list[int], pd: list[int],
     return TokItem(**base, answer_id=a, distractor_id=d, corrupt_answer_id=ca, n_tokens=len(p), diff_pos=diff)
 
 
-def _texts(it: Item) -> tuple[str, ...]:
+def texts(it: Item) -> tuple[str, ...]:
     return (it.prompt, it.corrupt, it.prompt + it.answer, it.prompt + it.distractor, it.corrupt + it.corrupt_answer)
 
 
 def check(item: Item, tok) -> TokItem | str:
     """TokItem, or why the item fails under this tokenizer: 'answer_not_single_token', 'length_mismatch'
     or 'other: ...'. Token ids are those of `tok(text)` with the tokenizer's default special tokens."""
-    return _judge(item, *(_ids(tok, t) for t in _texts(item)))
+    return judge(item, *(_ids(tok, t) for t in texts(item)))
 
 
 def validate(items: list[Item], tokenizer):
@@ -166,12 +166,12 @@ def validate(items: list[Item], tokenizer):
     rows: dict[str, dict] = {}
     ids: list[list[int]] = []
     for s in range(0, len(items), 512):  # batched tokenization (fast tokenizers encode lists in parallel)
-        ids += list(tokenizer([t for it in items[s:s + 512] for t in _texts(it)])["input_ids"])
+        ids += list(tokenizer([t for it in items[s:s + 512] for t in texts(it)])["input_ids"])
     for i, it in enumerate(items):
         r = rows.setdefault(it.family, dict(family=it.family, total=0, kept=0, dropped_answer_not_single_token=0,
                                             dropped_length_mismatch=0, dropped_other=0))
         r["total"] += 1
-        res = _judge(it, *(list(x) for x in ids[5 * i:5 * i + 5]))
+        res = judge(it, *(list(x) for x in ids[5 * i:5 * i + 5]))
         if isinstance(res, TokItem):
             kept.append(res)
             r["kept"] += 1
@@ -195,7 +195,7 @@ def has_chat_template(tok) -> bool:
     return bool(getattr(tok, "chat_template", None))
 
 
-def _render(tok, text: str, system: str | None) -> str:
+def render_chat(tok, text: str, system: str | None) -> str:
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     out = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     bos = getattr(tok, "bos_token", None)  # a template that writes BOS, on a tokenizer that adds it again: keep one
@@ -213,7 +213,7 @@ def with_chat_template(items: list[Item], tok, system: str | None = None) -> lis
     if not has_chat_template(tok):
         raise ValueError(f"the tokenizer {getattr(tok, 'name_or_path', '') or type(tok).__name__} has no chat template: "
                          "the chat variant needs an instruct model's tokenizer")
-    return [replace(it, prompt=_render(tok, it.prompt, system), corrupt=_render(tok, it.corrupt, system),
+    return [replace(it, prompt=render_chat(tok, it.prompt, system), corrupt=render_chat(tok, it.corrupt, system),
                     answer=it.answer.lstrip(), distractor=it.distractor.lstrip(), corrupt_answer=it.corrupt_answer.lstrip(),
                     meta={**it.meta, "template": "chat"}) for it in items]
 
