@@ -33,17 +33,15 @@ results_dir = None  # default: $ATLAS_RESULTS or results/
 remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local": nnsight's round trip here
 
 # %% tags=["remove-cell"]
-import time
-
 import altair as alt
 import pandas as pd
 from IPython.display import display
 
 from atlas_core import profiles, tasks
-from atlas_core.engine.interventions import head_sweep, layer_sweep
-from atlas_core.engine.screen import screen_claims, versus_exact
+from atlas_core.engine.screen import screen_claims
+from atlas_core.evidence.claims import record
 from atlas_core.publish import charts
-from atlas_core.studies.atlas import map_atlas
+from atlas_core.studies.atlas import agreement_claim, hub_claim, map_atlas, screen_vs_exact
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, results_dir, subject, A = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject, ctx.cfg["atlas"]
@@ -56,11 +54,10 @@ print(subject)
 # these prompts and this engine version were already run (e.g. by `atlas map`).
 
 # %% tags=["hide-output"]
-t0 = time.time()
 atlas = map_atlas(subject, A["families"], A["components"], A["methods"], seeds, A["prompts_per_family"],
                   heads=A["heads"], positions=A["positions"], out=f"{results_dir}/atlas-{model}-{profile}")
 print(f"{len(atlas.effects)} effects; units computed={atlas.run_stats['computed']} "
-      f"cached={atlas.run_stats['cached']}; {time.time() - t0:.0f} s")
+      f"cached={atlas.run_stats['cached']}; {atlas.run_stats['seconds']:.0f} s")
 
 # %% [markdown]
 # ## Which families can be localized
@@ -77,22 +74,18 @@ atlas.solved.round(3)
 # ## Behaviour maps: fraction of the clean logit difference removed
 # Per layer and testable family (flipped prompts, averaged over seeds and both splits); one panel per
 # component and method.
+#
+# Look for: one layer bright in every family row of a panel (a shared hub), and the same layers across methods.
 
 # %% tags=["hide-input"]
-e = atlas.effects
-lay = e[(e["head"] == -1) & (e["position"] == "all")]
-cell = (lay.groupby(["component", "method", "family", "layer"])
-        .agg(kl=("kl", "mean"), kl_lo=("kl_lo", "mean"), kl_hi=("kl_hi", "mean"), ld_drop=("ld_drop", "mean"),
-             ld_frac=("ld_frac", "mean"))
-        .reset_index())
-beh = cell[cell["family"].isin(atlas.testable_families)]
+beh = atlas.layer_map(None, None, "ld_frac").rename(columns={"value": "ld_frac"})
 if beh.empty:
     print("No family is testable on this model: there is no behaviour to localize (see the disruption map).")
 else:
     display(charts.heatmap(beh, "layer", "family", "ld_frac", row="component", width=130, height=120,
                            column=alt.Column("method:N", sort=["zero", "mean", "resample"]),
                            tooltip=["component", "method", "family", "layer", alt.Tooltip("ld_frac:Q", format=".2f"),
-                                    alt.Tooltip("kl:Q", format=".3f")]))
+                                    alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f")]))
 
 # %% [markdown]
 # ## Flipped-only vs all-item maps
@@ -100,6 +93,8 @@ else:
 # flipped or not (right), each as a fraction of the clean logit difference; below, the Spearman rank
 # correlation of the two layer profiles per family and overall. A low correlation means unflipped items
 # (the model already wrong, or the corruption not changing its answer) would have moved the map.
+#
+# Look for: the same bright layers on both sides; a layer bright on one side only is moved by unflipped items.
 
 # %% tags=["hide-input"]
 maps = atlas.item_maps("block", "zero")
@@ -121,6 +116,8 @@ atlas.item_map_agreement("block", "zero").round(3)
 # clean logit difference on flipped items of testable families (on a model that solves none: all items of
 # every family, a statement about logit mechanics only). A layer is *compensated* when |total| < 0.5 |direct|
 # with |direct| >= 0.1: later layers repair it, so a small total effect must not be read as unimportance.
+#
+# Look for: layers where the direct line stands well above the total line: repaired downstream, not unimportant.
 
 # %% tags=["hide-input"]
 dvt = pd.concat([atlas.direct_vs_total(c, "zero").assign(component=c) for c in A["components"]])
@@ -150,13 +147,15 @@ table.set_index(["component", "layer"]).round(3)
 # ## Disruption maps: KL(clean ‖ ablated)
 # Mean KL per layer and family (every family, every prompt), averaged over seeds. Hover for the CI of
 # each cell. Large KL says ablation damages the output; it does not say the component carries the task.
+#
+# Look for: layers bright in every family (general damage) that the behaviour maps above leave dark.
 
 # %% tags=["hide-input"]
-charts.heatmap(cell, "layer", "family", "kl", row="component", scale={"type": "sqrt"}, width=130, height=180,
+dis = atlas.layer_map(None, None, "kl").rename(columns={"value": "kl", "lo": "kl_lo", "hi": "kl_hi"})
+charts.heatmap(dis, "layer", "family", "kl", row="component", scale={"type": "sqrt"}, width=130, height=180,
                column=alt.Column("method:N", sort=["zero", "mean", "resample"]),
                tooltip=["component", "method", "family", "layer", alt.Tooltip("kl:Q", format=".3f"),
-                        alt.Tooltip("kl_lo:Q", format=".3f"), alt.Tooltip("kl_hi:Q", format=".3f"),
-                        alt.Tooltip("ld_drop:Q", format=".2f")])
+                        alt.Tooltip("kl_lo:Q", format=".3f"), alt.Tooltip("kl_hi:Q", format=".3f")])
 
 # %% [markdown]
 # ## The hub and how stable it is
@@ -191,9 +190,11 @@ atlas.method_agreement().round(3)
 # ## Heads
 # Zero-ablation of each attention head (its slice of the out-projection input), mean KL over
 # families and seeds.
+#
+# Look for: a few bright heads within a layer (they carry its effect) rather than a uniform band.
 
 # %% tags=["hide-input"]
-hs = atlas.head_scores().stack().rename("kl").reset_index()
+hs = atlas.head_scores(metric="kl").stack().rename("kl").reset_index()
 alt.Chart(hs).mark_rect().encode(
     x="head:O", y="layer:O", color=alt.Color("kl:Q", scale=alt.Scale(scheme="viridis", type="sqrt")),
     tooltip=["layer", "head", alt.Tooltip("kl:Q", format=".4f")],
@@ -203,9 +204,11 @@ alt.Chart(hs).mark_rect().encode(
 # ## First vs last token
 # Zero-ablating a block only at the first real token, or only at the last token, against all
 # positions. A block matters "at the last token" when the answer is computed there.
+#
+# Look for: layers where the first-token line reaches the all-positions line (a sink) and where the last token takes over.
 
 # %% tags=["hide-input"]
-pos = atlas.position_effects().stack().rename("kl").reset_index()
+pos = atlas.position_effects(metric="kl").stack().rename("kl").reset_index()
 alt.Chart(pos).mark_line(point=True).encode(
     x=charts.ordinal_x(), y=alt.Y("kl:Q", title="mean KL"), color="position:N",
     tooltip=["layer", "position", alt.Tooltip("kl:Q", format=".3f")],
@@ -222,12 +225,7 @@ alt.Chart(pos).mark_line(point=True).encode(
 # that solves none it runs on every family as a diagnostic of the screen, and its claims are not testable.
 
 # %%
-fams = atlas.testable_families or atlas.families
-items_all, _ = tasks.validate([it for f in fams for it in tasks.load_items(f)], subject.tokenizer)
-items = [it for f in fams
-         for it in tasks.sample([i for i in items_all if i.family == f], A["prompts_per_family"], seeds[0])]
-units = layer_sweep(A["components"], A["methods"], subject.arch.n_layers, subject.arch, seed=seeds[0]) + head_sweep(subject.arch)
-rec, speed = versus_exact(subject, items, units, seeds[0], A["screen_k"])
+rec, speed = screen_vs_exact(subject, atlas, seeds[0], A["screen_k"])
 print(speed)
 rec.round(3) if rec is not None else None
 
@@ -237,9 +235,6 @@ rec.round(3) if rec is not None else None
 # test above); a claim about a model that solves no family says "not testable here".
 
 # %%
-from atlas_core.evidence.claims import record
-from atlas_core.studies.atlas import agreement_claim, hub_claim
-
 tags = dict(chapter="02", model=model, profile=profile)
 claims = [hub_claim(atlas, c, ex, **tags) for c in A["components"] for ex in ((), (0,))]
 claims += [agreement_claim(atlas, c, **tags) for c in A["components"]]

@@ -1,17 +1,37 @@
-"""Atlas aggregation, determinism, diff, persistence and the CLI."""
+"""Atlas aggregation, determinism, diff, persistence, the layer map, the shared items/units builders and the CLI."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import tiny_subject
 
+from atlas_core import tasks
 from atlas_core.cli import main
-from atlas_core.engine.sweep import Cache
+from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.evidence import nulls
 from atlas_core.model import tiny
 from atlas_core.model.subject import wrap
-from atlas_core.studies.atlas import Atlas, diff, map_atlas
+from atlas_core.studies.atlas import (
+    Atlas,
+    agreement_claim,
+    atlas_items,
+    atlas_units,
+    diff,
+    hub_claim,
+    item_pool,
+    map_atlas,
+    split_of,
+)
+
+
+def null_atlas(rows: pd.DataFrame, n_layers: int) -> Atlas:
+    """An atlas of simulated rows (`nulls.null_rows`), means only."""
+    return Atlas.from_rows(rows, "null", "null", n_layers, 1, n_boot=0)
+
 
 SMALL = dict(families=["ioi", "antonyms"], methods=("zero", "mean"), seeds=(1, 2), prompts_per_family=3,
              heads=True, positions=("last",), progress=False)
@@ -80,8 +100,6 @@ def test_cli_map_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
 def test_random_init_models_earn_no_atlas_claim_above_low(tok, tmp_path):
     """Random-init models of several families, depths and seeds solve no family: every hub and
     method-agreement claim says 'not testable here' and grades none."""
-    from atlas_core.studies.atlas import agreement_claim, hub_claim
-
     for fam, layers, seed in (("llama", 4, 0), ("gemma3", 3, 1), ("qwen2", 5, 2)):
         s = wrap(f"r-{fam}", tiny.build(fam, vocab_size=len(tok), n_layers=layers, seed=seed)[0], tok, "t", {})
         a = map_atlas(s, families=["ioi", "antonyms", "copying"], components=("block", "mlp"), methods=("zero", "mean"),
@@ -94,30 +112,23 @@ def test_random_init_models_earn_no_atlas_claim_above_low(tok, tmp_path):
 
 
 def test_hub_is_chosen_on_one_split_and_tested_on_the_other():
-    from atlas_core.evidence import nulls
-    from atlas_core.studies.atlas import agreement_claim, hub_claim, split_of
-
-    planted = nulls._atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
+    planted = null_atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
     ev = planted.hub_evidence("block")
     assert ev["hub"] == 3 and ev["selection"] == "held-out" and ev["n_candidates"] == 8 and ev["p_value"] < 0.01
     c = hub_claim(planted, "block")
     assert c.statement.startswith("block layer 3 is the zero-ablation hub") and c.confidence == "high"
     # opposite evidence: no planted layer -> the statement says it does not beat the median, confidence drops
-    flat = hub_claim(nulls._atlas(nulls.null_rows(5), 8), "block")
+    flat = hub_claim(null_atlas(nulls.null_rows(5), 8), "block")
     assert "does not beat the median layer" in flat.statement and flat.confidence in ("none", "low")
     # the splits are disjoint in prompts and fixed by the item id
     assert {split_of(f"x{i}") for i in range(40)} == {"select", "test"} and split_of("x1") == split_of("x1")
     # methods agreement: worded from the evidence both ways
-    assert "do not demonstrably" in agreement_claim(nulls._atlas(nulls.null_rows(1), 8), "block").statement
-    shared = agreement_claim(nulls._atlas(nulls.null_rows(1, shared_profile=True), 8), "block")
+    assert "do not demonstrably" in agreement_claim(null_atlas(nulls.null_rows(1), 8), "block").statement
+    shared = agreement_claim(null_atlas(nulls.null_rows(1, shared_profile=True), 8), "block")
     assert "rank block layers alike" in shared.statement and "not" not in shared.statement
 
 
 def test_family_flip_gate():
-    import pandas as pd
-
-    from atlas_core import tasks
-
     rows = pd.DataFrame({"family": ["a"] * 40 + ["b"] * 40, "item_id": range(80),
                          "ld_clean": [1.0] * 80, "ld_corrupt": [-1.0] * 40 + [-1.0] * 20 + [1.0] * 20})
     t = tasks.solved(pd.concat([rows, rows]))  # an item seen twice (two units) counts once
@@ -125,14 +136,56 @@ def test_family_flip_gate():
 
 
 def test_gated_atlas_takes_its_testable_families_from_the_gate():
-    import pandas as pd
-
-    from atlas_core.evidence import nulls
-
-    a = nulls._atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
+    a = null_atlas(nulls.null_rows(0, hub=3, effect=0.2), 8)
     assert a.testable_families == ["fam0", "fam1", "fam2", "fam3"]
     ev = a.hub_evidence("block")
     assert ev["n_methods"] == 2 and set(ev["method_hubs"]) == {"mean", "resample"}  # the chosen method is not counted
     none = a.gated(pd.DataFrame({"family": ["fam0"], "n_items": [48], "n_flipped": [3], "testable": [False]}))
     assert none.testable_families == [] and none.hub_evidence("block")["testable"] is False
     assert a.testable_families  # the original is unchanged
+
+
+def test_layer_map_is_the_headline_layer_view():
+    planted = null_atlas(nulls.null_rows(0, n_layers=6, hub=3, effect=0.2), 6)
+    m = planted.layer_map()
+    assert m.attrs["metric"] == "ld_frac" and list(m.columns) == ["family", "layer", "value", "lo", "hi"]
+    assert sorted(m["family"].unique()) == planted.testable_families and len(m) == 4 * 6
+    # per family and layer the mean over seeds and splits; averaged over families it is `layer_scores`
+    e = planted.effects
+    one = e[(e["family"] == "fam1") & (e["layer"] == 2) & (e["method"] == "zero")]["ld_frac"].mean()
+    assert m.set_index(["family", "layer"]).loc[("fam1", 2), "value"] == pytest.approx(one)
+    assert np.allclose(m.groupby("layer")["value"].mean(), planted.layer_scores())
+    assert m.groupby("layer")["value"].mean().idxmax() == 3
+    # every component and method at once, as columns
+    every = planted.layer_map(None, None, "kl")
+    assert every.attrs["metric"] == "kl" and set(every["method"]) == {"zero", "mean", "resample"}
+    assert list(every.columns[:4]) == ["component", "method", "family", "layer"]
+    # a model that solves nothing: the headline is KL on every family, and the behaviour map is empty
+    untestable = planted.gated(pd.DataFrame({"family": ["fam0"], "n_items": [48], "n_flipped": [3], "testable": [False]}))
+    km = untestable.layer_map("block", "mean")
+    assert km.attrs["metric"] == "kl" and sorted(km["family"].unique()) == ["fam0", "fam1", "fam2", "fam3"]
+    assert km["lo"].isna().all()  # means-only atlas: no intervals
+    assert untestable.layer_map(metric="ld_frac").empty
+
+
+def test_map_atlas_sweeps_exactly_the_shared_items_and_units(tok, tmp_path):
+    s = tiny_subject("llama", tok)
+    cache = Cache(tmp_path / "s.sqlite")
+    kw = {**SMALL, "components": ("block", "mlp"), "seeds": (3,), "neutral_prompts": 0}
+    a = map_atlas(s, out=tmp_path / "o", cache=cache, **kw)
+    rows = pd.read_parquet(tmp_path / "o" / "rows.parquet")
+    pool, _ = item_pool(s, kw["families"])
+    items = atlas_items(pool, kw["families"], kw["prompts_per_family"], 3)
+    units = atlas_units(s.arch, kw["components"], kw["methods"], kw["heads"], kw["positions"], seed=3)
+    assert [it.family for it in items] == ["ioi"] * 3 + ["antonyms"] * 3
+    assert set(rows["item_id"]) == {it.id for it in items} and set(rows["unit"]) == {u.key for u in units}
+    n = s.arch.n_layers
+    assert len(units) == len({u.key for u in units}) == n * 2 * 2 + n * s.arch.n_heads + n
+    # the same builders rebuild the atlas's sweep from its meta: every number comes from the cache
+    again = sweep(s, atlas_items(pool, a.meta["families"], a.meta["prompts_per_family"], 3),
+                  atlas_units(s.arch, a.meta["components"], a.meta["methods"], heads=a.meta["heads"], seed=3),
+                  seed=3, cache=cache, progress=False)
+    assert again.attrs["computed"] == 0 and again.attrs["cached"] > 0
+    d = [u.describe() for u in units]
+    assert atlas_units(s.arch, ["block"], ["zero"]) == [
+        u for u, x in zip(units, d) if (x["component"], x["position"], x["method"]) == ("block", "all", "zero")]

@@ -18,7 +18,7 @@ from atlas_core.evidence import nulls
 from atlas_core.model import tiny
 from atlas_core.model.subject import wrap
 from atlas_core.studies import direct
-from atlas_core.studies.atlas import Atlas, map_atlas, neutral_items
+from atlas_core.studies.atlas import Atlas, hub_claim, map_atlas, neutral_items
 from atlas_core.tasks import neutral
 
 A_, C_, B_, K_ = 3.0, 1.0, 1.0, 4.0  # embedding size, A's write, the control's write, readout gain
@@ -179,6 +179,11 @@ def test_map_atlas_reports_specificity_and_direct_effects(tok, tmp_path):
     pd.testing.assert_frame_equal(Atlas.load(tmp_path / "out").layer_table("block"), t, check_dtype=False)
 
 
+def null_atlas(rows: pd.DataFrame, n_layers: int) -> Atlas:
+    """An atlas of simulated rows (`nulls.null_rows`), means only."""
+    return Atlas.from_rows(rows, "null", "null", n_layers, 1, n_boot=0)
+
+
 def _rows_with_positions(first_share: dict[int, float]) -> pd.DataFrame:
     """Null rows (4 testable families) plus first-token block units reproducing `first_share` of each layer."""
     r = nulls.null_rows(0, n_layers=6, methods=("zero",), hub=2, effect=0.4)
@@ -189,7 +194,7 @@ def _rows_with_positions(first_share: dict[int, float]) -> pd.DataFrame:
 
 
 def test_sink_flag_marks_layers_whose_first_token_carries_half_the_effect():
-    a = nulls._atlas(_rows_with_positions({2: 0.8, 4: 0.3}), 6)
+    a = null_atlas(_rows_with_positions({2: 0.8, 4: 0.3}), 6)
     t = a.layer_table("block", "zero").set_index("layer")
     assert t.loc[2, "first_token_share"] == pytest.approx(0.8, abs=1e-6)
     assert t["sink"].tolist() == [False, False, True, False, False, False]
@@ -201,14 +206,14 @@ def test_flipped_only_and_all_item_maps_are_compared_by_rank():
     from scipy.stats import spearmanr
 
     r = nulls.null_rows(0, n_layers=6, methods=("zero",), hub=2, effect=0.4)
-    flipped_only = nulls._atlas(r, 6)
+    flipped_only = null_atlas(r, 6)
     same = flipped_only.item_map_agreement("block", "zero").set_index("family")
     assert np.allclose(same["spearman"], 1.0)  # every item flips: the two maps are the same map
     # three unflipped items per family with a reversed layer profile: they move the all-item map only
     ids = r.groupby("family")["item_id"].unique().map(lambda x: list(x[:3])).sum()
     extra = r[r["item_id"].isin(ids)].assign(ld_corrupt=1.0)
     extra = extra.assign(item_id=extra["item_id"] + "-u", ld_drop=extra["ld_clean"] * (5 - extra["layer"]) * 10.0)
-    a = nulls._atlas(pd.concat([r, extra], ignore_index=True), 6)
+    a = null_atlas(pd.concat([r, extra], ignore_index=True), 6)
     assert a.testable_families == flipped_only.testable_families == ["fam0", "fam1", "fam2", "fam3"]
     m = a.item_maps("block", "zero")
     assert set(m["family"]) == {"fam0", "fam1", "fam2", "fam3", "overall"}
@@ -221,12 +226,10 @@ def test_flipped_only_and_all_item_maps_are_compared_by_rank():
 
 
 def test_hub_claim_never_reads_a_compensated_layer_as_unimportant():
-    from atlas_core.studies.atlas import hub_claim
-
     r = nulls.null_rows(0, n_layers=6, methods=("zero",), hub=2, effect=0.4)
     # layer 4: its direct path carries 0.6 of the clean LD, its total effect stays small (repaired downstream)
     r = r.assign(direct=np.where(r["layer"] == 4, 0.6 * r["ld_clean"], r["ld_drop"]))
-    a = nulls._atlas(r, 6)
+    a = null_atlas(r, 6)
     assert a.compensated_layers("block", "zero") == [4]
     assert a.hub_evidence("block")["compensated_layers"] == [4]
     c = hub_claim(a, "block")

@@ -30,10 +30,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 
 from ..engine.batch import Batch
 from ..engine.interventions import Edit, Op, Unit
 from ..engine.sweep import batches
+from ..model.archmap import ArchMap
+from ..model.subject import Subject
 
 WRITES = ("block", "attn", "mlp", "mixer", "conv")
 ADDITIVE_HEADS = ("llama", "qwen2", "gpt2", "lfm2")
@@ -44,7 +47,7 @@ RATIO = 0.5
 MIN_DIRECT = 0.1
 
 
-def undefined_why(arch, unit: Unit) -> str | None:
+def undefined_why(arch: ArchMap, unit: Unit) -> str | None:
     """Why a unit has no direct effect on this architecture, or None if it has one."""
     if len(unit.edits) != 1:
         return "multi-edit unit"
@@ -55,7 +58,7 @@ def undefined_why(arch, unit: Unit) -> str | None:
     return None if comp in WRITES else f"{comp} is not a residual write"
 
 
-def frozen_norm(subject, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def frozen_norm(subject: Subject, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """The final norm's response to `delta` (N, d) with its scale frozen at the residual `h` (N, d): linear in delta.
 
     RMSNorm g*x/sqrt(mean(x^2)+eps) (any gain parametrization, e.g. Gemma's 1+w: g is read off the module) ->
@@ -115,7 +118,7 @@ class Readout:
         return self.ld_clean - ld
 
 
-def direct_rows(subject, items: Sequence, units: Sequence[Unit], *, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+def direct_rows(subject: Subject, items: Sequence, units: Sequence[Unit], *, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
     """One row per (item, unit): `direct` = the unit's direct LD drop (NaN where undefined, `undefined_why` says
     why). Batches are the sweep's own (same family chunks, same seed), so mean/resample replacements match the
     total effects exactly; each batch costs one clean forward (Batch construction) plus the site values."""
@@ -140,7 +143,7 @@ def attach(rows: pd.DataFrame, direct: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(direct[["seed", "item_id", "unit", "direct"]], on=["seed", "item_id", "unit"], how="left")
 
 
-def compensated(total, direct, min_direct: float = MIN_DIRECT):
+def compensated(total: ArrayLike, direct: ArrayLike, min_direct: float = MIN_DIRECT) -> np.ndarray:
     """|total| < RATIO * |direct| where |direct| >= min_direct (effects as fractions of the clean LD)."""
     total, direct = np.asarray(total, float), np.asarray(direct, float)
     with np.errstate(invalid="ignore"):
