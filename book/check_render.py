@@ -1,56 +1,144 @@
-"""Load built book pages in headless Chromium and check that every chart drew (svg/canvas inside each
-chart div, no error text), and warn about charts wider than the page's text column (they then need a
-horizontal scroll). Also writes a screenshot per page for a human to look at.
+"""Open every built page in headless Chromium, as a reader would, at 1280 px and at 390 px (a phone), and fail on
+what a reader would hit: a chart that did not draw, a text column that scrolls sideways, a table column too
+narrow to read, an absolute path of the machine that built the book. Writes a screenshot per page and width.
 
     .venv/bin/python book/check_render.py [_build/html] [--screenshots DIR]
-Needs Debian's chromium (apt-get install chromium).
+
+The site is checked from a copy in a temporary folder (so it must be relocatable); a small script appended
+to each copied page measures the layout after the charts have drawn. Needs Debian's chromium
+(`apt-get install chromium`); where it is missing the check says so and exits 0 without checking.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
-COLUMN_PX = 680  # the article column of sphinx-book-theme in the 1280-px-wide screenshots below
+         "--disable-sync", "--no-first-run", "--disable-quic", "--hide-scrollbars"]
+WIDTHS = (1280, 390)
+MIN_COLUMN_PX = 140  # a cell of >= 60 characters in a column narrower than this reads as a ribbon of short lines
+PROBE = r"""<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const r = {innerWidth: window.innerWidth, scrollWidth: document.documentElement.scrollWidth, narrow: [], charts: []};
+  document.querySelectorAll("div[id^='atlas-chart-']").forEach(d => {
+    const drawn = !!d.querySelector("svg, canvas") && !/chart error/i.test(d.textContent);
+    r.charts.push({id: d.id, drawn: drawn});
+  });
+  document.querySelectorAll("article table").forEach((t, ti) => {
+    t.querySelectorAll("th, td").forEach(c => {
+      const w = c.getBoundingClientRect().width, text = c.innerText.trim();
+      const word = Math.max(0, ...text.split(/\s+/).map(s => s.length));
+      // squeezed: a long text in a narrow column (a tall ribbon of short lines), or a word broken across lines
+      if (w > 0 && ((text.length >= 60 && w < MIN_PX) || w < 5.5 * word - 8))
+        r.narrow.push({table: ti, text: text.slice(0, 40), width: Math.round(w)});
+    });
+  });
+  if (r.scrollWidth > r.innerWidth + 1) {
+    const wide = [...document.querySelectorAll("article *")].find(e => e.getBoundingClientRect().right > r.innerWidth + 1
+                  && ![...e.children].some(k => k.getBoundingClientRect().right > r.innerWidth + 1));
+    if (wide) r.widest = wide.tagName.toLowerCase() + "." + wide.className + ": " + (wide.textContent || "").trim().slice(0, 40);
+  }
+  const pre = document.createElement("pre");
+  pre.id = "atlas-layout-check";
+  pre.textContent = JSON.stringify(r);
+  document.body.appendChild(pre);
+}, 2500));
+</script>""".replace("MIN_PX", str(MIN_COLUMN_PX))
 
 
-def dom(url: str) -> str:
+def absolute_paths(html: str) -> list[str]:
+    """Paths of the building machine that leaked into a page (repository, home, temporary folders)."""
+    roots = {str(REPO), str(Path.home()), tempfile.gettempdir(), "/tmp/", "/work/", "/root/", "/home/", "/Users/"}
+    hits = []
+    for root in sorted(r for r in roots if len(r) > 4):
+        for m in re.finditer(r"(?<![\w/:.])" + re.escape(root) + r"[\w./-]*", html):
+            hits.append(m.group(0)[:80])
+    return sorted(set(hits))
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as prof:
-        r = subprocess.run(["chromium", *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=15000",
-                            "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    return r.stdout
+        return subprocess.run(["chromium", *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=20000", *args],
+                              capture_output=True, text=True, timeout=180)
 
 
-def screenshot(url: str, out: Path) -> None:
-    with tempfile.TemporaryDirectory() as prof:
-        subprocess.run(["chromium", *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=15000",
-                        f"--screenshot={out}", "--window-size=1280,2400", url], capture_output=True, timeout=120)
+def measure(page: Path, width: int) -> dict:
+    out = chromium(f"--window-size={width},2400", "--dump-dom", page.as_uri()).stdout
+    m = re.search(r'<pre id="atlas-layout-check">(.*?)</pre>', out, flags=re.S)
+    if not m:
+        return {"error": "the page did not finish loading"}
+    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+
+
+def pages(site: Path) -> list[Path]:
+    return sorted([site / "index.html", *(site / "book").rglob("*.html")])
 
 
 def check(html_dir: Path, shots: Path | None) -> int:
-    bad = 0
-    for page in sorted((html_dir / "book" / "executed").glob("*.html")):
-        d = dom(page.as_uri())
-        charts = re.findall(r'<div id="(atlas-chart-[0-9a-f]+)"[^>]*>(.*?)</div>\s*<script', d, flags=re.S)
-        drawn = sum(1 for _id, inner in charts if ("<svg" in inner or "<canvas" in inner) and "chart error" not in inner)
-        widths = [float(m.group(1)) for _id, inner in charts if (m := re.search(r'<svg[^>]*\swidth="([0-9.]+)"', inner))]
-        wide = [f"{w:.0f}" for w in widths if w > COLUMN_PX]
-        print(f"{page.name}: {drawn}/{len(charts)} charts drew"
-              + (f"; warning: {len(wide)} wider than the {COLUMN_PX}-px column ({', '.join(wide)} px)" if wide else ""))
-        bad += len(charts) - drawn
-        if shots:
-            shots.mkdir(parents=True, exist_ok=True)
-            screenshot(page.as_uri(), shots / f"{page.stem}.png")
-    return bad
+    """Number of problems found (0: the book reads well at both widths)."""
+    problems = 0
+    with tempfile.TemporaryDirectory(prefix="atlas-site-") as tmp:
+        site = Path(tmp) / "site"
+        shutil.copytree(html_dir, site)  # relocated: every link and asset must be relative
+        for page in pages(site):
+            if not page.exists():
+                continue
+            name = page.relative_to(site).as_posix()
+            html = page.read_text()
+            leaked = absolute_paths(html)
+            page.write_text(html.replace("</body>", PROBE + "</body>"))
+            notes = [f"absolute paths: {', '.join(leaked[:3])}"] if leaked else []
+            problems += bool(leaked)
+            for width in WIDTHS:
+                r = measure(page, width)
+                if "error" in r:
+                    notes.append(f"{width}px: {r['error']}")
+                    problems += 1
+                    continue
+                undrawn = [c["id"] for c in r["charts"] if not c["drawn"]]
+                if undrawn:
+                    notes.append(f"{width}px: {len(undrawn)}/{len(r['charts'])} charts did not draw")
+                if r["scrollWidth"] > r["innerWidth"] + 1:
+                    notes.append(f"{width}px: the text column scrolls sideways ({r['scrollWidth']} px of content; "
+                                 f"{r.get('widest', '?')})")
+                if r["narrow"]:
+                    n = r["narrow"][0]
+                    notes.append(f"{width}px: {len(r['narrow'])} table cells squeezed into a narrow column "
+                                 f"(e.g. {n['text']!r} at {n['width']} px)")
+                problems += bool(undrawn) + (r["scrollWidth"] > r["innerWidth"] + 1) + bool(r["narrow"])
+                if shots:
+                    shots.mkdir(parents=True, exist_ok=True)
+                    page.write_text(html)  # the screenshot shows the page without the probe
+                    chromium(f"--window-size={width},2400", f"--screenshot={shots / f'{page.stem}-{width}.png'}",
+                             page.as_uri())
+                    page.write_text(html.replace("</body>", PROBE + "</body>"))
+            charts = len(re.findall(r'id="atlas-chart-', html))
+            print(f"{name}: {charts} charts; " + ("; ".join(notes) if notes else "ok at 1280 and 390 px"))
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    shots = Path(argv[argv.index("--screenshots") + 1]) if "--screenshots" in argv else None
+    html = Path(argv[0]) if argv and not argv[0].startswith("--") else REPO / "_build" / "html"
+    if not shutil.which("chromium"):
+        print("[check-book] skipped: no chromium on this machine (Debian: apt-get install chromium)")
+        return 0
+    if not (html / "index.html").exists():
+        print(f"[check-book] no built book at {html}: run `make book` first")
+        return 2
+    bad = check(html, shots)
+    print(f"[check-book] {'ok' if not bad else f'{bad} problems'}" + (f"; screenshots in {shots}" if shots else ""))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    shots = Path(args[args.index("--screenshots") + 1]) if "--screenshots" in args else None
-    html = Path(args[0]) if args and not args[0].startswith("--") else Path(__file__).resolve().parent.parent / "_build" / "html"
-    sys.exit(1 if check(html, shots) else 0)
+    os.environ.setdefault("LC_ALL", "C.UTF-8")
+    sys.exit(main(sys.argv[1:]))

@@ -15,7 +15,7 @@ import torch
 
 from ..model.subject import Subject
 from . import tracing
-from .interventions import Edit, Unit
+from .interventions import Edit, Site, Unit
 from .tracing import position_ids  # noqa: F401  (re-exported: tests, bench and lora use it from here)
 
 # Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.
@@ -110,25 +110,26 @@ class Batch:
         return sel & real
 
     def value(self, run: str, edit: Edit) -> torch.Tensor:
-        """The site's value on the unedited `run` (B, T, d_site); module sites must be prefetched first."""
-        site = edit.site
-        key = (run, site.component, site.layer)
-        if key not in self._values:
-            self._fill(run, [edit])
-        v = self._values[key]
-        return v[..., self.arch.head_slice(site.head)] if site.component == "head" else v
+        """The site's value on the unedited `run` (B, T, d_site); read on demand, one trace per module site
+        (`values` reads many sites in one trace)."""
+        return self.values(run, [edit.site])[0]
 
-    def _fill(self, run: str, edits: list[Edit]) -> None:
-        """Values of the unedited `run` at the edits' sites: residual ones from the capture; module ones (and,
-        when remote, residual ones) from one trace that runs only the layers holding them."""
+    def values(self, run: str, sites: list[Site]) -> list[torch.Tensor]:
+        """The unedited `run`'s values at `sites` (B, T, d_site each): residual ones from the capture, every
+        module one from a single trace that runs only the layers holding them."""
+        self._fill(run, [s for s in sites if (run, s.component, s.layer) not in self._values])
+        return [(v[..., self.arch.head_slice(s.head)] if s.component == "head" else v)
+                for s in sites for v in [self._values[(run, s.component, s.layer)]]]
+
+    def _fill(self, run: str, sites: list[Site]) -> None:
         r, need = self.runs[run], {}
-        for e in edits:
-            comp, layer = e.site.component, e.site.layer
+        for s in sites:
+            comp, layer = s.component, s.layer
             h = r["hidden"]
             if h is not None and comp in ("resid", "block"):
                 self._values[(run, comp, layer)] = h[layer + 1] - h[layer] if comp == "block" else h[layer + 1]
                 continue
-            out = tracing.point(self.arch, e.site)
+            out = tracing.point(self.arch, s)
             pts = (out, tracing.Point(layer, "", "input", -1)) if comp == "block" else (out,)
             need[(comp, layer)] = pts
         if not need:
@@ -222,9 +223,9 @@ class Batch:
                 if e.op.kind in ("mean", "resample", "patch") and e.site.component not in ("resid", "block"):
                     run = e.op.source or "clean"
                     if (run, e.site.component, e.site.layer) not in self._values:
-                        todo.setdefault(run, {})[(e.site.component, e.site.layer)] = e
-        for run, es in todo.items():
-            self._fill(run, list(es.values()))
+                        todo.setdefault(run, {})[(e.site.component, e.site.layer)] = e.site
+        for run, sites in todo.items():
+            self._fill(run, list(sites.values()))
 
     def _run_pack(self, units: list[Unit], start: int) -> list[torch.Tensor]:
         k, B = len(units), self.B

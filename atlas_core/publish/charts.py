@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from html import escape
 from pathlib import Path
 
 import altair as alt
+import pandas as pd
 
 BUNDLE = "vega-bundle.js"
 
@@ -40,15 +42,36 @@ def _render(spec: dict, **_kw) -> dict:
     return {"text/html": html, "text/plain": f"<atlas chart {cid}>"}
 
 
-def setup() -> None:
-    """Use the offline renderer, allow data sets larger than Altair's 5000-row default, and show table
-    cells (claims, reasons) in full instead of pandas' 50-character truncation."""
-    import pandas as pd
+def table_html(df: pd.DataFrame) -> str:
+    """A data frame as the book shows it: every cell in full, each text-heavy column (claims, reasons) given a
+    minimum width that keeps it a paragraph instead of a ribbon of short lines, inside a box that scrolls
+    sideways on a narrow screen instead of the page. Rows past pandas' display.max_rows are elided as usual."""
+    n = pd.get_option("display.max_rows")
+    shown = df if n is None or len(df) <= n else pd.concat([df.head(n // 2), df.tail(n // 2)])
+    html = shown.to_html(classes="atlas-table", border=0, na_rep="")
+    for c in df.columns:
+        if not isinstance(c, str):
+            continue
+        lengths = df[c].astype(str).str.len()
+        if (df[c].dtype == object or pd.api.types.is_string_dtype(df[c])) and len(lengths) and lengths.median() > 24:
+            em = int(min(30, max(12, lengths.median() * 0.4)))
+            html = html.replace(f"<th>{escape(c)}</th>", f'<th style="min-width: {em}em">{escape(c)}</th>', 1)
+    more = f"<p>{len(df)} rows, {len(shown)} shown</p>" if len(shown) < len(df) else ""
+    return f'<div class="atlas-table-box">{html}</div>{more}'
 
+
+def setup() -> None:
+    """Use the offline renderer, allow data sets larger than Altair's 5000-row default, and show tables with
+    every cell in full (`table_html`); their text form, which nbval compares, is pandas' own."""
     alt.renderers.register("atlas", _render)
     alt.renderers.enable("atlas")
     alt.data_transformers.disable_max_rows()
     pd.set_option("display.max_colwidth", None)
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)
 
 
 def ordinal_x(field: str = "layer") -> alt.X:

@@ -33,7 +33,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from ..engine.batch import Batch
-from ..engine.interventions import Edit, Op, Unit
+from ..engine.interventions import Edit, Unit
 from ..engine.sweep import batches
 from ..model.archmap import ArchMap
 from ..model.subject import Subject
@@ -127,8 +127,7 @@ def direct_rows(subject: Subject, items: Sequence, units: Sequence[Unit], *, see
     frames = []
     for its in batches(items, batch_size):
         b = Batch.of_items(subject, its, corrupt=False, seed=seed)
-        # every site's clean value in one pass (a clean patch needs exactly that value)
-        b.prefetch([Unit.of(u.edits[0].site, Op.patch("clean")) for u in units if not why[u]])
+        b.values("clean", [u.edits[0].site for u in units if not why[u]])  # every site's clean value, one trace
         r = Readout(b)
         for u in units:
             d = np.full(len(its), np.nan) if why[u] else r.direct_drop(u.edits[0]).cpu().double().numpy()
