@@ -24,6 +24,20 @@ PROFILES: dict[str, dict] = {
                      "n_random": 10, "n_shuffled": 3, "compare_model": "tiny-gemma3", "compare_families": ["ioi"],
                      "compare_stride": 1, "buckets": ["short", "medium"], "gen_tokens": 6, "n_nll": 16, "n_gen": 4,
                      "fluency_alphas": [0.2, 0.4]},
+        # chapter 05: adapters (`studies.adapters`). "families" (None = the three training families) narrows the
+        # headline; "atlas_families" are mapped too (the wrong-family control's pool); "strategies" are the headline's
+        # (None = HEADLINE). Each strategy's learning rate is chosen on validation loss over "lrs" on the first
+        # "search_seeds" seeds of "search_families" (None = every family; elsewhere the search family's choice is
+        # reused, and the verdict says so); "n_seeds" extends the chapter's seeds for the headline. Sequence length and
+        # generation caps are read off the data. Adapters: smoke 1 x 5 x (4 + 2) = 30 + 7 sweep (seconds); default
+        # 5 x 4 (search, json_schema, seed 1) + 2 x 5 x 3 - 5 reused = 45 + 7 sweep = 52 (~2 min each on one CPU core,
+        # two processes); full 3 x 6 x 5 x 2 (search) + 3 x 6 x 8 - 36 reused = 288 + 18 sweep.
+        "lora": {"families": ["json_schema"], "atlas_families": ["json_schema", "factual_recall"],
+                 "strategies": ["atlas", "random", "depth-matched", "wrong-family", "all-linear"],
+                 "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "lrs": [3e-3, 1e-2, 3e-2, 1e-1], "search_seeds": 1, "batch": 2,
+                 "n_train": 16, "n_val": 4, "n_eval": 4, "n_drift": 2, "sweep_family": "json_schema",
+                 "modules": ["o", "attn", "mlp"], "ranks": [1, 32], "optimizers": ["adafactor", "lion"],
+                 "checkpoints": [0, 1, 2], "ablation_n": 2, "atlas_prompts": 4, "n_gate": 16, "diff_components": ["block"]},
     },
     "default": {
         "model": "smollm2-135m",
@@ -41,6 +55,13 @@ PROFILES: dict[str, dict] = {
                      "screen_alphas": [-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8],
                      "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,
                      "buckets": ["short", "medium"], "gen_tokens": 12, "n_nll": 100, "n_gen": 10, "fluency_alphas": [0.4]},
+        "lora": {"workers": 2, "families": ["json_schema", "factual_recall"], "atlas_families": None,
+                 "strategies": ["atlas", "random", "depth-matched", "wrong-family", "all-linear"],
+                 "k": 6, "r": 8, "steps": 24, "lr": 2e-3, "lrs": [1e-3, 2e-3, 4e-3, 8e-3], "search_seeds": 1,
+                 "search_families": ["json_schema"], "batch": 8, "n_train": 400, "n_val": 32, "n_eval": 24,
+                 "n_drift": 12, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"], "ranks": [1, 32],
+                 "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16], "ablation_n": 12,
+                 "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block", "attn", "mlp"]},
     },
     "full": {
         "model": "smollm2-135m",
@@ -57,6 +78,12 @@ PROFILES: dict[str, dict] = {
                      "n_shuffled": 40, "compare_model": "gemma3-270m", "compare_families": None, "compare_stride": 1,
                      "buckets": ["short", "medium", "long"], "gen_tokens": 24, "n_nll": 100, "n_gen": 64,
                      "fluency_alphas": [0.1, 0.2, 0.4, 0.8]},
+        "lora": {"k": 6, "r": 8, "steps": 100, "lr": 1e-3, "lrs": [5e-4, 1e-3, 2e-3, 5e-3, 1e-2], "search_seeds": 2,
+                 "n_seeds": 8, "batch": 8, "n_train": 400, "n_val": 64, "n_eval": 120, "n_drift": 50,
+                 "sweep_family": "json_schema",
+                 "modules": ["o", "q", "k", "v", "gate", "up", "down", "qkv", "gate_up_down", "attn", "mlp"],
+                 "ranks": [1, 2, 4, 16, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 10, 25, 50],
+                 "ablation_n": 50, "atlas_prompts": 50, "n_gate": 128, "diff_components": ["block", "attn", "mlp"]},
     },
 }
 

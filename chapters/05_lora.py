@@ -53,27 +53,25 @@ remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local
 import time
 
 import altair as alt
-import pandas as pd
 
 from atlas_core import profiles, tasks
 from atlas_core.evidence.claims import record
+from atlas_core.model import tiny
+from atlas_core.model.subject import wrap
 from atlas_core.publish import charts
-from atlas_core.studies import lora
-from atlas_core.studies.atlas import diff, map_atlas
+from atlas_core.studies import adapters
+from atlas_core.studies.atlas import map_atlas
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, seeds, results_dir, subject = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject
-P = lora.profile(profile, ctx.cfg.get("lora"))
+P = adapters.profile(profile)
 FAMS = list(P.get("families") or tasks.TRAIN_FAMILIES)
 POOL = list(dict.fromkeys([*FAMS, *(P.get("atlas_families") or tasks.TRAIN_FAMILIES)]))  # wrong-family candidates
-STRATS = list(P.get("strategies") or lora.HEADLINE)
-SEEDS = lora.headline_seeds(seeds, P)
+STRATS = list(P.get("strategies") or adapters.HEADLINE)
+SEEDS = adapters.headline_seeds(seeds, P)
 T0 = time.time()
 print(subject)
-print(f"budget ({profile}): learning-rate search {len(STRATS)} strategies x {len(P['lrs'])} rates x "
-      f"{P.get('search_seeds', 1)} seed(s) on {P.get('search_families') or FAMS}; headline {len(FAMS)} tasks x {len(STRATS)} "
-      f"strategies x {len(SEEDS)} seeds of {P['steps']} steps (batch {P['batch']}), evaluated on {P['n_eval']} held-out "
-      f"examples each")
+print(adapters.budget(profile, P, FAMS, STRATS, SEEDS))
 
 # %% [markdown]
 # ## The atlas we target by
@@ -95,10 +93,13 @@ print(f"budget ({profile}): learning-rate search {len(STRATS)} strategies x {len
 # %% tags=["hide-output"]
 atlas = map_atlas(subject, POOL, ["block"], ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
                   progress=False).gated(tasks.gate(subject, POOL, n=P["n_gate"], seed=seeds[0]))
-targets = lora.targeting(atlas, FAMS, subject.arch, P["k"], pool=POOL)
-scores = pd.concat([lora.atlas_scores(atlas, f)[0].rename("score").reset_index().assign(family=f, basis=b)
-                    for f, b in lora.targeting(atlas, POOL, subject.arch, P["k"])["basis"].items()])
+targets = adapters.targeting(atlas, FAMS, subject.arch, P["k"], pool=POOL)
+scores = adapters.score_table(atlas, POOL, subject.arch, P["k"])
 targets
+
+# %% [markdown]
+# Look for: the `k` tallest bars of each family — the layers its atlas adapter gets — and whether the colour says
+# they were ranked by the behaviour metric or by the KL fallback.
 
 # %% tags=["hide-input"]
 alt.Chart(scores).mark_bar().encode(
@@ -116,16 +117,17 @@ alt.Chart(scores).mark_bar().encode(
 # profile searches one), it uses the searched family's rates, and its verdict says so.
 
 # %% tags=["hide-output"]
-train, evalsets, P = lora.task_data(subject, FAMS, P)
-print(f"max_len {P['max_len']} tokens (longest example); generation caps "
-      f"{ {f: ev.max_new_tokens for f, ev in evalsets.items()} } (longest reference completion + {lora.GEN_MARGIN}); "
-      f"train / validation / eval items { {f: (len(train[f]), len(ev.val), len(ev.examples)) for f, ev in evalsets.items()} }")
-search = lora.run_grid(subject, lora.lr_runs(atlas, subject, FAMS, SEEDS, P, POOL), train, evalsets,
-                       workers=P.get("workers", 1), score="val")
-lrs = lora.choose_lr(search)
+train, evalsets, P = adapters.task_data(subject, FAMS, P)
+print(adapters.data_limits(train, evalsets, P))
+search = adapters.run_grid(subject, adapters.lr_runs(atlas, subject, FAMS, SEEDS, P, POOL), train, evalsets,
+                           workers=P.get("workers", 1), score="val")
+lrs = adapters.choose_lr(search)
 
 # %%
 lrs.round(4)
+
+# %% [markdown]
+# Look for: each strategy's lowest point (its chosen rate), and curves still falling at the grid's edge.
 
 # %% tags=["hide-input"]
 alt.Chart(search).mark_line(point=True).encode(
@@ -140,26 +142,17 @@ alt.Chart(search).mark_line(point=True).encode(
 
 # %% tags=["hide-output"]
 # the surgery adapter (all-linear, first seed, sweep family, its chosen rate) kept its checkpoints in the search
-surg_fam = P["sweep_family"]
-surg_t = lora.target(None, surg_fam, subject.arch, P["k"], "all-linear", r=P["r"])
-surg_tc = lora.TrainConfig(P["steps"], lora.lr_for(lrs, surg_fam, "all-linear", P)[0], P["batch"], "adamw", SEEDS[0],
-                           P["max_len"])
-surg = lora.train(subject, surg_fam, train[surg_fam], surg_t, surg_tc, checkpoints=P["checkpoints"])
-head = lora.run_grid(subject, lora.headline_runs(atlas, subject, FAMS, SEEDS, P, lr=lrs, pool=POOL), train, evalsets,
-                     workers=P.get("workers", 1))
+surg = adapters.sweep_adapter(subject, atlas, "all-linear", train, lrs, P, SEEDS[0], P["checkpoints"])
+head = adapters.run_grid(subject, adapters.headline_runs(atlas, subject, FAMS, SEEDS, P, lr=lrs, pool=POOL), train,
+                         evalsets, workers=P.get("workers", 1))
 
 # %%
-order = ["none", *lora.HEADLINE]
-table = lora.summarize(head, ["family", "strategy"], ("n_trainable", "lr", "train_loss", "eval_loss", "exact_match", "drift"))
-table["strategy"] = pd.Categorical(table["strategy"], order)
-table = table.sort_values(["family", "strategy"]).reset_index(drop=True).drop(columns="lr_sd")
-lin = table[table.strategy.isin(["atlas", "all-linear"])].pivot(index="family", columns="strategy", values="n_trainable")
-if {"atlas", "all-linear"} <= set(lin.columns):
-    print(f"atlas-guided adapters train {lin['atlas'].mean() / lin['all-linear'].mean():.0%} of the all-linear "
-          f"parameters (by construction: {P['k']} of {subject.arch.n_layers} layers)")
-reused = len(head.merge(search[["family", "strategy", "seed", "lr"]]))  # the search's runs at the chosen rate
-print(f"{len(search)} search runs, {len(head) - len(FAMS)} headline runs ({reused} of them reused from the search)")
-lora.fmt_pm(table)
+table, note = adapters.headline_table(head, search, P["k"], subject.arch.n_layers)
+print(note)
+table
+
+# %% [markdown]
+# Look for: whether the atlas points sit below their controls at a similar parameter count (left of all-linear).
 
 # %% tags=["hide-input"]
 pts = head[head.strategy != "none"]
@@ -185,11 +178,11 @@ alt.Chart(pts).mark_point(filled=True, size=60).encode(
 # is descriptive only).
 
 # %%
-cmp = lora.compare(head)
+cmp = adapters.compare(head)
 cmp.round(4)
 
 # %%
-lora.verdict(cmp).round(4)
+adapters.verdict(cmp).round(4)
 
 # %% [markdown]
 # ## Sweeps: target module, rank, optimizer
@@ -198,12 +191,14 @@ lora.verdict(cmp).round(4)
 # relative steps). The rate was chosen for this configuration only: the other rows are not tuned.
 
 # %% tags=["hide-output"]
-a_lr = lora.lr_for(lrs, surg_fam, "atlas", P)[0]
-sw = lora.run_grid(subject, lora.sweep_runs(atlas, subject.arch, SEEDS[0], P, a_lr), train, evalsets,
-                   workers=P.get("workers", 1))
+sw = adapters.run_grid(subject, adapters.sweep_runs(atlas, subject.arch, SEEDS[0], P, lrs), train, evalsets,
+                       workers=P.get("workers", 1))
 
 # %%
 sw[["experiment", "value", "n_trainable", "train_loss", "eval_loss", "exact_match", "drift"]].round(4)
+
+# %% [markdown]
+# Look for: which module set, rank or optimizer reaches the lowest eval loss, and at what parameter cost.
 
 # %% tags=["hide-input"]
 alt.Chart(sw).mark_point(filled=True, size=70).encode(
@@ -218,11 +213,14 @@ alt.Chart(sw).mark_point(filled=True, size=70).encode(
 # (eval-loss increase when the adapter is switched off in that layer alone).
 
 # %% tags=["hide-output"]
-abl_set = evalsets[surg_fam].examples[: P["ablation_n"]]
-norms = lora.module_norms(subject, surg)
-maps = lora.lock_in(subject, surg, abl_set, P["max_len"])
+abl_set = evalsets[P["sweep_family"]].examples[: P["ablation_n"]]
+norms = adapters.module_norms(subject, surg)
+maps = adapters.lock_in(subject, surg, abl_set, P["max_len"])
 final = maps[maps.step == maps.step.max()]
-norm = lora.norm_effect(final)
+norm = adapters.norm_effect(final)
+
+# %% [markdown]
+# Look for: the layers and modules with the brightest cells — where the adapter put its update.
 
 # %% tags=["hide-input"]
 alt.Chart(norms).mark_rect().encode(
@@ -241,7 +239,7 @@ final.sort_values("effect", ascending=False).head(8).round(4)
 # itself; how far down can we cut before the task loss rises toward the base model's?
 
 # %%
-trunc = lora.truncation_curve(subject, surg, abl_set, [1, 2, 4, P["r"]], P["max_len"])
+trunc = adapters.truncation_curve(subject, surg, abl_set, [1, 2, 4, P["r"]], P["max_len"])
 trunc.round(4)
 
 # %% [markdown]
@@ -250,9 +248,10 @@ trunc.round(4)
 # with the final adapter. (At step 0 B = 0, so the map is flat and its correlations undefined.)
 
 # %%
-lock = lora.lock_in_summary(maps, "effect").merge(
-    lora.lock_in_summary(maps, "norm"), on="step", suffixes=("_effect", "_norm"))
-lock.round(3)
+adapters.lock_in_table(maps).round(3)
+
+# %% [markdown]
+# Look for: the step after which the lines keep their shape (the layers that matter stop changing), only growing.
 
 # %% tags=["hide-input"]
 alt.Chart(maps).mark_line(point=True).encode(
@@ -266,12 +265,9 @@ alt.Chart(maps).mark_line(point=True).encode(
 # widths) raises a ValueError naming both shapes and both models.
 
 # %%
-from atlas_core.model import tiny  # noqa: E402
-from atlas_core.model.subject import _finish  # noqa: E402
-
-other = _finish("tiny-llama-d48", *tiny.build("llama", d=48, heads=2, kv_heads=1), "random init", {})
+other = wrap("tiny-llama-d48", *tiny.build("llama", d=48, heads=2, kv_heads=1), "random init", {})
 try:
-    with lora.attach(other, surg):
+    with adapters.attach(other, surg):
         pass
 except ValueError as err:
     print(f"ValueError: {err}")
@@ -282,21 +278,15 @@ except ValueError as err:
 # the same prompts, and compared with the base atlas (b − a, mean KL of zero ablation).
 
 # %% tags=["hide-output"]
-a_t = lora.target(atlas, surg_fam, subject.arch, P["k"], "atlas", r=P["r"])
-a_ad = lora.train(subject, surg_fam, train[surg_fam], a_t,
-                  lora.TrainConfig(P["steps"], a_lr, P["batch"], "adamw", SEEDS[0], P["max_len"]))
-adapted = lora.adapted_subject(subject, a_ad)
-comp = P["diff_components"]
-base_atlas = map_atlas(subject, FAMS, comp, ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
-                       progress=False)
-new_atlas = map_atlas(adapted, FAMS, comp, ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
-                      progress=False)
-moved = diff(base_atlas, new_atlas)
-del adapted
+a_ad = adapters.sweep_adapter(subject, atlas, "atlas", train, lrs, P, SEEDS[0])
+moved = adapters.atlas_diff(subject, a_ad, FAMS, P, seeds[:1])
 
 # %%
-print(f"adapted layers: {a_t.layers} (ranked by {a_t.basis})")
+print(f"adapted layers: {a_ad.target.layers} (ranked by {a_ad.target.basis})")
 moved[["component", "layer", "a", "b", "delta"]].head(10).round(4)
+
+# %% [markdown]
+# Look for: bars far from zero at or after the adapted layers — the components whose ablation effect the adapter changed.
 
 # %% tags=["hide-input"]
 alt.Chart(moved).mark_bar().encode(
@@ -306,13 +296,13 @@ alt.Chart(moved).mark_bar().encode(
 
 # %% [markdown]
 # ## Claims
-# Built by `lora.lora_claims` from the tables above only (the comparisons and verdict, the chosen
+# Built by `adapters.lora_claims` from the tables above only (the comparisons and verdict, the chosen
 # learning rates, the norm/effect test, the targeting table): each statement's direction follows the
 # measured sign and its test, says how the learning rates were chosen, and says when the number of
 # seeds or layers cannot reach p ≤ 0.05.
 
 # %%
-record(lora.lora_claims(cmp, norm, targets, P["k"], model=model, profile=profile, lrs=lrs))[["claim", "confidence", "why"]]
+record(adapters.lora_claims(cmp, norm, targets, P["k"], model=model, profile=profile, lrs=lrs))[["claim", "confidence", "why"]]
 
 # %% tags=["remove-cell"]
 print(f"chapter 05: {time.time() - T0:.0f} s")

@@ -18,7 +18,7 @@ from atlas_core.evidence import registry
 from atlas_core.model import tiny
 from atlas_core.model.subject import wrap
 from atlas_core.publish import book
-from atlas_core.studies import lora, steering
+from atlas_core.studies import adapters, steering
 
 TINY = ["map", "--model", "tiny-llama", "--families", "ioi", "--components", "block", "--methods", "zero",
         "--seeds", "42", "--prompts-per-family", "2", "--no-heads", "--positions", "", "--no-progress"]
@@ -41,21 +41,21 @@ def _tiny(name: str, seed: int):
 
 def test_adapter_refuses_another_model_and_missing_metadata(tmp_path):
     a, b = _tiny("tiny-a", 0), _tiny("tiny-b", 1)  # same shapes, different weights
-    ad = lora.train(a, "toy", [{"prompt": "the sky is", "completion": " blue"}] * 4,
-                    lora.Target("atlas", (1,), ("o",), r=2, alpha=4.0), lora.TrainConfig(steps=2, lr=1e-2, batch=2),
-                    checkpoints=(1,), root=tmp_path)
+    ad = adapters.train(a, "toy", [{"prompt": "the sky is", "completion": " blue"}] * 4,
+                        adapters.Target("atlas", (1,), ("o",), r=2, alpha=4.0),
+                        adapters.TrainConfig(steps=2, lr=1e-2, batch=2), checkpoints=(1,), root=tmp_path)
     for own in (ad, ad.checkpoints[1]):  # its own model (a checkpoint shares its adapter's metadata)
-        with lora.attach(a, own):
+        with adapters.attach(a, own):
             pass
-    with pytest.raises(ValueError) as err, lora.attach(b, ad):
+    with pytest.raises(ValueError) as err, adapters.attach(b, ad):
         pass
     msg = str(err.value)
     assert "\n" not in msg and f"trained on tiny-a ({a.fingerprint[:12]}), not on model tiny-b ({b.fingerprint[:12]})" in msg
     bare = tmp_path / "bare"
     shutil.copytree(ad.path, bare, ignore=shutil.ignore_patterns("atlas_meta.json", "ckpt-*"))
-    with pytest.raises(ValueError, match="records no base-model fingerprint.*allow_unverified=True"), lora.attach(a, bare):
+    with pytest.raises(ValueError, match="records no base-model fingerprint.*allow_unverified=True"), adapters.attach(a, bare):
         pass
-    with lora.attach(a, bare, allow_unverified=True):
+    with adapters.attach(a, bare, allow_unverified=True):
         pass
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..studies import lora, steering
+from ..studies import adapters, steering
 from ..studies.atlas import Atlas, agreement_claim, hub_claim
 from .claims import Claim, criteria
 from .stats import bootstrap_ci, sign_flip_p
@@ -224,8 +224,8 @@ def lora_null(reps: int = 200, n_seeds: int = 3, effect: float = 0.0, n_layers: 
         lrs = pd.DataFrame([{"family": f, "strategy": st, "lr": 1e-3, "n_lrs": 4, "n_search_seeds": 1}
                             for f in fams for st in ("atlas", *LORA_CONTROLS)])
         rng = np.random.default_rng([r, 1])
-        norm = lora.norm_effect(pd.DataFrame({"norm": rng.lognormal(0, 1, n_layers), "effect": rng.normal(0, 1, n_layers)}))
-        return lora.lora_claims(lora.compare(head), norm, targets, kw.get("k", 6), lrs=lrs)
+        norm = adapters.norm_effect(pd.DataFrame({"norm": rng.lognormal(0, 1, n_layers), "effect": rng.normal(0, 1, n_layers)}))
+        return adapters.lora_claims(adapters.compare(head), norm, targets, kw.get("k", 6), lrs=lrs)
 
     return rates(one, reps)
 

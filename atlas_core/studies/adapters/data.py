@@ -1,0 +1,68 @@
+"""Training examples as an adapter sees them: the training config, a right-padded copy of the subject's tokenizer,
+(prompt, completion) pairs encoded with the loss on completion tokens only, and the content hash of a data set."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ...model.subject import Subject
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How an adapter is trained (every field is part of its cache key): constant learning rate, batch size,
+    optimizer (adamw, adafactor, lion), seed (LoRA A init and example order) and sequence cap."""
+
+    steps: int = 30
+    lr: float = 2e-3
+    batch: int = 8
+    optimizer: str = "adamw"
+    seed: int = 0
+    max_len: int | None = None  # None: no truncation (`task_data` derives one that truncates nothing)
+
+
+def train_tokenizer(subject: Subject) -> PreTrainedTokenizerBase:
+    """A right-padded copy of the subject's tokenizer (the subject's own pads left, for traces)."""
+    tok = copy.copy(subject.tokenizer)
+    tok.padding_side = "right"
+    return tok
+
+
+def encode_pair(tok, ex: dict, max_len: int | None) -> tuple[list[int], list[int]]:
+    """(ids, labels) of prompt + completion + EOS, cut at `max_len`; labels -100 on the prompt."""
+    p = tok(ex["prompt"])["input_ids"]
+    c = completion_ids(tok, ex)
+    ids = (p + c)[:max_len]
+    labels = ([-100] * len(p) + c)[:max_len]
+    return ids, labels
+
+
+def completion_ids(tok, ex: dict) -> list[int]:
+    """The tokens a perfect model generates for an example: its completion as training encodes it, then EOS."""
+    return tok(ex["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def collate(tok, examples: Sequence[dict], max_len: int | None) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels -100 on prompt and padding (the model's own loss then ignores them)."""
+    pairs = [encode_pair(tok, ex, max_len) for ex in examples]
+    n = max(len(i) for i, _ in pairs)
+    pad = tok.pad_token_id
+    ids = torch.tensor([i + [pad] * (n - len(i)) for i, _ in pairs])
+    labels = torch.tensor([lab + [-100] * (n - len(lab)) for _, lab in pairs])
+    mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i, _ in pairs])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def data_hash(examples: Sequence[dict]) -> str:
+    """Content hash of (prompt, completion) examples, in order (part of an adapter's cache key)."""
+    h = hashlib.blake2b(digest_size=8)
+    for ex in examples:
+        h.update(json.dumps([ex["prompt"], ex["completion"]]).encode())
+    return h.hexdigest()
