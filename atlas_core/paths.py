@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +27,32 @@ def cache_path() -> Path:
     """The content-addressed sweep cache. Keys carry model fingerprint, items, unit and engine version, so
     one cache is safely shared by every checkout; override with $ATLAS_CACHE."""
     return Path(os.environ.get("ATLAS_CACHE", Path.home() / ".cache" / "mi-atlas" / "sweep-cache.sqlite"))
+
+
+def content_key(*parts, digest_size: int = 16) -> str:
+    """Hex key of the JSON of `parts` (sorted keys): the one way a cache entry is named (sweep results: 32 hex
+    digits; adapter folders and their evaluations: 16)."""
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=digest_size).hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's content; {} when it is missing or unreadable (a cache miss)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_json_atomic(path: Path, obj, sort_keys: bool = False) -> Path:
+    """Write JSON to a temporary file beside `path` and rename it over `path`: readers see the whole file or
+    none, and a crash never leaves a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, default=str, indent=1, sort_keys=sort_keys)
+    os.replace(tmp, path)
+    return path
 
 
 def writable_dir(out: str | Path) -> Path:

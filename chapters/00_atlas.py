@@ -13,11 +13,12 @@
 # %% [markdown]
 # # 00 · The atlas on one page
 #
-# The summary of this build: the model, where its behaviours live, every claim with its computed
-# confidence, the negative results, and what we do not claim. Everything below is read from the
-# results and the run registry written by the other chapters for this model and profile.
+# What this build found about one small language model: where its behaviours live, which interventions on
+# them work, what failed, and what that means if you edit the model. Every sentence below is computed from
+# the results and the run registry the other chapters wrote for this model and profile; confidence is
+# graded from each claim's evidence by the rules on the method page, never typed by hand.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 model = None
 profile = "smoke"
 seeds = None
@@ -28,18 +29,26 @@ remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local
 from pathlib import Path
 
 from atlas_core import profiles
-from atlas_core.evidence.claims import table
-from atlas_core.publish import charts
+from atlas_core.publish import charts, summary
 from atlas_core.studies.atlas import Atlas
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
 model, results_dir, subject = ctx.model, ctx.results_dir, ctx.subject
 atlas_path = Path(results_dir) / f"atlas-{model}-{profile}" / "atlas.json"
+claims = summary.with_evidence(model, profile)
 
 # %% [markdown]
-# ## Model card
+# ## Summary
 
-# %%
+# %% tags=["remove-input"]
+# NBVAL_CHECK_OUTPUT
+summary.five_lines(claims, model, profile, about=f"{subject.arch.family}, {subject.arch.n_layers} layers, "
+                   f"{subject.n_params:,} parameters")
+
+# %% [markdown]
+# ## The model
+
+# %% tags=["hide-input"]
 # NBVAL_CHECK_OUTPUT
 a = subject.arch
 print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}\nheads        {a.n_heads} query / "
@@ -49,63 +58,53 @@ print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}
 
 # %% [markdown]
 # ## Hub map
-# Zero-ablation of each block, per task family: the fraction of the clean logit difference it removes on
-# the families the model solves (or, where it solves none, KL(clean ‖ ablated): disruption, not behaviour).
+# Zero-ablation of each block, per task family: the fraction of the clean logit difference it removes on the
+# families the model solves (or, where it solves none, KL(clean ‖ ablated): disruption, not behaviour).
+#
+# Look for: the layer columns that stay bright across every family row. A bright column is a layer whose
+# removal hurts everything; the summary's "where the behaviours live" line says whether it beat the median
+# layer on prompts it was not chosen on.
 
 # %% tags=["hide-input"]
 if atlas_path.exists():
-    atlas = Atlas.load(atlas_path)
-    e = atlas.effects
-    m = e[(e["component"] == "block") & (e["method"] == "zero") & (e["head"] == -1) & (e["position"] == "all")]
-    ev = atlas.hub_evidence("block", "zero")
-    metric = ev["metric"]
-    if ev["testable"]:
-        m = m[m["family"].isin(atlas.testable_families)]
-        print(f"testable families: {', '.join(atlas.testable_families)}\nhub: block {ev['hub']} (chosen on the select "
-              f"split of {ev['n_candidates']} layers; test split vs {ev['control']}: {ev['effect_minus_control']:+.3f}, "
-              f"p = {ev['p_value']:.3g}; {ev['families_agreeing']}/{ev['n_families']} families agree)")
-    else:
-        print(f"no family is testable on this model, so there is no hub to report; the map shows disruption (KL)."
-              f"\n{ev['untestable_why']}")
-    m = m.groupby(["family", "layer"])[metric].mean().reset_index()
-    chart = charts.heatmap(m, "layer", "family", metric, width=440, height=260)
+    hub_map = Atlas.load(atlas_path).layer_map("block", "zero")
+    metric = hub_map.attrs["metric"]
+    chart = charts.heatmap(hub_map.rename(columns={"value": metric}), "layer", "family", metric, width=440, height=260)
 else:
     chart = None
     print(f"No ablation atlas for {model} / {profile} yet: run chapter 02 (make book CHAPTERS=02,00).")
 chart
 
 # %% [markdown]
-# ## Claims
-# Confidence is computed from each claim's evidence by the rules on the method page; nothing here is
-# typed by hand. Re-executing a chapter replaces its claims.
+# ## Claims, by chapter
+# The claims that hold (high, then medium), strongest first. Each shows its evidence in one line; open
+# "metric, counterfactual, control, reasons" for the rest. Chapter 01's checks are baselines (which families
+# later chapters may test), summed up in one line. Re-executing a chapter replaces its claims.
 
-# %%
-claims = table(model, profile)
-if claims.empty:
-    print("No claims recorded yet for this model and profile: execute the other chapters first.")
-# NBVAL_CHECK_OUTPUT
-print(claims.groupby("chapter")["confidence"].value_counts().unstack(fill_value=0) if not claims.empty else "")
-claims[["chapter", "claim", "confidence", "control", "why"]] if not claims.empty else None
-
-# %% [markdown]
-# Each claim's metric and counterfactual:
-
-# %% tags=["hide-input"]
-claims[["chapter", "claim", "metric", "counterfactual"]] if not claims.empty else None
+# %% tags=["remove-input"]
+summary.by_chapter(claims)
 
 # %% [markdown]
 # ## Negative results
-# Claims whose evidence does not support them (confidence low or none), and families the model cannot
-# do (their maps describe what it does with the prompts, not how it solves the task).
+# Claims whose evidence does not support them (confidence low or none), and claims that are not testable
+# here because the model does not do the behaviour they are about.
 
-# %%
-neg = claims[claims["confidence"].isin(["low", "none"])] if not claims.empty else claims
-neg[["chapter", "claim", "confidence", "why"]] if not neg.empty else print("none recorded")
+# %% tags=["remove-input"]
+summary.negatives(claims)
+
+# %% [markdown]
+# ## What to do if you edit this model
+# Each rule restates measured claims of at least medium confidence, links to them and quotes them; it holds
+# for this model, these task families and these prompts (see the caveats).
+
+# %% tags=["remove-input"]
+# NBVAL_CHECK_OUTPUT
+summary.edit_rules(claims)
 
 # %% [markdown]
 # ## Caveats, and what we do not claim
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 if "GGUF" in subject.source:
     print(f"These weights are {subject.source}: a quantization round trip of the original checkpoint, so effect sizes "
           "may differ from it.")
@@ -126,3 +125,5 @@ else:
 #   prompts of this suite only. We do not claim the map transfers to other prompt distributions.
 # - Every confidence comes from a grader whose false-positive rate on simulated nulls is on the method page.
 # - The attribution screen is a first-order estimate; we never report a screen result as an effect.
+# - The editing rules restate what was measured on these prompts with these interventions; they are not
+#   guarantees for other edits, other data or other checkpoints.

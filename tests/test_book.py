@@ -52,3 +52,61 @@ def test_book_builds_from_the_references(tmp_path):
     for page in (c.stem for c in book.chapters()):
         assert (html / "book" / "executed" / f"{page}.html").exists(), page
     assert (html / "book" / "glossary.html").exists() and (html / "book" / "method.html").exists()
+
+
+def test_partial_rebuild_says_what_it_shows_before_any_compute(tmp_path, monkeypatch, capsys):
+    """--chapters: chapters never executed are named before the first chapter runs and become placeholder
+    pages that say how to fill them; the results directory reaches kernels by environment, not as a parameter."""
+    executed = tmp_path / "executed"
+    monkeypatch.setattr(book, "EXECUTED", executed)
+    monkeypatch.setattr(book, "STATIC", tmp_path / "static")
+    seen = []
+
+    def fake_execute(chapter, out, params, progress=False):
+        seen.append((chapter.stem[:2], dict(params), capsys.readouterr().out))
+        book.placeholder(chapter, out, book.run_of(params))  # stands in for an executed notebook
+        nb = nbformat.read(out, 4)
+        nb.metadata.pop("atlas_placeholder")
+        nb.metadata["atlas_run"] = book.run_of(params)
+        nbformat.write(nb, out)
+        return 0.0
+
+    monkeypatch.setattr(book, "execute", fake_execute)
+    monkeypatch.setattr(book.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
+    monkeypatch.setattr(book, "REPO", tmp_path)  # _toc.yml is written here, not into the checkout
+    book.build(None, "smoke", None, only=["03"], results_dir=str(tmp_path / "res"))
+    assert [s[0] for s in seen] == ["03"]
+    assert "results_dir" not in seen[0][1] and os.environ["ATLAS_RESULTS"] == str((tmp_path / "res").resolve())
+    early = seen[0][2]
+    others = [c.stem for c in book.chapters() if not c.stem.startswith("03")]
+    assert "placeholder" in early and all(s in early for s in others)
+    for s in others:
+        page = executed / f"{s}.ipynb"
+        assert book.executed_run(page) is None and "CHAPTERS=" in nbformat.read(page, 4).cells[0].source
+    ch03 = next(c.stem for c in book.chapters() if c.stem.startswith("03"))
+    assert book.executed_run(executed / f"{ch03}.ipynb")["model"] == "tiny-llama"
+    # a second partial build names the chapter executed for another profile
+    capsys.readouterr()
+    seen.clear()
+    book.build(None, "default", None, only=["01"], results_dir=str(tmp_path / "res"))
+    assert "another model or profile" in seen[0][2] and "tiny-llama" in seen[0][2]
+
+
+def test_unknown_chapter_is_refused_before_anything_runs(monkeypatch):
+    monkeypatch.setattr(book, "execute", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    import pytest
+
+    with pytest.raises(ValueError, match="no chapter"):
+        book.build(None, "smoke", None, only=["77"])
+
+
+def test_pages_print_no_path_of_the_building_machine():
+    import sysconfig
+
+    warn = f"{sysconfig.get_paths()['purelib']}/pandas/core/nanops.py:1: RuntimeWarning: Mean of empty slice"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=warn),
+        nbformat.v4.new_output("execute_result", data={"text/plain": f"{book.REPO}/results/atlas.json"})])])
+    out = book.scrub(nb).cells[0].outputs
+    assert out[0]["text"] == "site-packages/pandas/core/nanops.py:1: RuntimeWarning: Mean of empty slice"
+    assert out[1]["data"]["text/plain"] == "./results/atlas.json"

@@ -8,7 +8,6 @@ a partial record; a rerun recomputes only missing keys.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -18,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..evidence import metrics
 from ..model.subject import Subject
-from ..paths import cache_path
+from ..paths import cache_path, content_key
+from ..progress import bar as progress_bar
 from ..tasks.core import by_family
 from . import batch
 from .interventions import Unit
@@ -62,8 +61,7 @@ class Cache:
         return self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
 
-def _key(*parts) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+_key = content_key
 
 
 def _round(a: np.ndarray) -> list[float]:
@@ -95,7 +93,7 @@ def sweep(
     ver = code_version()
     counts = {"computed": 0, "cached": 0, "seconds_compute": 0.0}
     frames = []
-    bar = tqdm(total=len(groups) * len(units), desc=desc, disable=not progress, unit="unit", smoothing=0.05)
+    bar = progress_bar(len(groups) * len(units), desc, enabled=progress)
     for its in groups:
         bkey = _key(subject.fingerprint, ver, seed, [
             (it.id, it.prompt, it.corrupt, it.answer_id, it.distractor_id, it.diff_pos) for it in its])

@@ -130,11 +130,21 @@ def frame(claims: list[Claim]) -> pd.DataFrame:
                         columns=["chapter", "claim", "confidence", "metric", "counterfactual", "control", "why"])
 
 
-def table(model: str, profile: str) -> pd.DataFrame:
-    """The latest claims of each chapter for this model and profile (re-graded from their evidence)."""
+def latest(model: str, profile: str) -> list[Claim]:
+    """The claims of each chapter's latest run for this model and profile, with their evidence."""
     recs = registry.read(kind="claim", model=model, profile=profile)
     last_run = {}
     for r in recs:
         last_run[r["chapter"]] = max(last_run.get(r["chapter"], 0), r.get("run_id", 0))
     keys = ("statement", "metric", "counterfactual", "control", "evidence", "chapter", "model", "profile")
-    return frame([Claim(**{k: r[k] for k in keys}) for r in recs if r.get("run_id", 0) == last_run[r["chapter"]]])
+    return [Claim(**{k: r[k] for k in keys}) for r in recs if r.get("run_id", 0) == last_run[r["chapter"]]]
+
+
+def table(model: str, profile: str, evidence: bool = False) -> pd.DataFrame:
+    """The latest claims of each chapter for this model and profile (re-graded from their evidence); with
+    `evidence`, each claim's evidence dict as a column."""
+    claims = latest(model, profile)
+    t = frame(claims)
+    if evidence:
+        t["evidence"] = [c.evidence for c in claims]
+    return t

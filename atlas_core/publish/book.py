@@ -1,7 +1,7 @@
 """Build the book: execute the chapters with papermill, then render HTML with Jupyter Book 1.
 
-    python -m atlas_core.publish.book --model smollm2-135m --profile default --seeds 42,137,256 [--chapters 02]
-    python -m atlas_core.publish.book --refresh-references   # smoke reference notebooks for nbval (every chapter)
+    atlas book --model smollm2-135m --profile default --seeds 42,137,256 [--chapters 02]
+    atlas book --refresh-references   # smoke reference notebooks for nbval (every chapter)
 
 Chapters are jupytext percent scripts `chapters/NN_name.py`; executed notebooks go to
 `book/executed/` (git-ignored). `00` (the one-page atlas) summarizes the others, so it runs last.
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nbformat
+
+from .. import profiles
 from ..paths import REPO
 
 CHAPTERS_DIR = REPO / "chapters"
@@ -53,18 +57,95 @@ class ChapterFailed(RuntimeError):
     """A chapter raised while executing; the message says which, and where its notebook and log are."""
 
 
+def run_of(params: dict) -> dict:
+    """The model, profile and seeds a chapter executes for (the profile's defaults filled in)."""
+    profile = params.get("profile", "smoke")  # a chapter's parameters cell defaults to smoke
+    cfg = profiles.get(profile)
+    return {"model": params.get("model") or cfg["model"], "profile": profile,
+            "seeds": list(params.get("seeds") or cfg["seeds"])}
+
+
+def executed_run(path: Path) -> dict | None:
+    """What an executed notebook was run for; None when it is missing or a placeholder page."""
+    if not path.exists():
+        return None
+    meta = nbformat.read(path, 4).metadata
+    if meta.get("atlas_placeholder"):
+        return None
+    return meta.get("atlas_run") or run_of({"profile": "default", **meta.get("papermill", {}).get("parameters", {})})
+
+
+def title(chapter: Path) -> str:
+    return next((ln.lstrip("# ").strip() for ln in chapter.read_text().splitlines() if ln.startswith("# # ")), chapter.stem)
+
+
+def placeholder(chapter: Path, out: Path, run: dict) -> None:
+    """A page that says the chapter was not executed for this build, and the command that fills it."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["atlas_placeholder"] = True
+    nb.cells = [nbformat.v4.new_markdown_cell(
+        f"# {title(chapter)}\n\n```{{note}}\nNot executed for this build ({run['model']}, profile {run['profile']}). "
+        f"Fill this page with `make book PROFILE={run['profile']} MODEL={run['model']} CHAPTERS={chapter.stem[:2]},00`.\n```")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+
+
+def with_findings(nb, chapter: Path, run: dict):
+    """Insert a "What this chapter found" box, generated from the claims this execution recorded, under the
+    chapter's title (chapter 00 is itself the summary; 9x appendix chapters record no claims)."""
+    from ..evidence.claims import table
+    from .summary import found_box
+
+    if chapter.stem.startswith(("00", "9")):  # the summary itself, and the appendix (no claims)
+        return nb
+    claims = table(run["model"], run["profile"])
+    box = nbformat.v4.new_markdown_cell(found_box(claims, chapter.stem[:2]))
+    box.metadata["atlas_findings"] = True
+    nb.cells = [c for c in nb.cells if not c.metadata.get("atlas_findings")]
+    at = next((i + 1 for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
+    nb.cells.insert(at, box)
+    return nb
+
+
+def local_paths() -> list[tuple[str, str]]:
+    """(path of this machine, what a page shows instead), most specific first."""
+    import sysconfig
+
+    pairs = {sysconfig.get_paths()["purelib"]: "site-packages", sys.prefix: "<python>", str(REPO): ".",
+             str(Path.home()): "~"}
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def scrub(nb):
+    """No page prints a path of the machine that built it (library warnings name their files)."""
+    pairs = local_paths()
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            fields = [(o, "text")] if "text" in o else []
+            fields += [(o["data"], k) for k in ("text/plain", "text/html", "text/markdown") if k in o.get("data", {})]
+            for holder, key in fields:
+                text = holder[key] if isinstance(holder[key], str) else "".join(holder[key])
+                for path, shown in pairs:
+                    text = text.replace(path, shown)
+                holder[key] = text
+    return nb
+
+
 def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> float:
     """Execute a chapter into `out`. It runs into a hidden temporary notebook that replaces `out` only on success:
     a failed or killed run never touches the last good notebook; a failed one is kept as `<stem>.failed.ipynb`
-    beside it with its traceback in `<stem>.failed.log`, and ChapterFailed says so in one line."""
+    beside it with its traceback in `<stem>.failed.log`, and ChapterFailed says so in one line. The results
+    directory reaches the kernel through $ATLAS_RESULTS, never as a parameter, so no page prints a path."""
     import jupytext
     import papermill
 
     nb = jupytext.read(chapter)
     nb.metadata["atlas_source_sha"] = source_hash(chapter)
+    nb.metadata["atlas_run"] = run_of(params)
     for cell in nb.cells:  # the defaults cell is noise on the page; papermill's injected cell shows what ran
-        if "parameters" in cell.metadata.get("tags", []):
-            cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
+        tags = cell.metadata.get("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, failed = out.with_name(f".{out.stem}.running.ipynb"), out.with_name(f"{out.stem}.failed.ipynb")
     log = failed.with_suffix(".log")
@@ -80,6 +161,12 @@ def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> f
         kept = f"the last good notebook {out} is kept" if out.exists() else f"no earlier notebook at {out}"
         raise ChapterFailed(f"chapter {chapter.stem} failed ({last[0].strip()[:200]}); {kept}; the failed run is "
                             f"{failed if failed.exists() else '(none written)'}, its log {log}") from None
+    done = nbformat.read(tmp, 4)
+    if chapter.stem.startswith("00"):  # the one-page atlas shows no code, not even what ran (its summary says)
+        for cell in done.cells:
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
+    nbformat.write(scrub(with_findings(done, chapter, run_of(params))), tmp)
     tmp.replace(out)
     failed.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
@@ -88,6 +175,9 @@ def execute(chapter: Path, out: Path, params: dict, progress: bool = False) -> f
 
 def build(model: str | None, profile: str, seeds: str | None, only: list[str] | None = None,
           results_dir: str | None = None, remote: str | None = None) -> None:
+    """Execute the chapters (all, or `only`), then render the book. Before any compute it says which chapters
+    the book will show from an earlier execution, which from another model or profile, and which as
+    placeholder pages because they were never executed."""
     from ..paths import results_dir as default_results
     from ..tasks.core import distinct
     from .charts import write_bundle
@@ -98,28 +188,39 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
         except ValueError as err:
             raise ValueError(f"--seeds {seeds!r}: {err}" if "more than once" in str(err)
                              else f"--seeds {seeds!r}: expected a comma list of integers, e.g. 42,137,256") from None
-    write_bundle(STATIC)
-    (REPO / "_toc.yml").write_text(toc_text())
     unknown = sorted(set(only or []) - {c.stem[:2] for c in chapters()})
     if unknown:
-        raise SystemExit(f"[book] no chapter {unknown}; chapters: {[c.stem for c in chapters()]}")
-    todo = ordered([c for c in chapters() if not only or c.stem[:2] in only])
-    params: dict = {"profile": profile, "results_dir": str(Path(results_dir or default_results()).resolve())}
+        raise ValueError(f"no chapter {unknown}; chapters: {[c.stem for c in chapters()]}")
+    params: dict = {"profile": profile}
     if model:
         params["model"] = model
     if seeds:
         params["seeds"] = ints
     if remote:
         params["remote"] = True if remote == "ndif" else "local"
+    run = run_of(params)
+    todo = ordered([c for c in chapters() if not only or c.stem[:2] in only])
+    rest = {c: executed_run(EXECUTED / f"{c.stem}.ipynb") for c in chapters() if c not in todo}
+    missing = [c.stem for c, r in rest.items() if r is None]
+    other = [f"{c.stem} ({r.get('model')}, {r.get('profile')})" for c, r in rest.items()
+             if r is not None and (r.get("model"), r.get("profile")) != (run["model"], run["profile"])]
+    if missing:
+        print(f"[book] never executed, shown as placeholder pages: {', '.join(missing)} "
+              f"(add them to --chapters to execute them)", flush=True)
+    if other:
+        print(f"[book] executed for another model or profile, shown as they are: {', '.join(other)}", flush=True)
+    os.environ["ATLAS_RESULTS"] = str(Path(results_dir or default_results()).resolve())  # the kernels inherit it
+    write_bundle(STATIC)
+    (REPO / "_toc.yml").write_text(toc_text())
     times = {}
     t_all = time.time()
     for c in todo:
         print(f"[book] executing {c.name} ({params})", flush=True)
         times[c.stem] = execute(c, EXECUTED / f"{c.stem}.ipynb", params, progress=True)
         print(f"[book]   {c.stem}: {times[c.stem]:.1f} s", flush=True)
-    missing = [c.stem for c in chapters() if not (EXECUTED / f"{c.stem}.ipynb").exists()]
-    if missing:
-        raise SystemExit(f"[book] not executed yet: {missing}; run without --chapters first")
+    for c in chapters():
+        if c not in todo and executed_run(EXECUTED / f"{c.stem}.ipynb") is None:
+            placeholder(c, EXECUTED / f"{c.stem}.ipynb", run)
     t0 = time.time()
     r = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(REPO), "--all"], cwd=REPO,
                        capture_output=True, text=True)
@@ -135,10 +236,7 @@ def refresh_references() -> None:
     """Execute every chapter in the smoke profile into tests/references/ (committed, small), against a fresh
     results directory, as the nbval test does. Always all of them: 00 summarizes the others' claims, so a
     reference of 00 made beside only some chapters would not match what nbval re-executes."""
-    import os
     import tempfile
-
-    import nbformat
 
     tmp = tempfile.mkdtemp(prefix="atlas-references-")
     os.environ["ATLAS_RESULTS"] = tmp  # the kernels inherit it: registry and tables start empty
@@ -162,8 +260,8 @@ def slim(nb):
     return nb
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m atlas_core.publish.book", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m atlas_core.publish.book") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="default: the profile's model")
     ap.add_argument("--profile", default="default", choices=["smoke", "default", "full"])

@@ -16,8 +16,9 @@ import torch
 
 from ...engine.batch import last_logits
 from ...model.subject import Subject
+from ...paths import read_json, write_json_atomic
 from .data import collate, data_hash, train_tokenizer
-from .training import Adapter, attach, cache_key, read_json, write_json_atomic
+from .training import Adapter, attach, cache_key
 
 
 @torch.no_grad()

@@ -17,9 +17,10 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from ...model.subject import Subject
+from ...paths import read_json, write_json_atomic
 from .data import data_hash, train_tokenizer
 from .evaluation import completion_loss, kl_rows, last_logprobs
-from .training import Adapter, attach, cache_key, check_fits, read_json, write_json_atomic
+from .training import Adapter, attach, cache_key, check_fits
 
 
 def _lora_modules(pm, arch) -> Iterator[tuple[int, str, torch.nn.Module]]:

@@ -10,8 +10,6 @@ one-line ValueError naming both.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -30,7 +28,7 @@ from safetensors import safe_open
 from transformers.optimization import Adafactor
 
 from ...model.subject import Subject
-from ...paths import results_dir
+from ...paths import content_key, read_json, results_dir, write_json_atomic
 from .data import TrainConfig, collate, data_hash, train_tokenizer
 from .targeting import Target, lora_config
 
@@ -40,25 +38,8 @@ LION_LR_FACTOR = 1 / 3  # Lion wants a 3-10x smaller step than AdamW (Chen et al
 
 
 def cache_key(*parts) -> str:
-    """16 hex digits of the JSON of `parts`: the adapters' cache keys (adapter folders, evaluations beside them)."""
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file's content; {} when it is missing or unreadable (a cache miss)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary file beside `path` and rename it: readers see the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, default=str, indent=1)
-    os.replace(tmp, path)
+    """The adapters' cache keys (adapter folders, evaluations beside them): 16 hex digits."""
+    return content_key(*parts, digest_size=8)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...paths import write_json_atomic
 from .effects import KEYS, SCHEMA, aggregate, records
 from .hub import Hub
 
@@ -61,11 +62,7 @@ class Atlas(Hub):
         path = Path(path)
         if path.suffix != ".json":
             path = path / "atlas.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_json(), sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Atlas:
