@@ -77,11 +77,8 @@ display(sel.solved.round(3), patching.differing_tokens(sel.scored))
 
 # %%
 inp = patching.input_patch(subject, sel.sampled)
-chk = inp.assign(err=(inp["logit_diff"] - inp["ld_clean"]).abs()).groupby(["family", "position"])
 # NBVAL_IGNORE_OUTPUT
-chk.agg(max_tokens=("n_diff", "max"), max_abs_error=("err", "max")).join(
-    patching.summarize(inp.assign(component="input", layer=-1, head=-1, method="denoise"),
-                       by=("family", "position"))[["family", "position", "recovery", "n"]].set_index(["family", "position"])).round(3)
+patching.input_check(inp).round(3)
 
 # %% [markdown]
 # ## The sweep
@@ -103,10 +100,12 @@ print(f"{len(sel.items)} flipped prompts over {len(sel.testable)} of {len(famili
 # ## Where the decision lives: layer × component maps
 # Score per layer (1 = the site carries the clean − corrupt decision), one panel per position and
 # method, one row per family. Hover for the CI.
+#
+# Look for: the layer where the last-token residual turns from pale blue (score ~0) to red (~1).
 
 # %% tags=["hide-input"]
-lay = summ[summ["component"] != "head"]
-charts.heatmap(lay.assign(panel=lay["position"] + " · " + lay["method"]), "layer", "component", "score",
+lay = patching.layer_maps(summ)
+charts.heatmap(lay, "layer", "component", "score",
                row="family", column="panel", scheme="redblue", scale={"domain": [-0.5, 1.5], "reverse": True},
                width=110, height=80,
                tooltip=["family", "component", "layer", "panel", alt.Tooltip("score:Q", format=".2f"),
@@ -117,6 +116,8 @@ charts.heatmap(lay.assign(panel=lay["position"] + " · " + lay["method"]), "laye
 # The residual stream at the span against the last token, denoising, with CIs: the layer where the two
 # curves cross is where the answer-relevant information has been moved to the last position. (The final
 # layer's last-token residual is the logits' input: it restores everything by construction.)
+#
+# Look for: the layer where the falling span curve and the rising last-token curve cross.
 
 # %% tags=["hide-input"]
 res = summ[(summ["component"] == "resid") & (summ["method"] == "denoise")]
@@ -130,16 +131,14 @@ charts.line_with_ci(res, "layer", "recovery", "recovery_lo", "recovery_hi", colo
 # of this sample: the claims below choose on half the prompts and test on the other half.
 
 # %%
-key = ["family", "component", "layer", "head", "position"]
-den = summ[summ["method"] == "denoise"].set_index(key)
-noi = summ[summ["method"] == "noise"].set_index(key)[["score", "score_lo", "score_hi"]].add_prefix("noise_")
-top = den.join(noi).reset_index().sort_values("score", ascending=False).groupby("family").head(5)
 # NBVAL_IGNORE_OUTPUT
-top[[*key, "score", "score_lo", "score_hi", "noise_score", "noise_score_lo", "kl"]].round(3)
+patching.top_sites(summ, k=5).round(3)
 
 # %% [markdown]
 # ## Heads
 # Denoising single heads (their slice of the attention output) at the last token.
+#
+# Look for: the few dark blue cells (top of the scale), heads whose clean output alone restores the decision.
 
 # %% tags=["hide-input"]
 heads = summ[summ["component"] == "head"]
@@ -148,8 +147,8 @@ charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redbl
 # %% [markdown]
 # ## Cross-model patching: the model and a real fine-tune
 # CMAP (Prakash et al. 2024): activations move between a base model and its fine-tune. The fine-tune is a
-# small LoRA on every linear module (`patching.finetuned`, trained by `atlas_core.studies.lora`, merged, cached in
-# `results/lora`) on the family's suite prompts that this chapter does not patch, each with its answer as
+# small LoRA on every linear module (`patching.finetuned`, trained by `atlas_core.studies.adapters`, merged,
+# cached in `results/lora`) on the family's suite prompts that this chapter does not patch, each with its answer as
 # the completion: a next-token fine-tune on the first family that passes the gate (on a model that passes
 # none, the first family, whose claim is then "not testable"). First, does it differ from the base on the
 # patched prompts at all? Then every single write of one model (all positions; blocks and MLPs on the default
@@ -157,10 +156,11 @@ charts.heatmap(heads, "head", "layer", "recovery", facet="family", scheme="redbl
 # undoes it; recovery 1 = the destination reaches the source's logit difference. The cumulative curve
 # (blocks 0..k) equals patching the residual after layer k, since the two share their embeddings; it ends at
 # 1 by construction. A model patched with itself has no difference to localize and earns no claim.
+#
+# Look for: the write that is red (recovery ~1) in both directions, and where the cumulative curves jump to 1.
 
 # %% tags=["hide-output"]
-fam0 = sel.testable[0] if sel.testable else families[0]
-cross_items = [it for it in (sel.items if sel.testable else sel.sampled) if it.family == fam0]
+fam0, cross_items = patching.cross_choice(sel, families)
 tuned = patching.finetuned(subject, fam0, exclude=[it.id for it in sel.sampled], seed=seed, **P["finetune"])
 cross = patching.cmap(subject, tuned, cross_items, P["cross_components"], layers=layers)
 

@@ -82,3 +82,12 @@ def test_derive_keeps_the_tokenizer_and_gets_its_own_fingerprint(tok):
     next(m.parameters()).data.add_(1.0)
     d = s.derive(m, "tiny-llama+1", "first weight + 1")
     assert d.tokenizer is s.tokenizer and d.fingerprint != s.fingerprint and "first weight + 1" in d.source
+
+
+def test_vectorized_resampling_draws_the_same_resamples():
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 16):
+        c, z = rng.normal(3, 1, n), rng.normal(0, 1, n)
+        ld = 0.4 * c + rng.normal(0, 1, n)
+        loop = stats.resample_ci(lambda s: metrics.mean_recovery(*s), (ld, c, z), seed=2)
+        assert stats.resample_ci(lambda s: metrics.mean_recovery(*s), (ld, c, z), seed=2, vectorized=True) == loop

@@ -88,6 +88,19 @@ def test_recovery_ci_is_ratio_of_means():
     assert est == pytest.approx(4 / 6) and lo <= est <= hi
 
 
+def test_recovery_ci_is_the_paired_percentile_bootstrap_of_the_ratio_of_means():
+    """The same numbers as resampling prompts (LD, LD_clean, LD_corrupt together) by hand with the same seed."""
+    rng = np.random.default_rng(3)
+    c, x = rng.normal(3, 1, 11), rng.normal(-1, 1, 11)
+    ld = x + rng.uniform(0, 1, 11) * (c - x)
+    idx = np.random.default_rng(7).integers(0, 11, (500, 11))
+    boots = (ld[idx].mean(1) - x[idx].mean(1)) / (c[idx].mean(1) - x[idx].mean(1))
+    est, lo, hi = patching.recovery_ci(ld, c, x, n_boot=500, seed=7)
+    assert est == pytest.approx((ld.mean() - x.mean()) / (c.mean() - x.mean()), abs=1e-12)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])), abs=1e-12)
+    assert patching.recovery_ci([2.0], [3.0], [-1.0]) == pytest.approx((0.75, 0.75, 0.75))  # one prompt: no spread
+
+
 def test_near_zero_gap_gives_no_recovery_instead_of_a_huge_one():
     """Flipped prompts whose clean - corrupt gap is a few hundredths of a logit: the old 1e-6 guard returned ~50."""
     ld, c, x = np.array([1.0, 2.0]), np.array([0.02, 0.01]), np.array([-0.01, -0.02])
@@ -130,6 +143,57 @@ def test_span_patching_covers_every_differing_token(setup):
     a = patching.sweep_span(s, one, [u], cache=cache, progress=False).sort_values("item_id")
     b = sweep(s, one, [u], cache=cache, progress=False).sort_values("item_id")
     np.testing.assert_allclose(a["logit_diff"], b["logit_diff"], atol=1e-5)
+
+
+def test_expand_turns_a_diff_edit_into_one_edit_per_differing_token_and_keeps_labels():
+    u = Unit.of(Site("resid", 1, position="diff"), Op.patch("clean"), group="g")
+    x = patching.expand(u, (2, 4, 5))
+    assert [e.site.position for e in x.edits] == [2, 4, 5] and x.labels == u.labels and x.run == "corrupt"
+    last = Unit.of(Site("resid", 1, position="last"), Op.patch("clean"))
+    assert patching.expand(last, (2, 4)) == last
+
+
+def test_input_check_table():
+    """Per family × position: the most tokens patched, the largest |LD − LD_clean| and the recovery."""
+    inp = pd.DataFrame({"family": "f", "item_id": ["a", "b", "a", "b"], "position": ["diff", "diff", "span", "span"],
+                        "n_diff": [1, 1, 3, 2], "logit_diff": [0.5, 1.0, 2.0, 3.0], "ld_clean": [2.0, 3.0] * 2,
+                        "ld_corrupt": [-1.0] * 4, "kl": 0.0})
+    t = patching.input_check(inp)
+    assert t.loc[("f", "span"), "max_tokens"] == 3 and t.loc[("f", "span"), "max_abs_error"] == 0
+    assert t.loc[("f", "span"), "recovery"] == pytest.approx(1) and t.loc[("f", "span"), "n"] == 2
+    assert t.loc[("f", "diff"), "max_abs_error"] == pytest.approx(2.0)
+    assert t.loc[("f", "diff"), "recovery"] == pytest.approx(1.75 / 3.5)
+
+
+def test_top_sites_and_layer_maps_tables():
+    rows = []
+    for f, best in (("a", 2), ("b", 0)):
+        for comp in ("attn", "mlp", "head"):
+            for layer in range(4):
+                for m in ("denoise", "noise"):
+                    score = 0.9 if (comp, layer) == ("mlp", best) else 0.1 * layer + 0.01 * len(comp)
+                    rows.append({"family": f, "component": comp, "layer": layer, "head": 0 if comp == "head" else -1,
+                                 "position": "last", "method": m, "score": score + (0.05 if m == "noise" else 0),
+                                 "score_lo": score - 0.1, "score_hi": score + 0.1, "recovery": score, "kl": 0.0})
+    summ = pd.DataFrame(rows)
+    top = patching.top_sites(summ, k=3)
+    assert top.groupby("family").size().to_dict() == {"a": 3, "b": 3}
+    first = top.groupby("family").head(1).set_index("family")
+    assert (first["component"] == "mlp").all() and first.loc["a", "layer"] == 2 and first.loc["b", "layer"] == 0
+    assert (top["noise_score"] - top["score"]).round(9).eq(0.05).all()  # the noising score of the same site
+    lay = patching.layer_maps(summ)
+    assert "head" not in set(lay["component"]) and set(lay["panel"]) == {"last · denoise", "last · noise"}
+
+
+def test_cross_choice_takes_the_first_gated_family_and_its_flipped_prompts():
+    its = [SimpleNamespace(family=f, id=f"{f}{i}") for f in ("a", "b") for i in range(3)]
+    solved = pd.DataFrame({"family": ["a", "b"], "testable": [False, True]})
+    sel = patching.Selection(solved, pd.DataFrame(), its, its[4:])
+    fam, items = patching.cross_choice(sel, ["a", "b"])
+    assert fam == "b" and [it.id for it in items] == ["b1", "b2"]
+    none = patching.Selection(solved.assign(testable=False), pd.DataFrame(), its, [])
+    fam, items = patching.cross_choice(none, ["a", "b"])
+    assert fam == "a" and [it.id for it in items] == ["a0", "a1", "a2"]  # claim then "not testable"
 
 
 def test_differing_tokens_table():
@@ -255,7 +319,10 @@ def test_cross_patch_from_a_perturbed_copy_is_exact_at_the_last_layer(setup, tok
     b = patching.perturbed(s, sigma=0.5, seed=1)
     n = s.arch.n_layers
     df = patching.cross_patch(b, s, items, patching.cumulative("block", n) + [Unit.of(Site("resid", n - 1), Op.patch("clean"))])
-    full = df[df["n_layers_patched"] == n]  # every block's write from A: B's final residual is A's
+    assert b.source.startswith(s.source) and "decoder weights + N(0, (0.5·std)^2), seed 1" in b.source
+    assert b.fingerprint != s.fingerprint and b.tokenizer is s.tokenizer
+    full = df[df["n_edits"] == n]  # every block's write from A: B's final residual is A's
+    assert (full["last_layer"] == n - 1).all()
     np.testing.assert_allclose(full["logit_diff"], full["ld_clean"], atol=1e-4)
     res = df[(df["component"] == "resid")]
     np.testing.assert_allclose(res["logit_diff"], res["ld_clean"], atol=1e-4)

@@ -121,6 +121,15 @@ class Batch:
         return [(v[..., self.arch.head_slice(s.head)] if s.component == "head" else v)
                 for s in sites for v in [self._values[(run, s.component, s.layer)]]]
 
+    def borrow(self, run: str, donor: Batch, sites: list[Site]) -> None:
+        """Take `donor`'s unedited `run` (same prompts, same shapes) as this batch's: its residual stream, logits
+        and values at `sites`, computed on the donor's model. Cross-model patching: `Op.patch(run)` units then
+        write the donor model's values into this batch's model."""
+        self.runs[run] = {**self.runs[run], "hidden": donor.runs[run]["hidden"], "logits": donor.logits(run)}
+        donor.values(run, sites)  # computed on the donor's model, whole modules (heads are sliced on use)
+        for s in sites:
+            self._values[(run, s.component, s.layer)] = donor._values[(run, s.component, s.layer)]
+
     def _fill(self, run: str, sites: list[Site]) -> None:
         r, need = self.runs[run], {}
         for s in sites:

@@ -34,11 +34,16 @@ def recovery(ld: np.ndarray, ld_clean: np.ndarray, ld_corrupt: np.ndarray, min_g
         return np.where(den >= min_gap, (np.asarray(ld, float) - ld_corrupt) / den, np.nan)
 
 
-def mean_recovery(ld, ld_clean, ld_corrupt, positive_gap: bool = True) -> float:
+def mean_recovery(ld, ld_clean, ld_corrupt, positive_gap: bool = True):
     """Normalized recovery of the means, (mean LD - mean LD_corrupt) / (mean LD_clean - mean LD_corrupt): the one
     recovery formula of the package (patching's recovery; steering's fraction of the gap removed is 1 minus it).
-    NaN when the mean gap is not positive (`positive_gap`) or is zero. Callers decide first whether the gap is
-    large enough to grade (`patching.gap_ok`, `steering.gap_defined`)."""
-    den = float(np.mean(ld_clean) - np.mean(ld_corrupt))
-    ok = den > 0 if positive_gap else abs(den) > 1e-12
-    return (float(np.mean(ld)) - float(np.mean(ld_corrupt))) / den if ok else float("nan")
+    Means run over the last axis (a batch of bootstrap resamples gives one value each). NaN when the mean gap
+    is not positive (`positive_gap`) or is zero. Callers decide first whether the gap is large enough to grade
+    (`patching.gap_ok`, `steering.gap_defined`)."""
+    def mean(a):
+        return np.mean(np.asarray(a, dtype=float), axis=-1)
+
+    den = mean(ld_clean) - mean(ld_corrupt)
+    ok = den > 0 if positive_gap else np.abs(den) > 1e-12
+    out = np.where(ok, (mean(ld) - mean(ld_corrupt)) / np.where(ok, den, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out

@@ -48,22 +48,27 @@ def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
     return resample_ci(lambda s: stat(s[0]), (x,), n_boot=n_boot, alpha=alpha, seed=seed)
 
 
-def resample_ci(stat, *samples: tuple, n_boot: int = 1000, alpha: float = 0.05,
-                seed: int = 0) -> tuple[float, float, float]:
+def resample_ci(stat, *samples: tuple, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                vectorized: bool = False) -> tuple[float, float, float]:
     """(stat(*samples), low, high) by the percentile bootstrap, for any statistic of one or more samples.
 
     Each sample is a tuple of aligned arrays whose rows are resampled together (paired per-prompt values); the
     samples are resampled independently of each other (strata, e.g. one per family). Resamples where `stat` is
-    not finite are dropped; NaN bounds when none is. The one bootstrap loop of the package."""
+    not finite are dropped; NaN bounds when none is. `vectorized`: `stat` reduces over the last axis, so all
+    resamples go through it at once (arrays of shape (n_boot, n)). The one bootstrap loop of the package."""
     samples = tuple(tuple(np.asarray(a, dtype=float) for a in s) for s in samples)
     est = float(stat(*samples))
     if all(len(s[0]) < 2 for s in samples):
         return est, est, est
     rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        boots[b] = stat(*(tuple(a[i] for a in s) for s in samples
-                          for i in [rng.integers(0, len(s[0]), len(s[0]))]))
+    if vectorized:
+        idx = [rng.integers(0, len(s[0]), (n_boot, len(s[0]))) for s in samples]
+        boots = np.asarray(stat(*(tuple(a[i] for a in s) for s, i in zip(samples, idx))), dtype=float)
+    else:
+        boots = np.empty(n_boot)
+        for b in range(n_boot):
+            boots[b] = stat(*(tuple(a[i] for a in s) for s in samples
+                              for i in [rng.integers(0, len(s[0]), len(s[0]))]))
     boots = boots[np.isfinite(boots)]
     if not boots.size:
         return est, float("nan"), float("nan")
