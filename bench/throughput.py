@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from atlas_core import load, tasks
-from atlas_core.engine.batch import Batch, position_ids, run_nnsight
+from atlas_core.engine.batch import Batch, run_nnsight
 from atlas_core.engine.interventions import Op, Site, Unit, head_sweep, layer_sweep
+from atlas_core.engine.tracing import position_ids
 
 
 def _sync(dev):

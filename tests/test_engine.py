@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import make_items, tiny_subject
 
-from atlas_core.engine.batch import Batch, position_ids, run_nnsight
+from atlas_core.engine.batch import Batch, run_nnsight
 from atlas_core.engine.interventions import Op, Site, Unit, head_sweep, layer_sweep
 from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.engine.tracing import position_ids
 from atlas_core.model import tiny
 from atlas_core.model.subject import wrap
 

@@ -16,7 +16,6 @@ import torch
 from ..model.subject import Subject
 from . import tracing
 from .interventions import Edit, Site, Unit
-from .tracing import position_ids  # noqa: F401  (re-exported: tests, bench and lora use it from here)
 
 # Bump whenever a change here, in interventions.py or metrics.py could alter any number: it keys the sweep cache.
 ENGINE_VERSION = "2"  # 2: leave-one-out mean, real-token-aligned resample seeded by the op (new op kinds need no bump)

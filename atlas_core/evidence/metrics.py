@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-METRICS = ("kl", "logit_diff", "p_answer", "top5_overlap", "recovery")
-
 
 def next_token(logits: torch.Tensor, clean: torch.Tensor, answer: torch.Tensor | None,
                distractor: torch.Tensor | None, k: int = 5) -> dict[str, np.ndarray]:

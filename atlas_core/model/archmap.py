@@ -71,9 +71,6 @@ FAMILIES: dict[str, FamilyPaths] = {
     ),
 }
 ALIASES = {"gemma3": "gemma3_text", "mistral": "llama"}
-# LoRA target names per canonical module (the leaf name PEFT matches).
-LORA_ATTENTION = ("q", "k", "v", "o", "qkv")
-LORA_MLP = ("gate", "up", "down")
 
 
 class UnsupportedArchitecture(ValueError):
