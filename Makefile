@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 QUIET_PIP := grep -v -e "is ignored: it is neither" || true
 
-.PHONY: setup test book check-book references bench lint clean-results
+.PHONY: setup test book check-book publish references bench lint clean-results
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ book: setup
 
 check-book: setup
 	$(PY) book/check_render.py --screenshots _build/screenshots
+
+publish: setup
+	$(PY) -m atlas_core.publish.site
 
 references: setup
 	$(PY) -m atlas_core book --refresh-references

@@ -21,6 +21,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from atlas_core.publish.site import absolute_paths  # noqa: E402
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-quic", "--hide-scrollbars"]
 WIDTHS = (1280, 390)
@@ -52,16 +55,6 @@ window.addEventListener("load", () => setTimeout(() => {
   document.body.appendChild(pre);
 }, 2500));
 </script>""".replace("MIN_PX", str(MIN_COLUMN_PX))
-
-
-def absolute_paths(html: str) -> list[str]:
-    """Paths of the building machine that leaked into a page (repository, home, temporary folders)."""
-    roots = {str(REPO), str(Path.home()), tempfile.gettempdir(), "/tmp/", "/work/", "/root/", "/home/", "/Users/"}
-    hits = []
-    for root in sorted(r for r in roots if len(r) > 4):
-        for m in re.finditer(r"(?<![\w/:.])" + re.escape(root) + r"[\w./-]*", html):
-            hits.append(m.group(0)[:80])
-    return sorted(set(hits))
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:

@@ -110,3 +110,40 @@ def test_pages_print_no_path_of_the_building_machine():
     out = book.scrub(nb).cells[0].outputs
     assert out[0]["text"] == "site-packages/pandas/core/nanops.py:1: RuntimeWarning: Mean of empty slice"
     assert out[1]["data"]["text/plain"] == "./results/atlas.json"
+
+
+def test_published_site_works_from_a_copied_folder_with_its_charts_drawn(tmp_path, capsys):
+    """A one-chart book, built, published and opened from another folder in headless Chromium at 1280 and 390 px:
+    nothing remote, nothing absolute, the chart drawn, nothing scrolling sideways."""
+    import shutil
+
+    import altair as alt
+    import pandas as pd
+    import pytest
+
+    from atlas_core.publish import charts, site
+
+    if not shutil.which("chromium"):
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
+    sys.path.insert(0, str(book.REPO / "book"))
+    import check_render
+
+    src = tmp_path / "src"
+    (src / "book" / "executed").mkdir(parents=True)
+    shutil.copy(book.REPO / "_config.yml", src / "_config.yml")
+    (src / "_toc.yml").write_text("format: jb-book\nroot: book/executed/page\n")
+    charts.write_bundle(src / "_static")
+    shutil.copy(book.REPO / "_static" / "atlas.css", src / "_static" / "atlas.css")
+    spec = alt.Chart(pd.DataFrame({"layer": range(30), "v": range(30)})).mark_bar().encode(x="layer:O", y="v:Q")
+    out = charts._render(spec.properties(width=520).to_dict())
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A page\n\nOne chart."),
+                                         nbformat.v4.new_code_cell("chart", outputs=[
+                                             nbformat.v4.new_output("display_data", data=out)])])
+    nbformat.write(nb, src / "book" / "executed" / "page.ipynb")
+    r = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(src)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    dest = site.publish(src / "_build" / "html", tmp_path / "published" / "site")
+    shutil.rmtree(src)  # the published copy must not reach back into the build
+    assert check_render.check(dest, None) == 0, capsys.readouterr().out
+    assert "1 charts; ok at 1280 and 390 px" in capsys.readouterr().out
