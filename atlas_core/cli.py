@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--prompts-per-family", type=int, default=16)
     m.add_argument("--no-heads", action="store_true", help="skip the per-head zero-ablation sweep")
     m.add_argument("--positions", default="first,last", help="extra block zero-ablation positions ('' for none)")
+    m.add_argument("--replicate", default="all", choices=["all", "testable"],
+                   help="testable: seeds after the first sweep only the families that pass the flip gate")
+    m.add_argument("--gate-prompts", type=int, default=48, help="prompts per family for the flip gate (--replicate testable)")
+    m.add_argument("--head-seeds", type=int, default=None, help="sweep heads on the first N seeds only (default: every seed)")
     m.add_argument("--bucket", default="short", choices=["short", "medium", "long"])
     m.add_argument("--variant", default="synthetic", choices=["synthetic", "natural"])
     m.add_argument("--dtype", default="float32", help=", ".join(DTYPES))
@@ -214,7 +218,7 @@ def _check_device(dtype: str, device: str) -> None:
 
 
 def _map(a) -> int:
-    from . import load
+    from . import load, tasks
     from .paths import locked, results_dir
     from .studies.atlas import map_atlas
 
@@ -226,9 +230,11 @@ def _map(a) -> int:
         remote = {"ndif": True, "local": "local", None: False}[a.remote]
         subject = load(a.model, dtype=a.dtype, device=a.device, remote=remote)
         print(subject, file=sys.stderr)
+        gate = (tasks.gate(subject, fams, n=a.gate_prompts, seed=seeds[0], bucket=a.bucket, variant=a.variant)
+                if a.replicate == "testable" else None)
         atlas = map_atlas(subject, fams, comps, methods, seeds, a.prompts_per_family, heads=not a.no_heads,
                           positions=_csv(a.positions), bucket=a.bucket, variant=a.variant, out=a.out,
-                          progress=not a.no_progress)
+                          progress=not a.no_progress, gate=gate, replicate=a.replicate, head_seeds=a.head_seeds)
     ev = atlas.hub_evidence()
     rs = atlas.run_stats
     print(f"units computed={rs['computed']} cached={rs['cached']}  wall={time.time() - t0:.1f}s")

@@ -15,7 +15,8 @@ PROFILES: dict[str, dict] = {
         # chapter 02: ablation atlas
         "atlas": {"families": ["ioi", "antonyms", "copying", "arithmetic"], "prompts_per_family": 4,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
-                  "heads": True, "positions": ["first", "last"], "screen_k": 5},
+                  "heads": True, "positions": ["first", "last"], "screen_k": 5,
+                  "n_gate": 16, "replicate": "all", "head_seeds": 1},
         # chapters 03 and 04: patching, steering and knockout
         "patching": {"families": ["ioi", "antonyms"], "n_gate": 16, "n": 4, "layer_stride": 1, "head_stride": 2,
                      "finetune": {"steps": 8, "lr": 1e-2}, "cross_components": ["block", "attn", "mlp"],
@@ -43,9 +44,12 @@ PROFILES: dict[str, dict] = {
         "model": "smollm2-135m",
         "seeds": [42, 137, 256],
         "baselines": {"families": None, "n": 50},
+        # chapter 02: every family on the first seed, the testable ones (flip gate on n_gate items) on the others;
+        # every head exactly on the first seed (what the screen is checked against; no claim rests on head seeds)
         "atlas": {"families": None, "prompts_per_family": 16,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
-                  "heads": True, "positions": ["first", "last"], "screen_k": 10},
+                  "heads": True, "positions": ["first", "last"], "screen_k": 10,
+                  "n_gate": 48, "replicate": "testable", "head_seeds": 1},
         # chapters 03 and 04 (minutes each on one core): every layer; 04 screens every layer x 8 strengths
         "patching": {"families": ["ioi", "factual_recall", "induction"], "n_gate": 64, "n": 16, "layer_stride": 1,
                      "head_stride": 3, "finetune": {"steps": 24, "lr": 2e-3}, "cross_components": ["block", "mlp"],
@@ -69,7 +73,8 @@ PROFILES: dict[str, dict] = {
         "baselines": {"families": None, "n": 200},
         "atlas": {"families": None, "prompts_per_family": 50,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample", "random"],
-                  "heads": True, "positions": ["first", "last"], "screen_k": 20},
+                  "heads": True, "positions": ["first", "last"], "screen_k": 20,
+                  "n_gate": 128, "replicate": "all", "head_seeds": None},
         "patching": {"families": None, "n_gate": 128, "n": 32, "layer_stride": 1, "head_stride": 1,
                      "finetune": {"steps": 48, "lr": 2e-3}, "cross_components": ["block", "attn", "mlp"],
                      "compare_model": "gemma3-270m"},

@@ -50,12 +50,18 @@ print(subject)
 # %% [markdown]
 # ## The sweep
 # Every (component, layer, method) unit, every head under zero ablation, and block zero-ablation at
-# the first and the last token only. Results come from the content-addressed cache when this model,
-# these prompts and this engine version were already run (e.g. by `atlas map`).
+# the first and the last token only. First, the flip gate on more prompts than the atlas samples decides which
+# families are testable; the first seed maps every family (the disruption map), and the other seeds replicate
+# what claims are made about (the profile's `replicate`: the testable families, or all). Heads are swept
+# exactly on the first `head_seeds` seeds: the screen below is checked against them, and no claim rests on a
+# head's replication. Results come from the content-addressed cache when this model, these prompts and this
+# engine version were already run (e.g. by `atlas map`).
 
 # %% tags=["hide-output"]
+gate = tasks.gate(subject, A["families"] or list(tasks.FAMILIES), n=A["n_gate"], seed=seeds[0])
 atlas = map_atlas(subject, A["families"], A["components"], A["methods"], seeds, A["prompts_per_family"],
-                  heads=A["heads"], positions=A["positions"], out=f"{results_dir}/atlas-{model}-{profile}")
+                  heads=A["heads"], positions=A["positions"], out=f"{results_dir}/atlas-{model}-{profile}",
+                  gate=gate, replicate=A["replicate"], head_seeds=A["head_seeds"])
 print(f"{len(atlas.effects)} effects; units computed={atlas.run_stats['computed']} "
       f"cached={atlas.run_stats['cached']}; {atlas.run_stats['seconds']:.0f} s")
 
@@ -188,8 +194,8 @@ atlas.method_agreement().round(3)
 
 # %% [markdown]
 # ## Heads
-# Zero-ablation of each attention head (its slice of the out-projection input), mean KL over
-# families and seeds.
+# Zero-ablation of each attention head (its slice of the out-projection input), mean KL over families and
+# the seeds that swept heads (the profile's `head_seeds`).
 #
 # Look for: a few bright heads within a layer (they carry its effect) rather than a uniform band.
 

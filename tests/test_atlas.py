@@ -189,3 +189,22 @@ def test_map_atlas_sweeps_exactly_the_shared_items_and_units(tok, tmp_path):
     d = [u.describe() for u in units]
     assert atlas_units(s.arch, ["block"], ["zero"]) == [
         u for u, x in zip(units, d) if (x["component"], x["position"], x["method"]) == ("block", "all", "zero")]
+
+
+def test_replication_seeds_sweep_what_claims_are_made_about(tok):
+    """replicate='testable': the first seed maps every family, later seeds only the gate's testable ones; heads
+    only on the first head_seeds seeds; the gate decides the testable families."""
+    from atlas_core.studies.atlas import map_atlas
+
+    s = tiny_subject("llama", tok)
+    fams = ["ioi", "antonyms", "copying"]
+    gate = pd.DataFrame({"family": fams, "n_items": 8, "n_flipped": [8, 0, 0], "flip_rate": [1.0, 0, 0],
+                         "flip_lo": [0.7, 0, 0], "flip_hi": [1.0, 0.3, 0.3], "testable": [True, False, False]})
+    a = map_atlas(s, fams, ["block"], ["zero"], seeds=[1, 2], prompts_per_family=2, heads=True, positions=(),
+                  neutral_prompts=0, direct=False, gate=gate, replicate="testable", head_seeds=1, progress=False)
+    e = a.effects
+    assert set(e[e["seed"] == 1]["family"]) == set(fams) and set(e[e["seed"] == 2]["family"]) == {"ioi"}
+    assert set(e[e["component"] == "head"]["seed"]) == {1}
+    assert a.testable_families == ["ioi"] and a.meta["replicate"] == "testable" and a.meta["head_seeds"] == 1
+    with pytest.raises(ValueError, match="needs a gate"):
+        map_atlas(s, fams, ["block"], ["zero"], seeds=[1], prompts_per_family=2, replicate="testable")

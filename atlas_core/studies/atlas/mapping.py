@@ -150,6 +150,9 @@ def map_atlas(
     cache: Cache | None = None,
     neutral_prompts: int | None = None,
     direct: bool | None = None,
+    gate: pd.DataFrame | None = None,
+    replicate: str = "all",
+    head_seeds: int | None = None,
 ) -> Atlas:
     """Sample prompts per family and seed, sweep every unit, aggregate into an Atlas (and save it).
 
@@ -157,9 +160,20 @@ def map_atlas(
     neutral_prompts: neutral sentences per seed, length-matched to that seed's task prompts, swept with the
     layer units for the specificity score (default: prompts_per_family; 0: none).
     direct: add each unit's direct effect (`direct.py`; one clean forward per batch, no unit forwards); default:
-    on, except for a remote subject (direct effects read the weights locally)."""
+    on, except for a remote subject (direct effects read the weights locally).
+    gate: a `tasks.gate` table (flip rates on more items than the atlas samples); it decides the testable
+    families instead of the atlas's own items.
+    replicate: "all" sweeps every family on every seed; "testable" sweeps every family on the first seed (the
+    disruption map) and only the gate's testable families on the others: the seeds replicate what claims are
+    made about, and nothing is spent on families no claim can localize.
+    head_seeds: per-head units on the first `head_seeds` seeds only (None: every seed). No claim rests on a
+    head's replication; the first seed's exact head sweep is what the attribution screen is checked against."""
     t0 = time.time()
     fams, seeds = _arguments(families, components, methods, seeds, prompts_per_family)
+    if replicate not in ("all", "testable"):
+        raise ValueError(f"replicate={replicate!r}: use 'all' or 'testable'")
+    if replicate == "testable" and gate is None:
+        raise ValueError("replicate='testable' needs a gate (tasks.gate): it decides which families the seeds replicate")
     if out is not None:
         writable_dir(out)  # before the compute, not after it
     fams, pool, report = _usable(subject, fams, families is not None, prompts_per_family, bucket, variant)
@@ -168,8 +182,12 @@ def map_atlas(
     n_neutral = prompts_per_family if neutral_prompts is None else neutral_prompts
     direct = not subject.remote if direct is None else direct
     frames, neutral_frames, stats = [], [], {"computed": 0, "cached": 0}
-    for seed in seeds:
-        items = atlas_items(pool, fams, prompts_per_family, seed)
+    testable = set(gate.loc[gate["testable"], "family"]) if gate is not None else set(fams)
+    for i, seed in enumerate(seeds):
+        seed_fams = fams if i == 0 or replicate == "all" else [f for f in fams if f in testable]
+        if not seed_fams:
+            continue
+        items = atlas_items(pool, seed_fams, prompts_per_family, seed)
         runs = []
         if n_neutral:
             lengths = [len(subject.tokenizer(it.prompt)["input_ids"]) for it in items]
@@ -178,7 +196,7 @@ def map_atlas(
                        desc=f"neutral seed {seed}")
             neutral_frames.append(nd)
             runs.append(nd)
-        units = atlas_units(arch, components, methods, heads, positions, seed)
+        units = atlas_units(arch, components, methods, heads and (head_seeds is None or i < head_seeds), positions, seed)
         df = sweep(subject, items, units, seed=seed, cache=cache, progress=progress, desc=f"atlas seed {seed}")
         runs.append(df)
         if direct:
@@ -191,11 +209,14 @@ def map_atlas(
     neutral_rows = pd.concat(neutral_frames, ignore_index=True) if neutral_frames else None
     meta = {"families": fams, "components": list(components), "methods": list(methods), "seeds": list(seeds),
             "prompts_per_family": prompts_per_family, "heads": heads, "positions": list(positions),
-            "neutral_prompts": n_neutral, "direct": direct,
+            "neutral_prompts": n_neutral, "direct": direct, "replicate": replicate, "head_seeds": head_seeds,
+            "gate_items": int(gate["n_items"].min()) if gate is not None and len(gate) else None,
             "bucket": bucket, "variant": variant, "code_version": code_version(), "suite_hash": tasks.suite_hash(pool),
             "dropped_by_validation": int(report["total"].sum() - report["kept"].sum()) if len(report) else 0}
     atlas = Atlas.from_rows(rows, subject.name, subject.fingerprint, arch.n_layers, arch.n_heads, meta,
                             neutral=neutral_rows)
+    if gate is not None:
+        atlas = atlas.gated(gate[gate["family"].isin(fams)])
     paths = _save(out, atlas, {"rows": rows, "neutral": neutral_rows}) if out is not None else {}
     wall = time.time() - t0
     registry.append("atlas", model=subject.name, fingerprint=subject.fingerprint, params=meta,
