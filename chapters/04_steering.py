@@ -69,8 +69,6 @@ import altair as alt
 import pandas as pd
 
 from atlas_core import load, tasks
-from atlas_core.engine.sweep import sweep
-from atlas_core.evidence import stats
 from atlas_core.evidence.claims import record
 from atlas_core.profiles import chapter
 from atlas_core.publish import charts
@@ -122,6 +120,8 @@ print("held-out audit:", "no shared template, text or probe word" if not leaks e
 # the target, one colour scale per target). Both signs moving the same way is a sign of non-specific
 # disruption, which the controls below catch. The best layer of each sign maximizes the mean signed
 # effect over that sign's strengths.
+#
+# Look for: a layer where the two signs' cells take opposite colours (a directional push), not one colour for both.
 
 # %% tags=["hide-input"]
 charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="redblue", width=220, height=110,
@@ -132,11 +132,11 @@ charts.heatmap(st.screen, "layer", "alpha", "effect", facet="family", scheme="re
 # Held-out prompts; points are the real direction (95% CI); grey ticks are the random directions and
 # orange ticks the shuffled-label directions at the control strengths, at the real direction's layer
 # (the screened controls' own best cells are in the table below).
+#
+# Look for: points whose CI bars clear the whole cloud of grey and orange ticks at the same α, growing with |α|.
 
 # %% tags=["hide-input"]
-pp = st.per_prompt
-ctl = pp[pp["kind"] != "real"].groupby(["family", "kind", "idx", "layer", "alpha"])["effect"].mean().reset_index()
-ctl = ctl.merge(st.graded[["family", "layer", "alpha"]], on=["family", "layer", "alpha"])  # the real direction's cells
+ctl = steering.graded_controls(st)  # every control at the real direction's cells
 real = st.graded
 base = alt.Chart(real).encode(x=alt.X("alpha:Q"))
 (base.mark_rule().encode(y="effect_lo:Q", y2="effect_hi:Q") + base.mark_point(filled=True).encode(
@@ -188,6 +188,11 @@ push, _ = steering.knockout(subject, st, alpha=ko_alpha, seed=seed, mode="push")
 push[["target", "layer", "alpha", "target_effect", "off_target_effect", "selectivity", "selectivity_lo",
       "selectivity_hi", "off_target_kl", "testable"]].round(3)
 
+# %% [markdown]
+# Selectivity of each knockout (target effect − mean |off-target effect|, 95% CI).
+#
+# Look for: targets whose CI lies entirely above 0 (more effect on their own family than collateral elsewhere).
+
 # %% tags=["hide-input"]
 defined = ko.dropna(subset=["selectivity"])
 (charts.bars_with_ci(defined, "target", "selectivity", "selectivity_lo", "selectivity_hi", width=400) if len(defined)
@@ -195,12 +200,11 @@ defined = ko.dropna(subset=["selectivity"])
 
 # %% [markdown]
 # The cross-family matrix (fraction of each row family's gap removed by the column family's knockout):
+#
+# Look for: a strong diagonal (each knockout removes its own family's gap) and pale cells off it; blank = undefined.
 
 # %% tags=["hide-input"]
-m = ko_rows.groupby(["target", "family"]).apply(
-    lambda g: steering.normalized(g["ld_drop"].to_numpy(), (g["ld_clean"] - g["ld_corrupt"]).to_numpy()),
-    include_groups=False).rename("gap_removed").reset_index()
-charts.heatmap(m, "target", "family", "gap_removed", scheme="redblue", width=220, height=180)
+charts.heatmap(steering.gap_matrix(ko_rows), "target", "family", "gap_removed", scheme="redblue", width=220, height=180)
 
 # %% [markdown]
 # Sentiment steering (+α at its best layer) on the task families' prompts: KL and LD change.
@@ -215,18 +219,9 @@ steering.concept_kl(subject, st, "sentiment", ko_alpha, seed=seed).round(3) if "
 # layer's norm), held-out prompts.
 
 # %%
-ml_units, ml_meta = [], []
-for b in st.best[st.best["sign"] == 1].itertuples():
-    for w in (1, 3, 5):
-        lay = [x for x in range(b.layer - w // 2, b.layer + w // 2 + 1) if 0 <= x < n_layers]
-        u = steering.multi_layer(st.dirs[b.family], lay, ko_alpha)
-        ml_units.append((b.family, u))
-        ml_meta.append({"unit": u.key, "target": b.family, "width": len(lay), "center": b.layer})
-ml = pd.concat([sweep(subject, st.items[f], [u], seed=seed, progress=False) for f, u in ml_units])
-ml = ml.merge(pd.DataFrame(ml_meta), on="unit")
-ml["effect"] = ml["ld_drop"] * ml["target"].map(st.sign)
+ml = steering.multi_layer_effects(subject, st, ko_alpha, widths=(1, 3, 5), seed=seed)
 # NBVAL_IGNORE_OUTPUT
-ml.groupby(["target", "center", "width"]).agg(effect=("effect", "mean"), kl=("kl", "mean")).unstack("width").round(3)
+ml.unstack("width").round(3)
 
 # %% [markdown]
 # ## Effect by prompt-length bucket
@@ -234,21 +229,8 @@ ml.groupby(["target", "center", "width"]).agg(effect=("effect", "mean"), kl=("kl
 # whose templates it was neither fit nor selected on.
 
 # %%
-rows, bucket_sets = [], {}
-for f in [f for f in families if st.sign[f] == 1]:
-    b = st.best[(st.best["family"] == f) & (st.best["sign"] == 1)].iloc[0]
-    us, meta = steering.units(st.dirs[f], [int(b.layer)], [ko_alpha])
-    for bucket in S["buckets"]:
-        its = bucket_sets[f"{f} {bucket}"] = steering.bucket_items(subject, st, f, bucket, S["n"], seed + 1)
-        if not its:
-            continue
-        e = steering.effects(sweep(subject, its, us, seed=seed, progress=False), meta, 1)
-        est, lo, hi = stats.bootstrap_ci(e["effect"])
-        gap = steering.normalized(e["ld_drop"].to_numpy(), (e["ld_clean"] - e["ld_corrupt"]).to_numpy())
-        rows.append({"family": f, "bucket": bucket, "n": len(its), "effect": est, "effect_lo": lo, "effect_hi": hi,
-                     "gap_removed": gap})
-by_bucket = pd.DataFrame(rows)
-leaks = steering.audit(st, {k: (k.split()[0], v) for k, v in bucket_sets.items()})
+by_bucket, bucket_sets = steering.length_buckets(subject, st, S["buckets"], S["n"], ko_alpha, seed=seed, item_seed=seed + 1)
+leaks = steering.audit(st, bucket_sets)
 print("held-out audit, length buckets:", "no shared template or text" if not leaks else "\n".join(leaks))
 # NBVAL_IGNORE_OUTPUT
 by_bucket.round(3)
@@ -270,11 +252,9 @@ by_bucket.round(3)
 # %% tags=["hide-output"]
 t0 = time.time()
 neutral_texts = neutral.sentences(S["n_nll"] + S["n_gen"], seed=seed)
-fl = steering.fluency(subject, st, best, neutral_texts[:S["n_nll"]], alphas=S["fluency_alphas"])
-pr = steering.prompting(subject, st, best)
-openings = [" ".join(t.split()[: max(3, len(t.split()) // 2)]) for t in neutral_texts[S["n_nll"]:]]
-gens = steering.scored_generations(subject, st, best, S["n_gen"], openings, seed=seed + 2, max_new_tokens=S["gen_tokens"])
-vs = steering.versus_prompting(st, best, pr, fl, gens)
+bl = steering.cost_and_prompting(subject, st, best, neutral_texts, S["n_nll"], S["n_gen"], S["fluency_alphas"],
+                                 seed=seed + 2, max_new_tokens=S["gen_tokens"])
+fl, gens, vs = bl.fluency, bl.generations, bl.versus
 print(f"cost, prompting and generations: {time.time() - t0:.0f} s")
 
 # %%
@@ -301,15 +281,9 @@ gens.groupby(["family", "condition"]).head(2)[["family", "condition", "text", "h
 # %%
 other = patching.perturbed(subject, sigma=0.05, seed=1)
 f0 = families[0]
-b0 = st.best[(st.best["family"] == f0) & (st.best["sign"] == 1)].iloc[0]
-moved = steering.transfer(st.dirs[f0], subject, other)
-rows = []
-for subj, d in ((subject, st.dirs[f0]), (other, moved)):
-    us, meta = steering.units(d, [int(b0.layer)], [0.2, 0.4], kinds=("real", "random"))
-    g = steering.grade(steering.effects(sweep(subj, st.items[f0], us, seed=seed, progress=False), meta, 1))
-    rows.append(g.assign(model=subj.name))
+moved = steering.transfer_effects(st, f0, subject, other, alphas=(0.2, 0.4), seed=seed)
 # NBVAL_IGNORE_OUTPUT
-pd.concat(rows)[["model", "family", "layer", "alpha", "effect", "control_effect", "p_control", "z_random"]].round(3)
+moved[["model", "family", "layer", "alpha", "effect", "control_effect", "p_control", "z_random"]].round(3)
 
 # %% [markdown]
 # ## Best steering depth across models
@@ -318,11 +292,7 @@ pd.concat(rows)[["model", "family", "layer", "alpha", "effect", "control_effect"
 # %% tags=["hide-output"]
 t0 = time.time()
 sub2 = load(S["compare_model"])
-transfer_error = "same width: transfer possible"
-try:
-    steering.transfer(st.dirs[f0], subject, sub2)
-except ValueError as e:
-    transfer_error = str(e)
+transfer_error = steering.transfer_note(st.dirs[f0], subject, sub2)
 n2 = sub2.arch.n_layers
 st2 = steering.study(sub2, S["compare_families"] or list(tasks.FAMILIES), S["concepts"], S["n"], S["n_fit"],
                      list(range(0, n2, S["compare_stride"])), n_random=S["n_random"], n_shuffled=S["n_shuffled"],

@@ -12,8 +12,11 @@ import torch
 from conftest import make_items, tiny_subject
 
 from atlas_core.engine.batch import Batch
+from atlas_core.engine.interventions import Op, Site, Unit
 from atlas_core.engine.sweep import Cache, sweep
+from atlas_core.evidence import metrics, stats
 from atlas_core.studies import steering
+from atlas_core.tasks import neutral
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +29,8 @@ def setup(tok, tmp_path_factory):
 
 def test_alpha_zero_equals_clean_and_grading(setup):
     s, items, dirs, cache = setup
-    us, meta = steering.units(dirs, [1], [0.0, 1.0, -1.0], kinds=("real", "random", "shuffled"))
-    df = steering.effects(sweep(s, items, us, cache=cache, progress=False), meta, sign=1)
+    us = steering.units(dirs, [1], [0.0, 1.0, -1.0], kinds=("real", "random", "shuffled"))
+    df = steering.sweep_units(s, items, us, 1, cache=cache)
     zero = df[df["alpha"] == 0]
     np.testing.assert_allclose(zero["logit_diff"], zero["ld_clean"], atol=0)
     assert (zero["kl"] == 0).all()
@@ -95,7 +98,7 @@ def test_generation_steering_changes_output_and_alpha_zero_does_not(setup):
     s, items, dirs, _ = setup
     prompts = [items[0].prompt]
     base = steering.generate(s, prompts, None, max_new_tokens=4)
-    us, _ = steering.units(dirs, [1], [0.0, 8.0], position="all")
+    us = steering.units(dirs, [1], [0.0, 8.0], position="all")
     assert steering.generate(s, prompts, us[0], max_new_tokens=4) == base
     assert steering.generate(s, prompts, us[1], max_new_tokens=4) != base
     assert len(steering.multi_layer(dirs, [0, 1], 2.0).edits) == 2
@@ -303,7 +306,7 @@ def test_controls_are_screened_and_each_graded_at_its_own_best_cell(study_run, t
         k = max(ctl, key=lambda n: ctl[n].mean())
         d = (r.sign * real.set_index("item_id")["effect"] - ctl[k]).to_numpy()
         assert (r.control, r.n_controls) == (k, 4)
-        assert r.p_control == pytest.approx(steering.stats.sign_flip_p(d, "greater"))
+        assert r.p_control == pytest.approx(stats.sign_flip_p(d, "greater"))
         assert r.control_effect == pytest.approx(r.sign * ctl[k].mean())
         assert (r.n_random, r.n_shuffled) == (4, 3)  # every control at the real direction's cell: descriptive only
     cells = st.control_best.merge(sm[["family", "layer", "sign"]], on="family", suffixes=("", "_real"))
@@ -367,9 +370,6 @@ def test_nll_cost_is_zero_at_alpha_zero_and_grows_with_alpha(tok):
     """On a tiny model trained for a few steps to predict some sentences (a random-init model predicts nothing, so
     a push can even lower its NLL), the NLL per token is unchanged at α = 0 and rises with |α|; batching and left
     padding do not change it."""
-    from atlas_core.engine.interventions import Op, Site, Unit
-    from atlas_core.tasks import neutral
-
     s = tiny_subject("llama", tok, seed=3)
     texts = neutral.sentences(4, seed=0)
     enc = s.encode(texts)
@@ -391,19 +391,16 @@ def test_nll_cost_is_zero_at_alpha_zero_and_grows_with_alpha(tok):
 
 def test_fluency_prompting_and_scored_generations_run_on_the_study(study_run):
     """Sentiment is testable on any model (no gate): its fluency cost, prompting baselines and scored generations run
-    at its graded cell; families the model does not solve get none."""
-    from atlas_core.tasks import neutral
-
+    at its graded cell (`cost_and_prompting`, as the chapter runs them); families the model does not solve get none."""
     s, st, sm, _, _, _ = study_run
     texts = neutral.sentences(12, seed=0)
-    fl = steering.fluency(s, st, sm, texts[:8], alphas=[0.2, 0.4])
+    bl = steering.cost_and_prompting(s, st, sm, texts, n_nll=8, n_gen=3, alphas=[0.2, 0.4], max_new_tokens=3)
+    fl, pr, gens, vs = bl.fluency, bl.prompting, bl.generations, bl.versus
     assert list(fl["family"]) == ["sentiment"] * 2 and (fl["n_sentences"] == 8).all()
     assert (fl["alpha"].abs().tolist() == [0.2, 0.4]) and (np.sign(fl["alpha"]) == sm.set_index("family").loc["sentiment", "sign"]).all()
-    pr = steering.prompting(s, st, sm)
     assert set(pr["prompt"]) == {"instruction", "one-shot"} and len(pr) == 2 * len(st.items["sentiment"])
-    gens = steering.scored_generations(s, st, sm, 3, openings=[" ".join(t.split()[:4]) for t in texts[8:]], max_new_tokens=3)
     assert set(gens["condition"]) == {"none", "steering", "instruction", "one-shot"} and len(gens) == 12
-    vs = steering.versus_prompting(st, sm, pr, fl, gens)
+    assert set(gens.loc[gens["condition"] == "none", "prompt"]) == set(steering.openings(texts[8:11]))
     assert list(vs["family"]) == ["sentiment"] and vs["gen_n"].item() == 3 and "nll_cost" in vs
     ioi = st.items["ioi"][:2]
     p = steering.prompted(s, st, "ioi", 1, ioi, st.splits["ioi"].select)  # +α on a family: toward the corrupt answer
@@ -457,3 +454,115 @@ def test_too_few_shuffled_draws_cannot_grade_above_what_they_support():
     assert rank[few[0].confidence] <= rank["low"] and few[0].evidence["p_value"] == pytest.approx(0.25)
     assert "3 draws cannot reach p ≤ 0.05" in few[0].statement and "no more than" not in few[0].statement
     assert many[0].confidence == "medium" and many[0].evidence["p_value"] == pytest.approx(1 / 21)
+
+
+# ---------------------------------------------------------------------------------- the one sweep, the shared formulas
+def test_sweep_units_emits_labels_as_columns_and_labels_do_not_key_the_cache(setup):
+    """`steer_unit` labels become the sweep's columns (layer and α as the study means them, also for multi-layer and
+    knockout units, whose first edit says otherwise); relabelling a unit reads its numbers from the cache."""
+    s, items, dirs, cache = setup
+    us = steering.units(dirs, [0, 1], [0.5], kinds=("real", "random"), count=2)
+    assert [tuple(dict(u.labels)[k] for k in ("kind", "idx", "layer")) for u in us] == [
+        ("real", 0, 0), ("real", 0, 1), ("random", 0, 0), ("random", 0, 1), ("random", 1, 0), ("random", 1, 1)]
+    df = steering.sweep_units(s, items, us + us[:2], -1, cache=cache)  # a repeated unit runs and emits once
+    assert len(df) == 6 * len(items) and (df["effect"] == -df["ld_drop"]).all() and (df["sign"] == -1).all()
+    got = df.groupby(["kind", "idx", "layer", "alpha", "target"]).size()
+    assert got.index.tolist() == [("random", 0, 0, 0.5, "fact"), ("random", 0, 1, 0.5, "fact"), ("random", 1, 0, 0.5, "fact"),
+                                  ("random", 1, 1, 0.5, "fact"), ("real", 0, 0, 0.5, "fact"), ("real", 0, 1, 0.5, "fact")]
+    again = steering.sweep_units(s, items, [u.label(kind="other") for u in us], -1, cache=cache)
+    assert again.attrs["computed"] == 0 and (again["kind"] == "other").all()
+    np.testing.assert_array_equal(again["ld_drop"].to_numpy(), df["ld_drop"].to_numpy())
+    ko = steering.sweep_units(s, items, [steering.knockout_unit(dirs, 1, s.arch.n_layers)], cache=cache)
+    assert set(zip(ko["layer"], ko["alpha"], ko["kind"])) == {(1, 0.0, "real")}  # the fit layer, not the first edit's
+    ml = steering.multi_layer(dirs, [0, 1], 2.0).label(width=2)
+    assert dict(ml.labels) == {"target": "fact", "width": 2} and steering.distinct([ml, ml.label(width=3)])[0] is ml
+
+
+def test_effects_joins_unlabelled_rows_to_their_meta():
+    """`effects` (rows built elsewhere, e.g. the simulated nulls) takes layer and α from the meta table."""
+    rows = pd.DataFrame({"unit": ["u1", "u1", "u2"], "family": "f", "item_id": ["a", "b", "a"], "layer": 0, "alpha": 0.0,
+                         "ld_drop": [1.0, 2.0, -3.0]})
+    meta = pd.DataFrame({"unit": ["u1", "u2", "u2"], "target": "f", "kind": ["real", "random", "random"], "idx": 0,
+                         "layer": [3, 4, 4], "alpha": [0.4, -0.4, -0.4]})
+    e = steering.effects(rows, meta, -1)
+    assert e["layer"].tolist() == [3, 3, 4] and e["alpha"].tolist() == [0.4, 0.4, -0.4]
+    assert e["effect"].tolist() == [-1.0, -2.0, 3.0] and (e["sign"] == -1).all()
+
+
+def test_gap_removed_is_the_ratio_of_means_through_mean_recovery():
+    rng = np.random.default_rng(3)
+    drop, gap = rng.normal(1, 1, 9), rng.normal(2, 0.5, 9)
+    assert steering.gap_removed(drop, gap) == float(np.mean(drop)) / float(np.mean(gap))  # exactly, not approximately
+    clean, corrupt = rng.normal(0, 1, 9), rng.normal(0, 1, 9)
+    steered = clean - drop
+    assert steering.gap_removed(drop, clean - corrupt) == pytest.approx(
+        1 - metrics.mean_recovery(steered, clean, corrupt, positive_gap=False))
+    assert np.isnan(steering.gap_removed(np.ones(3), np.zeros(3)))
+    assert steering.gap_removed(np.ones(3), -np.ones(3)) == -1.0  # a negative gap is a gap (positive_gap=False)
+
+
+def test_selectivity_ci_is_the_shared_bootstrap_over_families():
+    """The CI resamples prompts within each family, jointly for a family's (ld_drop, gap) pairs: the same numbers as
+    a hand-written stratified bootstrap with the same generator."""
+    rng = np.random.default_rng(0)
+    t = (rng.normal(2, 1, 7), rng.normal(4, 0.3, 7))
+    off = {"a": (rng.normal(0.3, 1, 5), rng.normal(1, 0.1, 5)), "b": (rng.normal(-0.2, 1, 6), rng.normal(2, 0.2, 6))}
+
+    def diff(x, *o):
+        return steering.gap_removed(*x) - np.mean([abs(steering.gap_removed(*y)) for y in o])
+
+    gen = np.random.default_rng(5)
+    boots = []
+    for _ in range(300):
+        rs = [(a[i], g[i]) for a, g in (t, *off.values()) for i in [gen.integers(0, len(a), len(a))]]
+        boots.append(diff(*rs))
+    est, lo, hi = steering.selectivity(t, off, n_boot=300, seed=5)
+    assert est == pytest.approx(diff(t, *off.values()))
+    np.testing.assert_allclose([lo, hi], np.quantile(boots, [0.025, 0.975]), rtol=1e-12)
+    assert lo < est < hi
+
+
+# ---------------------------------------------------------------------------------- the chapter's experiments
+def test_chapter_experiments_on_the_study(study_run, tok):
+    """What chapter 04 calls after the study, each one library call: best layers, the controls at the graded cells,
+    the knockout matrix, multi-layer steering, length buckets, transfer."""
+    s, st, sm, _, buckets, _ = study_run
+    for f in st.dirs:
+        assert st.best_layer(f) == st.best[(st.best["family"] == f) & (st.best["sign"] == 1)]["layer"].item()
+    ctl = steering.graded_controls(st)
+    assert set(ctl["kind"]) == {"random", "shuffled"} and len(ctl.merge(st.graded, on=["family", "layer", "alpha"])) == len(ctl)
+    assert ctl.groupby(["family", "layer", "alpha"]).size().max() == 4 + 3  # every draw at the real direction's cell
+    ko, rows = steering.knockout(s, st, seed=42, n_boot=20)
+    m = steering.gap_matrix(rows)
+    assert list(m.columns) == ["target", "family", "gap_removed"] and len(m) == 2 * 2
+    one = rows[(rows["target"] == "ioi") & (rows["family"] == "antonyms")]
+    got = m[(m["target"] == "ioi") & (m["family"] == "antonyms")]["gap_removed"].item()
+    want = steering.normalized(one["ld_drop"].to_numpy(), (one["ld_clean"] - one["ld_corrupt"]).to_numpy())
+    assert got == want or (np.isnan(got) and np.isnan(want))
+
+    ml = steering.multi_layer_effects(s, st, 0.4, widths=(1, 3, 5)).reset_index()
+    assert set(ml["target"]) == set(st.dirs) and (ml.groupby("target")["width"].nunique() == 3).all()
+    assert (ml.groupby("target")["width"].min() == 1).all()
+    assert all(r.center == st.best_layer(r.target) for r in ml.itertuples())
+    one = ml[(ml["target"] == "ioi") & (ml["width"] == 1)]
+    rows1 = sweep(s, st.items["ioi"], [steering.steer_unit(st.dirs["ioi"], "real", 0, st.best_layer("ioi"), 0.4)],
+                  progress=False)  # a one-layer spread is plain steering at the best layer
+    assert one["effect"].item() == pytest.approx(rows1["ld_drop"].mean(), abs=1e-6)
+
+    by, sets = steering.length_buckets(s, st, ["short", "medium"], 4, 0.4, seed=42, item_seed=43)
+    assert set(sets) == set(buckets) and steering.audit(st, sets) == []
+    assert [(r.family, r.bucket) for r in by.itertuples()] == [("ioi", "short"), ("ioi", "medium"),
+                                                                ("antonyms", "short"), ("antonyms", "medium")]
+    assert by["n"].tolist() == [len(sets[f"{r.family} {r.bucket}"][1]) for r in by.itertuples()]
+    assert (by["effect_lo"] <= by["effect"]).all() and (by["effect"] <= by["effect_hi"]).all()
+
+    other = tiny_subject("llama", tok, seed=1)
+    tr = steering.transfer_effects(st, "ioi", s, other, alphas=(0.2, 0.4), seed=42)
+    assert tr["model"].tolist() == [s.name, s.name, other.name, other.name] and (tr["n_random"] == 4).all()
+    assert (tr["layer"] == st.best_layer("ioi")).all() and tr["alpha"].tolist() == [0.2, 0.4, 0.2, 0.4]
+    assert steering.transfer_note(st.dirs["ioi"], s, other) == "same width: transfer possible"
+    assert "d_model=32" in steering.transfer_note(st.dirs["ioi"], s, tiny_subject("llama", tok, d=32))
+
+
+def test_openings_keep_half_of_each_sentence_but_at_least_three_words():
+    assert steering.openings(["one two three four five six seven eight", "a b c d"]) == ["one two three four", "a b c"]
