@@ -53,6 +53,7 @@ window.addEventListener("load", () => setTimeout(() => {
   pre.id = "atlas-layout-check";
   pre.textContent = JSON.stringify(r);
   document.body.appendChild(pre);
+  if (window.parent !== window) window.parent.postMessage(pre.textContent, "*");
 }, 2500));
 </script>""".replace("MIN_PX", str(MIN_COLUMN_PX))
 
@@ -63,9 +64,24 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=180)
 
 
+WINDOW_MIN = 500  # headless Chromium's narrowest window; narrower widths are an iframe of that width
+FRAME = """<!doctype html><html><body style="margin:0"><iframe src="{src}" style="width:{w}px;height:2400px;border:0"></iframe>
+<pre id="atlas-layout-check"></pre><script>window.addEventListener("message", e =>
+document.getElementById("atlas-layout-check").textContent = e.data);</script></body></html>"""
+
+
+def at_width(page: Path, width: int) -> Path:
+    """The page itself, or a frame holding it `width` px wide (a phone) when the window cannot be that narrow."""
+    if width >= WINDOW_MIN:
+        return page
+    frame = page.with_name(f".{page.stem}-{width}px.html")
+    frame.write_text(FRAME.format(src=page.name, w=width))
+    return frame
+
+
 def measure(page: Path, width: int) -> dict:
-    out = chromium(f"--window-size={width},2400", "--dump-dom", page.as_uri()).stdout
-    m = re.search(r'<pre id="atlas-layout-check">(.*?)</pre>', out, flags=re.S)
+    out = chromium(f"--window-size={max(width, WINDOW_MIN)},2400", "--dump-dom", at_width(page, width).as_uri()).stdout
+    m = re.search(r'<pre id="atlas-layout-check">(.+?)</pre>', out, flags=re.S)
     if not m:
         return {"error": "the page did not finish loading"}
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
@@ -110,8 +126,8 @@ def check(html_dir: Path, shots: Path | None) -> int:
                 if shots:
                     shots.mkdir(parents=True, exist_ok=True)
                     page.write_text(html)  # the screenshot shows the page without the probe
-                    chromium(f"--window-size={width},2400", f"--screenshot={shots / f'{page.stem}-{width}.png'}",
-                             page.as_uri())
+                    chromium(f"--window-size={max(width, WINDOW_MIN)},2400",
+                             f"--screenshot={shots / f'{page.stem}-{width}.png'}", at_width(page, width).as_uri())
                     page.write_text(html.replace("</body>", PROBE + "</body>"))
             charts = len(re.findall(r'id="atlas-chart-', html))
             print(f"{name}: {charts} charts; " + ("; ".join(notes) if notes else "ok at 1280 and 390 px"))

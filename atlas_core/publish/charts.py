@@ -53,8 +53,9 @@ def table_html(df: pd.DataFrame) -> str:
         if not isinstance(c, str):
             continue
         lengths = df[c].astype(str).str.len()
-        if (df[c].dtype == object or pd.api.types.is_string_dtype(df[c])) and len(lengths) and lengths.median() > 24:
-            em = int(min(30, max(12, lengths.median() * 0.4)))
+        typical = lengths.quantile(0.75) if len(lengths) else 0  # a sparse column of notes counts by its notes
+        if (df[c].dtype == object or pd.api.types.is_string_dtype(df[c])) and max(typical, lengths.max() / 2) > 24:
+            em = int(min(30, max(12, max(typical, lengths.max() / 2) * 0.4)))
             html = html.replace(f"<th>{escape(c)}</th>", f'<th style="min-width: {em}em">{escape(c)}</th>', 1)
     more = f"<p>{len(df)} rows, {len(shown)} shown</p>" if len(shown) < len(df) else ""
     return f'<div class="atlas-table-box">{html}</div>{more}'
