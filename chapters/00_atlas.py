@@ -48,7 +48,7 @@ summary.five_lines(claims, model, profile, about=f"{subject.arch.family}, {subje
 # %% [markdown]
 # ## The model
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 a = subject.arch
 print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}\nheads        {a.n_heads} query / "
@@ -65,7 +65,7 @@ print(f"model        {model}\nfamily       {a.family}\nlayers       {a.n_layers}
 # removal hurts everything; the summary's "where the behaviours live" line says whether it beat the median
 # layer on prompts it was not chosen on.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 if atlas_path.exists():
     hub_map = Atlas.load(atlas_path).layer_map("block", "zero")
     metric = hub_map.attrs["metric"]
