@@ -60,6 +60,9 @@ val
 # the answer − distractor logit difference on clean and corrupt prompts, with 95% CIs over the prompts of
 # the first seed's sample (exact Clopper-Pearson for rates). A working family has LD > 0 on clean and < 0 on
 # corrupt prompts: the flip rate.
+#
+# Look for: bars well above their red tick (the model does the task) and whether the synthetic and natural
+# variants of a family agree; a bar at its tick is a family no later chapter can localize.
 
 # %% tags=["hide-input"]
 b = base.assign(label=base["family"] + " · " + base["variant"])
