@@ -143,17 +143,12 @@ def _chapter(a) -> int:
     from .evidence.claims import table
     from .paths import results_dir, writable_dir
     from .publish import book
-    from .tasks.core import distinct
+    from .tasks.core import seed_list
 
     path = chapter_path(VERBS[a.cmd])
     params = {k: getattr(a, k) for k, _, _ in chapter_parameters(path) if getattr(a, k) is not None}
     if "seeds" in params:
-        try:
-            params["seeds"] = distinct([int(s) for s in params["seeds"].split(",") if s.strip()], "seeds")
-        except ValueError as err:
-            raise ValueError(f"--seeds {a.seeds!r}: {err}") from None
-        if not params["seeds"]:
-            raise ValueError("--seeds is empty; give a comma list of integers, e.g. 42,137,256")
+        params["seeds"] = seed_list(params["seeds"])
     if "remote" in params:
         params["remote"] = {"ndif": True, "local": "local"}[params["remote"]]
     if params.pop("results_dir", None):

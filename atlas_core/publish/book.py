@@ -179,15 +179,10 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     the book will show from an earlier execution, which from another model or profile, and which as
     placeholder pages because they were never executed."""
     from ..paths import results_dir as default_results
-    from ..tasks.core import distinct
+    from ..tasks.core import seed_list
     from .charts import write_bundle
 
-    if seeds:  # checked before anything is written or executed
-        try:
-            ints = distinct([int(s) for s in seeds.split(",") if s.strip()], "seeds")
-        except ValueError as err:
-            raise ValueError(f"--seeds {seeds!r}: {err}" if "more than once" in str(err)
-                             else f"--seeds {seeds!r}: expected a comma list of integers, e.g. 42,137,256") from None
+    ints = seed_list(seeds) if seeds else None  # checked before anything is written or executed
     unknown = sorted(set(only or []) - {c.stem[:2] for c in chapters()})
     if unknown:
         raise ValueError(f"no chapter {unknown}; chapters: {[c.stem for c in chapters()]}")

@@ -102,6 +102,18 @@ def distinct(values, what: str) -> list:
     return vals
 
 
+def seed_list(text: str) -> list[int]:
+    """Seeds from a command line ("42,137,256"): distinct integers, or a one-line ValueError naming `--seeds`."""
+    try:
+        ints = distinct([int(s) for s in text.split(",") if s.strip()], "seeds")
+    except ValueError as err:
+        raise ValueError(f"--seeds {text!r}: {err}" if "more than once" in str(err)
+                         else f"--seeds {text!r}: expected a comma list of integers, e.g. 42,137,256") from None
+    if not ints:
+        raise ValueError("--seeds is empty; give a comma list of integers, e.g. 42,137,256")
+    return ints
+
+
 def load_items(family: str | None = None, variant: str | None = "synthetic", bucket: str | None = "short",
                root: Path | None = None) -> list[Item]:
     """Items from data/tasks/<family>.jsonl (all families when None); None for variant/bucket means any."""
