@@ -141,6 +141,7 @@ def _chapter_parser(sub, verb: str, num: str) -> None:
 
 def _chapter(a) -> int:
     from .evidence.claims import table
+    from .model.subject import remote_mode
     from .paths import results_dir, writable_dir
     from .publish import book
     from .tasks.core import seed_list
@@ -150,7 +151,7 @@ def _chapter(a) -> int:
     if "seeds" in params:
         params["seeds"] = seed_list(params["seeds"])
     if "remote" in params:
-        params["remote"] = {"ndif": True, "local": "local"}[params["remote"]]
+        params["remote"] = remote_mode(params["remote"])
     if params.pop("results_dir", None):
         os.environ["ATLAS_RESULTS"] = str(Path(a.results_dir).resolve())
     with_dir = writable_dir(a.out or results_dir() / "chapters")
@@ -214,6 +215,7 @@ def _check_device(dtype: str, device: str) -> None:
 
 def _map(a) -> int:
     from . import load, tasks
+    from .model.subject import remote_mode
     from .paths import locked, results_dir
     from .studies.atlas import map_atlas
 
@@ -222,8 +224,7 @@ def _map(a) -> int:
     a.out = str(a.out or results_dir() / "atlas")
     t0 = time.time()
     with locked(a.out):  # checked writable, and no other run writes it meanwhile
-        remote = {"ndif": True, "local": "local", None: False}[a.remote]
-        subject = load(a.model, dtype=a.dtype, device=a.device, remote=remote)
+        subject = load(a.model, dtype=a.dtype, device=a.device, remote=remote_mode(a.remote))
         print(subject, file=sys.stderr)
         gate = (tasks.gate(subject, fams, n=a.gate_prompts, seed=seeds[0], bucket=a.bucket, variant=a.variant)
                 if a.replicate == "testable" else None)

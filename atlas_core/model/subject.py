@@ -90,6 +90,11 @@ class Subject:
     __str__ = __repr__
 
 
+def remote_mode(flag: str | None) -> bool | str:
+    """`load`'s `remote` from a command-line `--remote` flag: ndif -> True, local -> "local", none -> False."""
+    return {None: False, "ndif": True, "local": "local"}[flag]
+
+
 def load(
     name_or_path: str = "smollm2-135m",
     dtype: torch.dtype | str = torch.float32,

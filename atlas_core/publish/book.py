@@ -178,6 +178,7 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     """Execute the chapters (all, or `only`), then render the book. Before any compute it says which chapters
     the book will show from an earlier execution, which from another model or profile, and which as
     placeholder pages because they were never executed."""
+    from ..model.subject import remote_mode
     from ..paths import results_dir as default_results
     from ..tasks.core import seed_list
     from .charts import write_bundle
@@ -192,7 +193,7 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     if seeds:
         params["seeds"] = ints
     if remote:
-        params["remote"] = True if remote == "ndif" else "local"
+        params["remote"] = remote_mode(remote)
     run = run_of(params)
     todo = ordered([c for c in chapters() if not only or c.stem[:2] in only])
     rest = {c: executed_run(EXECUTED / f"{c.stem}.ipynb") for c in chapters() if c not in todo}
