@@ -87,8 +87,23 @@ def measure(page: Path, width: int) -> dict:
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
 
 
+REDIRECT = re.compile(r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.I)
+
+
 def pages(site: Path) -> list[Path]:
-    return sorted([site / "index.html", *(site / "book").rglob("*.html")])
+    """The site's pages; a redirect stub (Jupyter Book's index.html) is not a page: its target is one."""
+    return sorted(p for p in [site / "index.html", *(site / "book").rglob("*.html")]
+                  if p.exists() and not REDIRECT.search(p.read_text()[:500]))
+
+
+def broken_redirects(site: Path) -> list[str]:
+    """Redirect stubs whose target page does not exist in the site."""
+    out = []
+    for p in site.rglob("*.html"):
+        m = REDIRECT.search(p.read_text(errors="replace")[:500])
+        if m and not (p.parent / m.group(1)).exists():
+            out.append(f"{p.relative_to(site).as_posix()} -> {m.group(1)}")
+    return out
 
 
 def check(html_dir: Path, shots: Path | None) -> int:
@@ -97,9 +112,10 @@ def check(html_dir: Path, shots: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="atlas-site-") as tmp:
         site = Path(tmp) / "site"
         shutil.copytree(html_dir, site)  # relocated: every link and asset must be relative
+        for stub in broken_redirects(site):
+            print(f"redirect to a missing page: {stub}")
+            problems += 1
         for page in pages(site):
-            if not page.exists():
-                continue
             name = page.relative_to(site).as_posix()
             html = page.read_text()
             leaked = absolute_paths(html)
