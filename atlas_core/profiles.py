@@ -7,6 +7,9 @@ full    paper scale: more prompts, all methods; for a GPU or patience
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 PROFILES: dict[str, dict] = {
     "smoke": {
         "model": "tiny-llama",
@@ -33,20 +36,45 @@ PROFILES: dict[str, dict] = {
         # generation caps are read off the data. Adapters: smoke 1 x 5 x (4 + 2) = 30 + 7 sweep (seconds); default
         # 5 x 4 (search, json_schema, seed 1) + 2 x 5 x 3 - 5 reused = 45 + 7 sweep = 52 (~2 min each on one CPU core,
         # two processes); full 3 x 6 x 5 x 2 (search) + 3 x 6 x 8 - 36 reused = 288 + 18 sweep.
-        "lora": {"families": ["json_schema"], "atlas_families": ["json_schema", "factual_recall"],
-                 "strategies": ["atlas", "random", "depth-matched", "wrong-family", "all-linear"],
+        "lora": {"families": ["json_schema"], "atlas_families": ["json_schema", "factual_recall"], "n_families": 1,
+                 "n_pool": 2, "strategies": ["atlas", "random", "depth-matched", "wrong-family", "all-linear"],
                  "k": 2, "r": 8, "steps": 3, "lr": 5e-3, "lrs": [3e-3, 1e-2, 3e-2, 1e-1], "search_seeds": 1, "batch": 2,
                  "n_train": 16, "n_val": 4, "n_eval": 4, "n_drift": 2, "sweep_family": "json_schema",
                  "modules": ["o", "attn", "mlp"], "ranks": [1, 32], "optimizers": ["adafactor", "lion"],
                  "checkpoints": [0, 1, 2], "ablation_n": 2, "atlas_prompts": 4, "n_gate": 16, "diff_components": ["block"]},
+        # chapter 06: SFT (`studies.sft`). A sweep of one dimension at a time around "base" ("volume": training
+        # examples; "modules": hub = every linear module of the hub_k layers nearest the atlas hub, o, attn, mlp,
+        # all-linear), n_seeds seeds each; the format ablation trains one adapter per format x seed on n_canon
+        # canonical examples, judged on n_canon_eval held-out prompts. Smoke: 12 configurations x 2 + 6 x 2 = 36
+        # tiny adapters (seconds each).
+        "sft": {"n_seeds": 2, "batch": 2, "n_val": 4, "n_eval": 6, "n_drift": 4, "n_canon": 24, "n_canon_eval": 8,
+                "hub_k": 2, "atlas_families": ["factual_recall", "json_schema"], "atlas_prompts": 4, "n_gate": 16,
+                "hub_config": "modules=hub", "hub_seeds": 2,
+                "base": {"dataset": "facts", "volume": 16, "optimizer": "adamw", "rank": 4, "modules": "all-linear",
+                         "lr": 1e-2, "steps": 3},
+                "sweep": {"dataset": ["json", "code", "lists"], "optimizer": ["adafactor", "lion"], "rank": [16],
+                          "modules": ["hub", "o"], "lr": [3e-2], "steps": [6], "volume": [8]},
+                "format": {"modules": "all-linear", "rank": 4, "lr": 1e-2, "steps": 3}},
+        # chapter 07: compression (`studies.compression`): skip sets = every single layer + contiguous runs of
+        # run_lengths (runs_per_length: evenly spaced starts per length, None = every start); criteria at the depths
+        # nearest `fractions` of the layers (3 criteria + n_random draws each); heal_seeds adapters per healed removal
+        # (one removal per criterion at heal_fraction); precisions; n_qual qualitative prompts (of 32)
+        "compression": {"families": ["ioi", "antonyms"], "n_items": 4, "n_select": 8, "n_test": 8, "n_heal_val": 4,
+                        "n_heal": 32, "gen_tokens": 8, "run_lengths": [2, 3], "runs_per_length": None,
+                        "fractions": [0.25, 0.5], "n_random": 4, "heal_fraction": 0.25, "heal_seeds": 3, "heal_steps": 3,
+                        "heal_r": 4, "heal_lr": 2e-3, "heal_batch": 4, "speed_tokens": 8, "speed_reps": 1,
+                        "precisions": ["fp32", "bf16", "int8", "nf4"], "steer_alphas": [-4.0, 4.0], "steer_pairs": 8,
+                        "n_qual": 32, "qual_tokens": 12},
     },
     "default": {
         "model": "smollm2-135m",
         "seeds": [42, 137, 256],
         "baselines": {"families": None, "n": 50},
-        # chapter 02: every family on the first seed, the testable ones (flip gate on n_gate items) on the others;
-        # every head exactly on the first seed (what the screen is checked against; no claim rests on head seeds)
-        "atlas": {"families": None, "prompts_per_family": 16,
+        # chapter 02 (sized for <= 30 min for the whole book on 2 CPU cores; bench/RESULTS.md): the testable families
+        # (flip gate on n_gate items) get every unit on the first seed, and their layers and positions on the others;
+        # the rest only the disruption map (first seed, first method); every head exactly on the first seed (what the
+        # screen is checked against; no claim rests on head seeds); 8 prompts per family and seed (full: 50)
+        "atlas": {"families": None, "prompts_per_family": 8,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10,
                   "n_gate": 48, "replicate": "testable", "head_seeds": 1},
@@ -59,13 +87,26 @@ PROFILES: dict[str, dict] = {
                      "screen_alphas": [-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8],
                      "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,
                      "buckets": ["short", "medium"], "gen_tokens": 12, "n_nll": 100, "n_gen": 10, "fluency_alphas": [0.4]},
-        "lora": {"workers": 2, "families": ["json_schema", "factual_recall"], "atlas_families": None,
+        # chapter 05 (<= 8 min cold on 2 cores, `workers`: 2 processes): the first flip-gate-testable family with
+        # training data (`n_families`; `n_pool` mapped: the wrong-family control's candidates), 5 seeds (the exact
+        # sign-flip test's p >= 1/32), 12 steps of 8 one-token examples; a 4-rate search reaching 8x below the old
+        # grid's edge; small sweeps (2 module sets, rank 1, Lion), lock-in at 3 steps after 0, a block-only atlas diff.
+        # Fallback when no family is testable: `families` from the stored completion splits (json_schema's ~80-token
+        # examples cost ~4x a step)
+        "lora": {"workers": 2, "families": ["json_schema"], "atlas_families": ["json_schema", "factual_recall"],
+                 "n_families": 1, "n_pool": 2,
                  "strategies": ["atlas", "random", "depth-matched", "wrong-family", "all-linear"],
-                 "k": 6, "r": 8, "steps": 24, "lr": 2e-3, "lrs": [1e-3, 2e-3, 4e-3, 8e-3], "search_seeds": 1,
-                 "search_families": ["json_schema"], "batch": 8, "n_train": 400, "n_val": 32, "n_eval": 24,
-                 "n_drift": 12, "sweep_family": "json_schema", "modules": ["o", "attn", "mlp"], "ranks": [1, 32],
-                 "optimizers": ["adafactor", "lion"], "checkpoints": [0, 5, 10, 16], "ablation_n": 12,
-                 "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block", "attn", "mlp"]},
+                 "k": 6, "r": 8, "steps": 12, "lr": 1e-3, "lrs": [1.25e-4, 5e-4, 2e-3, 8e-3], "search_seeds": 1,
+                 "n_seeds": 5, "batch": 8, "n_train": 400, "n_val": 32, "n_eval": 24,
+                 "n_drift": 8, "sweep_family": "json_schema", "modules": ["attn", "mlp"], "ranks": [1],
+                 "optimizers": ["lion"], "checkpoints": [0, 4, 8, 12], "ablation_n": 16,
+                 "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block"]},
+        "compression": {"families": ["ioi", "antonyms", "copying"], "n_items": 8, "n_select": 16, "n_test": 12,
+                        "n_heal_val": 8, "n_heal": 96, "gen_tokens": 12, "run_lengths": [2, 3, 4, 5, 6, 7, 8],
+                        "runs_per_length": 2, "fractions": [0.1, 0.2, 0.3], "n_random": 4, "heal_fraction": 0.2,
+                        "heal_seeds": 3, "heal_steps": 10, "heal_r": 8, "heal_lr": 2e-3, "heal_batch": 4,
+                        "speed_tokens": 16, "speed_reps": 2, "precisions": ["fp32", "bf16", "int8", "nf4"],
+                        "steer_alphas": [-4.0, 4.0], "steer_pairs": 16, "n_qual": 32, "qual_tokens": 20},
     },
     "full": {
         "model": "smollm2-135m",
@@ -83,12 +124,20 @@ PROFILES: dict[str, dict] = {
                      "n_shuffled": 40, "compare_model": "gemma3-270m", "compare_families": None, "compare_stride": 1,
                      "buckets": ["short", "medium", "long"], "gen_tokens": 24, "n_nll": 100, "n_gen": 64,
                      "fluency_alphas": [0.1, 0.2, 0.4, 0.8]},
-        "lora": {"k": 6, "r": 8, "steps": 100, "lr": 1e-3, "lrs": [5e-4, 1e-3, 2e-3, 5e-3, 1e-2], "search_seeds": 2,
+        "lora": {"n_families": None, "n_pool": None,  # every testable family trained and mapped
+                 "k": 6, "r": 8, "steps": 100, "lr": 1e-3, "lrs": [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2],
+                 "search_seeds": 2,
                  "n_seeds": 8, "batch": 8, "n_train": 400, "n_val": 64, "n_eval": 120, "n_drift": 50,
                  "sweep_family": "json_schema",
                  "modules": ["o", "q", "k", "v", "gate", "up", "down", "qkv", "gate_up_down", "attn", "mlp"],
                  "ranks": [1, 2, 4, 16, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 10, 25, 50],
                  "ablation_n": 50, "atlas_prompts": 50, "n_gate": 128, "diff_components": ["block", "attn", "mlp"]},
+        "compression": {"families": ["ioi", "antonyms", "copying", "induction"], "n_items": 32, "n_select": 48,
+                        "n_test": 48, "n_heal_val": 16, "n_heal": None, "gen_tokens": 32, "run_lengths": [2, 3, 4, 5, 6, 7, 8],
+                        "runs_per_length": None, "fractions": [0.1, 0.2, 0.3], "n_random": 20, "heal_fraction": 0.2,
+                        "heal_seeds": 5, "heal_steps": 100, "heal_r": 8, "heal_lr": 1e-3, "heal_batch": 8,
+                        "speed_tokens": 32, "speed_reps": 5, "precisions": ["fp32", "bf16", "int8", "nf4"],
+                        "steer_alphas": [-4.0, -1.0, 1.0, 4.0], "steer_pairs": 32, "n_qual": 32, "qual_tokens": 64},
     },
 }
 
@@ -100,9 +149,32 @@ def get(profile: str) -> dict:
     return PROFILES[profile]
 
 
-def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None = None, remote: bool | str = False):
+EXPECTED = Path(__file__).resolve().parent.parent / "bench" / "expected.json"
+
+
+def expected(number: str, profile: str) -> dict | None:
+    """Chapter `number`'s measured times in `profile` ({"cold_s", "warm_s", "when", "cpus"}, either time may be
+    missing), written by `bench/book.py` into bench/expected.json; None when it was never benchmarked."""
+    try:
+        return json.loads(EXPECTED.read_text()).get(profile, {}).get(number)
+    except (OSError, ValueError):
+        return None
+
+
+def expected_line(number: str, profile: str) -> str:
+    """One line: how long chapter `number` took in `profile` when last benchmarked, cold and warm."""
+    e = expected(number, profile)
+    if not e:
+        return f"expected time of chapter {number} ({profile} profile): not benchmarked (bench/book.py)"
+    times = ", ".join(f"~{e[k] / 60:.1f} min {k[:-2]}" for k in ("cold_s", "warm_s") if k in e)
+    return (f"expected time of chapter {number} ({profile} profile): {times} (bench/book.py on {e.get('cpus', '?')} "
+            f"CPUs, {e.get('when', '?')}; cold = nothing cached)")
+
+
+def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None = None, remote: bool | str = False,
+            number: str | None = None):
     """Resolve a chapter's papermill parameters against its profile, enable offline charts, load the model
-    (`remote`: see `load`).
+    (`remote`: see `load`); with the chapter's `number`, print its expected time (`expected_line`).
 
     Returns a namespace with cfg, model, seeds, results_dir and subject."""
     import os
@@ -124,5 +196,7 @@ def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None
     if results_dir:  # the registry and every table of this kernel follow the chapter's results_dir
         os.environ["ATLAS_RESULTS"] = str(results_dir)
     name = model or cfg["model"]
+    if number:
+        print(expected_line(number, profile))
     return SimpleNamespace(cfg=cfg, model=name, seeds=seeds,
                            results_dir=str(paths.results_dir()), subject=load(name, remote=remote))

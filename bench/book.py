@@ -2,6 +2,7 @@
 (the same ones again), with wall time, units computed, adapters trained and the kernel's peak memory.
 
     .venv/bin/python bench/book.py --profile default            # every chapter, cold then warm
+    .venv/bin/python bench/book.py --profile default --cold-only --chapters 01,03
     .venv/bin/python bench/book.py --profile smoke --chapters 01,02 --warm-only --cache ~/.cache/mi-atlas/sweep-cache.sqlite
 
 The embedded models' converted weights are kept (setup, not book time). Each chapter runs in its own process
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from atlas_core.engine.sweep import Cache  # noqa: E402
+from atlas_core.profiles import EXPECTED  # noqa: E402
 from atlas_core.publish import book  # noqa: E402
 
 CHILD = """
@@ -53,12 +55,26 @@ def run(chapter: Path, params: dict, cache: Path, results: Path, out: Path) -> d
             "peak_rss_mb": round(got["peak_rss_mb"])}
 
 
+def record_expected(profile: str, rows: list[dict], model: str | None) -> None:
+    """Merge this run's per-chapter times into bench/expected.json (what `profiles.expected_line` prints at the
+    top of each chapter); only a run of the profile's own model counts."""
+    if model:
+        return
+    data = json.loads(EXPECTED.read_text()) if EXPECTED.exists() else {}
+    for r in rows:
+        e = data.setdefault(profile, {}).setdefault(r["chapter"][:2], {})
+        e[f"{r['phase']}_s"] = r["wall_s"]
+        e.update(when=time.strftime("%Y-%m-%d"), cpus=os.cpu_count())
+    EXPECTED.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default")
     ap.add_argument("--model", default=None)
     ap.add_argument("--chapters", default=None, help="comma list, e.g. 01,02 (default: every chapter)")
     ap.add_argument("--warm-only", action="store_true", help="skip the cold pass (use --cache/--results to warm)")
+    ap.add_argument("--cold-only", action="store_true", help="skip the warm pass")
     ap.add_argument("--cache", default=None, help="sweep cache (default: a fresh temporary one: cold)")
     ap.add_argument("--results", default=None, help="results directory (default: a fresh temporary one)")
     a = ap.parse_args()
@@ -67,7 +83,7 @@ def main() -> None:
     params = {"profile": a.profile, **({"model": a.model} if a.model else {})}
     todo = book.ordered([c for c in book.chapters() if not a.chapters or c.stem[:2] in a.chapters.split(",")])
     rows = []
-    for phase in (["warm"] if a.warm_only else ["cold", "warm"]):
+    for phase in (["warm"] if a.warm_only else ["cold"] if a.cold_only else ["cold", "warm"]):
         for c in todo:
             r = {"phase": phase, **run(c, params, cache, results, tmp / phase)}
             rows.append(r)
@@ -77,6 +93,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"profile": a.profile, "model": params.get("model"), "rows": rows,
                                "when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}, indent=1))
+    record_expected(a.profile, rows, a.model)
     print("| phase | chapter | wall s | units computed | adapters trained | peak RSS MB |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['phase']} | {r['chapter']} | {r['wall_s']:.0f} | {r['units_computed']} | {r['adapters_trained']} | "

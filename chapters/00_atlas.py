@@ -32,7 +32,7 @@ from atlas_core import profiles
 from atlas_core.publish import charts, summary
 from atlas_core.studies.atlas import Atlas
 
-ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote, number="00")
 model, results_dir, subject = ctx.model, ctx.results_dir, ctx.subject
 atlas_path = Path(results_dir) / f"atlas-{model}-{profile}" / "atlas.json"
 claims = summary.with_evidence(model, profile)

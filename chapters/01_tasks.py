@@ -35,7 +35,7 @@ from atlas_core import profiles, tasks
 from atlas_core.evidence.claims import record
 from atlas_core.publish import charts
 
-ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote, number="01")
 model, seeds, subject, B = ctx.model, ctx.seeds, ctx.subject, ctx.cfg["baselines"]
 print(subject)
 

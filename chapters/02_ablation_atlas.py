@@ -43,7 +43,7 @@ from atlas_core.evidence.claims import record
 from atlas_core.publish import charts
 from atlas_core.studies.atlas import agreement_claim, hub_claim, map_atlas, screen_vs_exact
 
-ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote, number="02")
 model, seeds, results_dir, subject, A = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject, ctx.cfg["atlas"]
 print(subject)
 
@@ -51,11 +51,13 @@ print(subject)
 # ## The sweep
 # Every (component, layer, method) unit, every head under zero ablation, and block zero-ablation at
 # the first and the last token only. First, the flip gate on more prompts than the atlas samples decides which
-# families are testable; the first seed maps every family (the disruption map), and the other seeds replicate
-# what claims are made about (the profile's `replicate`: the testable families, or all). Heads are swept
-# exactly on the first `head_seeds` seeds: the screen below is checked against them, and no claim rests on a
-# head's replication. Results come from the content-addressed cache when this model, these prompts and this
-# engine version were already run (e.g. by `atlas map`).
+# families are testable. Exact forwards go where claims are made (the profile's `replicate`): with
+# `testable`, the testable families (every family when none is) get every unit on the first seed and their
+# layer and position units on the other seeds, while the other families get only the disruption map (block,
+# attention and MLP under the first method, first seed) — no claim localizes them; with `all`, every family
+# gets every unit on every seed. Heads are swept exactly on the first `head_seeds` seeds: the screen below is
+# checked against them, and no claim rests on a head's replication. Results come from the content-addressed
+# cache when this model, these prompts and this engine version were already run (e.g. by `atlas map`).
 
 # %% tags=["hide-output"]
 gate = tasks.gate(subject, A["families"] or list(tasks.FAMILIES), n=A["n_gate"], seed=seeds[0])
@@ -151,8 +153,8 @@ table.set_index(["component", "layer"]).round(3)
 
 # %% [markdown]
 # ## Disruption maps: KL(clean ‖ ablated)
-# Mean KL per layer and family (every family, every prompt), averaged over seeds. Hover for the CI of
-# each cell. Large KL says ablation damages the output; it does not say the component carries the task.
+# Mean KL per layer and family (every prompt), averaged over seeds; the families no claim is about appear
+# under the first method only (see the sweep above). Hover for the CI of each cell. Large KL says ablation damages the output; it does not say the component carries the task.
 #
 # Look for: layers bright in every family (general damage) that the behaviour maps above leave dark.
 
@@ -194,8 +196,8 @@ atlas.method_agreement().round(3)
 
 # %% [markdown]
 # ## Heads
-# Zero-ablation of each attention head (its slice of the out-projection input), mean KL over families and
-# the seeds that swept heads (the profile's `head_seeds`).
+# Zero-ablation of each attention head (its slice of the out-projection input), mean KL over the families
+# and seeds that swept heads (the claims' families; the profile's `head_seeds`).
 #
 # Look for: a few bright heads within a layer (they carry its effect) rather than a uniform band.
 

@@ -51,7 +51,7 @@ from atlas_core.profiles import chapter
 from atlas_core.publish import charts
 from atlas_core.studies import patching
 
-ctx = chapter(model, profile, seeds, results_dir, remote=remote)
+ctx = chapter(model, profile, seeds, results_dir, remote=remote, number="03")
 model, seed, subject, P = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["patching"]
 families = P["families"] or list(tasks.FAMILIES)
 arch = subject.arch

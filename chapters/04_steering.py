@@ -75,7 +75,7 @@ from atlas_core.publish import charts
 from atlas_core.studies import patching, steering
 from atlas_core.tasks import neutral
 
-ctx = chapter(model, profile, seeds, results_dir, remote=remote)
+ctx = chapter(model, profile, seeds, results_dir, remote=remote, number="04")
 model, seed, subject, S = ctx.model, ctx.seeds[0], ctx.subject, ctx.cfg["steering"]
 families = S["families"] or list(tasks.FAMILIES)
 n_layers = subject.arch.n_layers

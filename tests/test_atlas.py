@@ -192,19 +192,59 @@ def test_map_atlas_sweeps_exactly_the_shared_items_and_units(tok, tmp_path):
 
 
 def test_replication_seeds_sweep_what_claims_are_made_about(tok):
-    """replicate='testable': the first seed maps every family, later seeds only the gate's testable ones; heads
-    only on the first head_seeds seeds; the gate decides the testable families."""
+    """replicate='testable': the first seed maps every family, later seeds only the gate's testable ones; the
+    families no claim is about get only the disruption map (whole components, first method); heads only on the
+    first head_seeds seeds; neutral text only with the first method; the gate decides the testable families."""
     from atlas_core.studies.atlas import map_atlas
 
     s = tiny_subject("llama", tok)
     fams = ["ioi", "antonyms", "copying"]
     gate = pd.DataFrame({"family": fams, "n_items": 8, "n_flipped": [8, 0, 0], "flip_rate": [1.0, 0, 0],
                          "flip_lo": [0.7, 0, 0], "flip_hi": [1.0, 0.3, 0.3], "testable": [True, False, False]})
-    a = map_atlas(s, fams, ["block"], ["zero"], seeds=[1, 2], prompts_per_family=2, heads=True, positions=(),
-                  neutral_prompts=0, direct=False, gate=gate, replicate="testable", head_seeds=1, progress=False)
+    a = map_atlas(s, fams, ["block", "mlp"], ["zero", "mean"], seeds=[1, 2], prompts_per_family=2, heads=True,
+                  positions=("first",), neutral_prompts=2, direct=False, gate=gate, replicate="testable",
+                  head_seeds=1, progress=False)
     e = a.effects
     assert set(e[e["seed"] == 1]["family"]) == set(fams) and set(e[e["seed"] == 2]["family"]) == {"ioi"}
-    assert set(e[e["component"] == "head"]["seed"]) == {1}
+    assert set(e[e["component"] == "head"]["seed"]) == {1} and set(e[e["component"] == "head"]["family"]) == {"ioi"}
+    rest = e[e["family"] != "ioi"]
+    assert set(rest["method"]) == {"zero"} and set(rest["position"]) == {"all"} and set(rest["component"]) == {"block", "mlp"}
+    ioi = e[e["family"] == "ioi"]
+    assert set(ioi["method"]) == {"zero", "mean"} and set(ioi[ioi["seed"] == 2]["position"]) == {"all", "first"}
+    assert e.loc[e["method"] == "mean", "kl_neutral"].isna().all() and e.loc[
+        (e["method"] == "zero") & (e["position"] == "all") & (e["component"] != "head"), "kl_neutral"].notna().all()
     assert a.testable_families == ["ioi"] and a.meta["replicate"] == "testable" and a.meta["head_seeds"] == 1
+    none = gate.assign(testable=False)  # no family testable: every family gets every unit on the first seed only
+    b = map_atlas(s, fams, ["block"], ["zero", "mean"], seeds=[1, 2], prompts_per_family=2, heads=False, positions=(),
+                  neutral_prompts=0, direct=False, gate=none, replicate="testable", progress=False)
+    assert set(b.effects["seed"]) == {1} and set(b.effects.groupby("family")["method"].nunique()) == {2}
     with pytest.raises(ValueError, match="needs a gate"):
         map_atlas(s, fams, ["block"], ["zero"], seeds=[1], prompts_per_family=2, replicate="testable")
+
+
+def test_cell_intervals_equal_one_bootstrap_per_cell():
+    """The atlas's vectorized cell CIs equal `stats.bootstrap_ci` run on each cell's values (flipped-only ld_frac,
+    NaN where a cell has no flipped item), and its point estimates the plain means."""
+    from atlas_core.evidence.stats import bootstrap_ci
+    from atlas_core.studies.atlas.effects import KEYS, aggregate
+
+    rng = np.random.default_rng(0)
+    n = 400
+    rows = pd.DataFrame({"component": "block", "layer": rng.integers(0, 4, n), "head": -1, "position": "all",
+                         "method": rng.choice(["zero", "mean"], n), "family": rng.choice(["ioi", "antonyms"], n),
+                         "seed": 1, "item_id": [f"x/{i % 37}" for i in range(n)], "kl": rng.lognormal(size=n),
+                         "ld_drop": rng.normal(size=n), "ld_clean": rng.normal(1, 1, n), "ld_corrupt": rng.normal(-1, 1, n),
+                         "p_answer": rng.random(n), "top5_overlap": rng.random(n)})
+    eff, _ = aggregate(rows, n_boot=300)
+    from atlas_core.studies.atlas.effects import split_of
+    from atlas_core.tasks import flipped
+    rows = rows.assign(split=[split_of(i) for i in rows["item_id"]], flipped=flipped(rows["ld_clean"], rows["ld_corrupt"]))
+    for (key, g), e in zip(rows.groupby(KEYS, sort=True), eff.itertuples(), strict=True):
+        assert tuple(getattr(e, k) for k in KEYS) == key
+        f = g[g["flipped"]]
+        want = {"kl": bootstrap_ci(g["kl"], 300), "ld_drop": bootstrap_ci(g["ld_drop"], 300),
+                "ld_frac": bootstrap_ci(f["ld_drop"] / f["ld_clean"].mean(), 300) if len(f) else (np.nan,) * 3}
+        for m, (est, lo, hi) in want.items():
+            np.testing.assert_allclose([getattr(e, m), getattr(e, f"{m}_lo"), getattr(e, f"{m}_hi")], [est, lo, hi],
+                                       atol=2e-7)
+        assert e.n == len(g) and e.n_solved == len(f)

@@ -147,3 +147,22 @@ def test_published_site_works_from_a_copied_folder_with_its_charts_drawn(tmp_pat
     shutil.rmtree(src)  # the published copy must not reach back into the build
     assert check_render.check(dest, None) == 0, capsys.readouterr().out
     assert "1 charts; ok at 1280 and 390 px" in capsys.readouterr().out
+
+
+def test_chapters_say_their_expected_time(tmp_path, monkeypatch):
+    """The expected time printed at the top of a chapter is what bench/book.py last measured, or says it was not
+    benchmarked; every chapter passes its number so it prints it."""
+    import json
+
+    from atlas_core import profiles
+
+    monkeypatch.setattr(profiles, "EXPECTED", tmp_path / "expected.json")
+    assert "not benchmarked" in profiles.expected_line("02", "default")
+    (tmp_path / "expected.json").write_text(json.dumps({"default": {"02": {"cold_s": 600, "warm_s": 90, "cpus": 2,
+                                                                           "when": "2026-12-04"}}}))
+    line = profiles.expected_line("02", "default")
+    assert "~10.0 min cold" in line and "~1.5 min warm" in line and "2 CPUs" in line
+    assert "not benchmarked" in profiles.expected_line("02", "smoke")
+    for c in book.chapters():
+        text = c.read_text()
+        assert "chapter(model" not in text or f'number="{c.stem[:2]}"' in text, f"{c.name}: pass number= to chapter()"

@@ -137,3 +137,25 @@ def test_exact_tests_and_corrections():
     np.testing.assert_allclose(stats.bh([0.01, 0.04, 0.03]), [0.03, 0.04, 0.04])
     rate, lo, hi = stats.proportion_ci(15, 16)
     assert rate == 0.9375 and 0.69 < lo < 0.70 and hi > 0.99
+
+
+def test_bootstrap_cis_equals_bootstrap_ci_on_each_array():
+    """Many intervals at once are the one-at-a-time intervals: sizes 0-11, NaNs, constant arrays and the
+    t-interval fallback (one outlier among zeros) included."""
+    import numpy as np
+
+    from atlas_core.evidence.stats import bootstrap_ci, bootstrap_cis
+
+    rng = np.random.default_rng(1)
+    arrays = []
+    for i in range(600):
+        x = rng.lognormal(size=int(rng.integers(0, 12)))
+        if i % 10 == 1:
+            x[:] = 1.0
+        elif i % 10 == 2 and x.size:
+            x[0] = np.nan
+        elif i % 10 == 3 and x.size > 2:
+            x[:] = 0.0
+            x[0] = 5.0
+        arrays.append(x)
+    np.testing.assert_allclose(bootstrap_cis(arrays, n_boot=400), [bootstrap_ci(x, 400) for x in arrays], atol=1e-12)

@@ -236,3 +236,26 @@ def test_baselines_with_the_chat_template_side_by_side(tok):
     assert list(side["family"]) == ["agreement", "ioi"]
     assert {"flip_rate", "flip_rate_chat", "n_chat", "testable_chat"} <= set(side.columns)
     assert tasks.gate(s, ["ioi"], n=6, chat=True)["n_items"].tolist() == [6]
+
+
+def test_scores_are_cached_per_item_and_never_under_an_attached_adapter(tok, monkeypatch):
+    """The gate's second call reads every item from the cache (no forward) with identical numbers, a sample of
+    more items computes only the new ones, and a model with an in-place adapter is always recomputed."""
+    import sys
+
+    from conftest import tiny_subject
+
+    baselines = sys.modules["atlas_core.tasks.baselines"]  # the module (the package exports a function of its name)
+    s = tiny_subject("llama", tok, seed=3)
+    calls = []
+    real = baselines.last_logits
+    monkeypatch.setattr(baselines, "last_logits", lambda subj, prompts, bs=16: calls.append(len(prompts)) or real(subj, prompts, bs))
+    g1 = tasks.gate(s, ["ioi", "antonyms"], n=6, seed=5)
+    assert calls == [12, 12]
+    g2 = tasks.gate(s, ["ioi", "antonyms"], n=6, seed=5)
+    assert calls == [12, 12] and g1.equals(g2)
+    tasks.gate(s, ["ioi", "antonyms"], n=8, seed=5)  # the same 6 first items (sample is hash-ordered) + 2 new each
+    assert calls[2:] == [4, 4]
+    s.model.peft_config = {}  # what PEFT leaves on a model it adapted in place
+    tasks.gate(s, ["ioi", "antonyms"], n=6, seed=5)
+    assert calls[4:] == [12, 12]

@@ -3,6 +3,7 @@
 - `bootstrap_ci`: 95% CI of a mean by the *studentized* bootstrap (bootstrap-t). On lognormal, KL-like data
   (sigma 0.5) it covered 93.8% at n=8 and 94.4% at n=16, where the percentile bootstrap covered 87% / 90%
   and a t interval 93% / 93% (`coverage` re-measures this; the method page prints the table).
+  `bootstrap_cis` computes it for many arrays at once (the atlas's cells), with identical results.
 - `sign_flip_p`: exact paired permutation test (every sign pattern of the differences, up to 2^16; seeded
   Monte Carlo above). Use it whenever there are fewer than ~8 independent replicates (seeds, families).
 - `resample_ci`: percentile bootstrap of any statistic of paired and/or stratified samples (ratios of means,
@@ -46,6 +47,53 @@ def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
         t_lo, t_hi = np.quantile(t, [alpha / 2, 1 - alpha / 2])
         return est, float(est - t_hi * se), float(est - t_lo * se)
     return resample_ci(lambda s: stat(s[0]), (x,), n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def _sorted_quantile(t: np.ndarray, m: np.ndarray, a: float) -> np.ndarray:
+    """Per row, np.quantile (linear) of the first m[i] values of the sorted row t[i] (NaN where m[i] == 0)."""
+    h = np.maximum(m - 1, 0) * a
+    lo = np.floor(h).astype(int)
+    hi = np.minimum(lo + 1, np.maximum(m - 1, 0))
+    v_lo = np.take_along_axis(t, lo[:, None], 1)[:, 0]
+    v_hi = np.take_along_axis(t, hi[:, None], 1)[:, 0]
+    return v_lo + (h - lo) * (v_hi - v_lo)
+
+
+def bootstrap_cis(arrays, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> np.ndarray:
+    """`bootstrap_ci` of the mean of every array at once: (k, 3) rows (estimate, low, high), equal to calling it
+    on each (arrays of one size share its resample indices, so they are resampled together, in chunks)."""
+    xs = [np.asarray(a, dtype=float) for a in arrays]
+    xs = [x[~np.isnan(x)] for x in xs]
+    out = np.full((len(xs), 3), np.nan)
+    by_size: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_size.setdefault(x.size, []).append(i)
+    for n, cells in by_size.items():
+        if n == 0:
+            continue
+        X = np.stack([xs[i] for i in cells])
+        est = X.mean(axis=1)
+        if n == 1:
+            out[cells] = np.stack([est, est, est], axis=1)
+            continue
+        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        se = X.std(axis=1, ddof=1) / np.sqrt(n)
+        q = _st.t.ppf(1 - alpha / 2, n - 1)
+        step = max(1, 2_000_000 // (n_boot * n))
+        for lo in range(0, len(cells), step):
+            r = slice(lo, lo + step)
+            XB = X[r][:, idx]  # (cells, n_boot, n)
+            se_b = XB.std(axis=2, ddof=1) / np.sqrt(n)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                t = np.sort(np.where(se_b > 0, (XB.mean(axis=2) - est[r, None]) / se_b, np.nan), axis=1)
+            m = (se_b > 0).sum(1)  # the finite t's, sorted first
+            t_lo, t_hi = (_sorted_quantile(t, m, a) for a in (alpha / 2, 1 - alpha / 2))
+            e, sd = est[r], se[r]
+            few = m < 20  # almost every resample constant: the t interval, as bootstrap_ci
+            low = np.where(sd == 0, e, np.where(few, e - q * sd, e - t_hi * sd))
+            high = np.where(sd == 0, e, np.where(few, e + q * sd, e - t_lo * sd))
+            out[np.asarray(cells)[r]] = np.stack([e, low, high], axis=1)
+    return out
 
 
 def resample_ci(stat, *samples: tuple, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,

@@ -211,9 +211,9 @@ def build(model: str | None, profile: str, seeds: str | None, only: list[str] | 
     times = {}
     t_all = time.time()
     for c in todo:
-        print(f"[book] executing {c.name} ({params})", flush=True)
+        print(f"[book] executing {c.name} ({params}); {profiles.expected_line(c.stem[:2], profile)}", flush=True)
         times[c.stem] = execute(c, EXECUTED / f"{c.stem}.ipynb", params, progress=True)
-        print(f"[book]   {c.stem}: {times[c.stem]:.1f} s", flush=True)
+        print(f"[book]   {c.stem}: {times[c.stem]:.1f} s (book so far {(time.time() - t_all) / 60:.1f} min)", flush=True)
     for c in chapters():
         if c not in todo and executed_run(EXECUTED / f"{c.stem}.ipynb") is None:
             placeholder(c, EXECUTED / f"{c.stem}.ipynb", run)

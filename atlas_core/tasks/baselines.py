@@ -24,21 +24,39 @@ def last_logits(subject, prompts: list[str], batch_size: int = 16) -> torch.Tens
     return torch.stack(out) if out else torch.empty(0)
 
 
+SCORES = ("correct", "corrupt_correct", "p_answer", "logit_diff_clean", "logit_diff_corrupt")
+
+
 def score(subject, items: list[TokItem], batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Per-item metrics on clean and corrupt prompts."""
-    a = torch.tensor([it.answer_id for it in items])
-    d = torch.tensor([it.distractor_id for it in items])
-    ca = torch.tensor([it.corrupt_answer_id for it in items])
-    lc = last_logits(subject, [it.prompt for it in items], batch_size)
-    lx = last_logits(subject, [it.corrupt for it in items], batch_size)
-    r = torch.arange(len(items))
-    return {
-        "correct": (lc.argmax(-1) == a).numpy().astype(float),
-        "corrupt_correct": (lx.argmax(-1) == ca).numpy().astype(float),
-        "p_answer": lc.softmax(-1)[r, a].numpy(),
-        "logit_diff_clean": (lc[r, a] - lc[r, d]).numpy(),
-        "logit_diff_corrupt": (lx[r, a] - lx[r, d]).numpy(),
-    }
+    """Per-item metrics on clean and corrupt prompts. Each item's numbers are kept in the sweep cache (keyed by
+    the engine version, the model's fingerprint and the item's prompts and token ids), so the flip gates of
+    later chapters read what chapter 01's baselines measured; a model with a PEFT adapter attached in place
+    (same fingerprint, other function) is never cached."""
+    from ..engine.sweep import Cache, code_version
+    from ..paths import content_key
+
+    cache = None if hasattr(subject.model, "peft_config") else Cache()
+    keys = [content_key("score", code_version(), subject.fingerprint, it.prompt, it.corrupt, it.answer_id,
+                        it.distractor_id, it.corrupt_answer_id) for it in items]
+    hit = cache.get_many(keys) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in hit]
+    if todo:
+        its = [items[i] for i in todo]
+        a = torch.tensor([it.answer_id for it in its])
+        d = torch.tensor([it.distractor_id for it in its])
+        ca = torch.tensor([it.corrupt_answer_id for it in its])
+        lc = last_logits(subject, [it.prompt for it in its], batch_size)
+        lx = last_logits(subject, [it.corrupt for it in its], batch_size)
+        r = torch.arange(len(its))
+        new = {"correct": (lc.argmax(-1) == a).numpy().astype(float),
+               "corrupt_correct": (lx.argmax(-1) == ca).numpy().astype(float),
+               "p_answer": lc.softmax(-1)[r, a].numpy(), "logit_diff_clean": (lc[r, a] - lc[r, d]).numpy(),
+               "logit_diff_corrupt": (lx[r, a] - lx[r, d]).numpy()}
+        got = {keys[i]: {m: float(new[m][j]) for m in SCORES} for j, i in enumerate(todo)}
+        if cache is not None:
+            cache.put_many(got)
+        hit = {**hit, **got}
+    return {m: np.array([hit[k][m] for k in keys], dtype=float) for m in SCORES}
 
 
 FLIP_GATE = 0.7  # a family is testable when the 95% lower bound of its flip rate reaches this

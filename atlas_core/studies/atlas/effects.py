@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from ...evidence.stats import bootstrap_ci
+from ...evidence.stats import bootstrap_cis
 from ...tasks import flipped, solved
 
 SCHEMA = "mi-atlas/atlas@2"
@@ -26,34 +26,6 @@ def split_of(item_id: str) -> str:
 def records(df: pd.DataFrame) -> list[dict]:
     """Rows as JSON records at the precision atlas.json stores (7 decimals)."""
     return json.loads(df.to_json(orient="records", double_precision=7))
-
-
-def _ratio(num: float, den: float) -> float:
-    """num / den where den > 0 (a fraction of the clean LD), else NaN."""
-    return float(num / den) if np.isfinite(den) and den > 0 else float("nan")
-
-
-def _extra(g: pd.DataFrame) -> dict:
-    """Point estimates beside the CI'd ones: all-item fractions and the direct effect (when rows carry `direct`)."""
-    f = g[g["flipped"]]
-    clean_all, clean_f = g["ld_clean"].mean(), f["ld_clean"].mean() if len(f) else np.nan
-    direct = g["direct"] if "direct" in g else pd.Series(np.nan, index=g.index)
-    d_all = direct.mean() if direct.notna().any() else np.nan
-    d_f = direct[f.index].mean() if len(f) and direct[f.index].notna().any() else np.nan
-    return {"ld_clean": float(clean_all), "ld_frac_all": _ratio(g["ld_drop"].mean(), clean_all),
-            "direct_drop": float(d_all), "direct_frac": _ratio(d_f, clean_f), "direct_frac_all": _ratio(d_all, clean_all)}
-
-
-def cell(g: pd.DataFrame, n_boot: int) -> dict:
-    """One cell's effects (the rows of one `KEYS` group, `flipped` marked) with studentized-bootstrap 95% CIs."""
-    kl = bootstrap_ci(g["kl"].to_numpy(), n_boot=n_boot)
-    ld = bootstrap_ci(g["ld_drop"].to_numpy(), n_boot=n_boot)
-    f = g[g["flipped"]]
-    den = f["ld_clean"].mean() if len(f) else np.nan
-    fr = bootstrap_ci((f["ld_drop"] / den).to_numpy(), n_boot=n_boot) if len(f) else (np.nan,) * 3
-    return {"n": len(g), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "ld_drop": ld[0], "ld_drop_lo": ld[1],
-            "ld_drop_hi": ld[2], "n_solved": len(f), "ld_frac": fr[0], "ld_frac_lo": fr[1], "ld_frac_hi": fr[2],
-            "p_answer": float(g["p_answer"].mean()), "top5_overlap": float(g["top5_overlap"].mean()), **_extra(g)}
 
 
 def _positive(x: pd.Series) -> pd.Series:
@@ -79,6 +51,27 @@ def means(rows: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def with_cis(rows: pd.DataFrame, recs: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    """`means`' cells with studentized-bootstrap 95% CIs (`stats.bootstrap_cis`, all cells at once) of the mean KL,
+    the mean LD drop and ld_frac, the flipped items' LD drop as a fraction of their mean clean LD."""
+    gid = rows.groupby(KEYS, sort=True).ngroup().to_numpy()
+    order = np.argsort(gid, kind="stable")
+    cuts = np.flatnonzero(np.diff(gid[order])) + 1
+    flip = rows["flipped"].to_numpy(bool)[order]
+    drop, clean = rows["ld_drop"].to_numpy(float)[order], rows["ld_clean"].to_numpy(float)[order]
+    fr = [d[f] / c[f].mean() if f.any() else d[:0] for d, c, f in
+          zip(np.split(drop, cuts), np.split(clean, cuts), np.split(flip, cuts), strict=True)]
+    out = recs.copy()
+    for name, arrays in (("kl", np.split(rows["kl"].to_numpy(float)[order], cuts)),
+                         ("ld_drop", np.split(drop, cuts)), ("ld_frac", fr)):
+        ci = bootstrap_cis(arrays, n_boot=n_boot)
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = ci[:, 0], ci[:, 1], ci[:, 2]
+    cols = ["n", "kl", "kl_lo", "kl_hi", "ld_drop", "ld_drop_lo", "ld_drop_hi", "n_solved", "ld_frac", "ld_frac_lo",
+            "ld_frac_hi", "p_answer", "top5_overlap", "ld_clean", "ld_frac_all", "direct_drop", "direct_frac",
+            "direct_frac_all"]
+    return out[KEYS + cols]
+
+
 def neutral_kl(neutral: pd.DataFrame) -> pd.DataFrame:
     """Mean KL per (unit, seed) on neutral text, keyed like the effects (any family, any split)."""
     return neutral.groupby(UNIT_KEYS, sort=True)["kl"].mean().rename("kl_neutral").reset_index()
@@ -91,10 +84,7 @@ def aggregate(rows: pd.DataFrame, n_boot: int = 1000,
     loaded atlas answers exactly like the one that saved it."""
     rows = rows.assign(split=[split_of(i) for i in rows["item_id"]],
                        flipped=flipped(rows["ld_clean"], rows["ld_corrupt"]))
-    if n_boot:
-        recs = pd.DataFrame([{**dict(zip(KEYS, key)), **cell(g, n_boot)} for key, g in rows.groupby(KEYS, sort=True)])
-    else:
-        recs = means(rows)
+    recs = with_cis(rows, means(rows), n_boot) if n_boot else means(rows)
     if neutral is not None and len(neutral):
         recs = recs.merge(neutral_kl(neutral), on=UNIT_KEYS, how="left")
     else:

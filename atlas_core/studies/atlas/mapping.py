@@ -163,11 +163,13 @@ def map_atlas(
     on, except for a remote subject (direct effects read the weights locally).
     gate: a `tasks.gate` table (flip rates on more items than the atlas samples); it decides the testable
     families instead of the atlas's own items.
-    replicate: "all" sweeps every family on every seed; "testable" sweeps every family on the first seed (the
-    disruption map) and only the gate's testable families on the others: the seeds replicate what claims are
-    made about, and nothing is spent on families no claim can localize.
+    replicate: "all" sweeps every unit for every family on every seed. "testable" spends exact forwards where
+    claims are made: the gate's testable families (every family when none is: the disruption hub) get every
+    unit on the first seed, and their layer and position units on the others; the remaining families get only
+    the disruption map (whole-component units, the first method) on the first seed.
     head_seeds: per-head units on the first `head_seeds` seeds only (None: every seed). No claim rests on a
-    head's replication; the first seed's exact head sweep is what the attribution screen is checked against."""
+    head's replication; the first seed's exact head sweep is what the attribution screen is checked against.
+    Neutral text is swept with the first method's layer units (specificity is read for that method)."""
     t0 = time.time()
     fams, seeds = _arguments(families, components, methods, seeds, prompts_per_family)
     if replicate not in ("all", "testable"):
@@ -182,26 +184,31 @@ def map_atlas(
     n_neutral = prompts_per_family if neutral_prompts is None else neutral_prompts
     direct = not subject.remote if direct is None else direct
     frames, neutral_frames, stats = [], [], {"computed": 0, "cached": 0}
-    testable = set(gate.loc[gate["testable"], "family"]) if gate is not None else set(fams)
+    first = "zero" if "zero" in methods else methods[0]
+    testable = [f for f in fams if gate is None or f in set(gate.loc[gate["testable"], "family"])]
     for i, seed in enumerate(seeds):
-        seed_fams = fams if i == 0 or replicate == "all" else [f for f in fams if f in testable]
-        if not seed_fams:
+        full = fams if replicate == "all" else (testable or fams) if i == 0 else testable
+        plan = [(full, atlas_units(arch, components, methods, heads and (head_seeds is None or i < head_seeds),
+                                   positions, seed))]
+        if replicate == "testable" and i == 0:  # the disruption map of the families no claim is made about
+            plan.append(([f for f in fams if f not in full], atlas_units(arch, components, [first], seed=seed)))
+        plan = [(atlas_items(pool, fs, prompts_per_family, seed), units) for fs, units in plan if fs]
+        if not plan:
             continue
-        items = atlas_items(pool, seed_fams, prompts_per_family, seed)
         runs = []
         if n_neutral:
-            lengths = [len(subject.tokenizer(it.prompt)["input_ids"]) for it in items]
+            lengths = [len(subject.tokenizer(it.prompt)["input_ids"]) for items, _ in plan for it in items]
             nd = sweep(subject, neutral_items(subject.tokenizer, lengths, n_neutral, seed),
-                       atlas_units(arch, components, methods, seed=seed), seed=seed, cache=cache, progress=progress,
+                       atlas_units(arch, components, [first], seed=seed), seed=seed, cache=cache, progress=progress,
                        desc=f"neutral seed {seed}")
             neutral_frames.append(nd)
             runs.append(nd)
-        units = atlas_units(arch, components, methods, heads and (head_seeds is None or i < head_seeds), positions, seed)
-        df = sweep(subject, items, units, seed=seed, cache=cache, progress=progress, desc=f"atlas seed {seed}")
-        runs.append(df)
-        if direct:
-            df = direct_effects.attach(df, direct_effects.direct_rows(subject, items, units, seed=seed))
-        frames.append(df)
+        for items, units in plan:
+            df = sweep(subject, items, units, seed=seed, cache=cache, progress=progress, desc=f"atlas seed {seed}")
+            runs.append(df)
+            if direct:
+                df = direct_effects.attach(df, direct_effects.direct_rows(subject, items, units, seed=seed))
+            frames.append(df)
         for r in runs:
             stats["computed"] += r.attrs["computed"]
             stats["cached"] += r.attrs["cached"]
