@@ -101,6 +101,18 @@ PROFILES: dict[str, dict] = {
                  "n_drift": 8, "sweep_family": "json_schema", "modules": ["attn", "mlp"], "ranks": [1],
                  "optimizers": ["lion"], "checkpoints": [0, 4, 8, 12], "ablation_n": 16,
                  "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block"]},
+        # chapter 06 (SFT): 15 configurations x 2 seeds + 6 formats x 2 seeds = 42 adapters of 6 steps at batch 4.
+        # Measured here (one thread, shared machine): a training step 0.7-1.4 s on `facts` (<= 20 tokens), ~5 s on
+        # the chat format (~75 tokens), ~11 s at batch 8 on verbose (~140 tokens; batch 4 ~half); greedy generation
+        # of 16 short answers ~1.6 s. Estimated ~12-14 min cold (see the chapter's last cell for the measured time).
+        "sft": {"n_seeds": 2, "batch": 4, "n_val": 6, "n_eval": 12, "n_drift": 8, "n_canon": 48, "n_canon_eval": 16,
+                "hub_k": 4, "atlas_families": ["factual_recall", "ioi"], "atlas_prompts": 8, "n_gate": 32,
+                "hub_config": "modules=hub", "hub_seeds": 2,
+                "base": {"dataset": "facts", "volume": 48, "optimizer": "adamw", "rank": 8, "modules": "all-linear",
+                         "lr": 4e-3, "steps": 6},
+                "sweep": {"dataset": ["json", "code", "lists"], "optimizer": ["adafactor", "lion"], "rank": [2, 32],
+                          "modules": ["hub", "o", "attn", "mlp"], "lr": [1e-3], "steps": [12], "volume": [16]},
+                "format": {"modules": "all-linear", "rank": 8, "lr": 4e-3, "steps": 6}},
         "compression": {"families": ["ioi", "antonyms", "copying"], "n_items": 8, "n_select": 16, "n_test": 12,
                         "n_heal_val": 8, "n_heal": 96, "gen_tokens": 12, "run_lengths": [2, 3, 4, 5, 6, 7, 8],
                         "runs_per_length": 2, "fractions": [0.1, 0.2, 0.3], "n_random": 4, "heal_fraction": 0.2,
@@ -110,6 +122,7 @@ PROFILES: dict[str, dict] = {
     },
     "full": {
         "model": "smollm2-135m",
+        "device": "auto",  # CUDA where there is one (every model a chapter loads; batch sizes from free memory)
         "seeds": [42, 137, 256, 512, 1024],
         "baselines": {"families": None, "n": 200},
         "atlas": {"families": None, "prompts_per_family": 50,
@@ -132,6 +145,17 @@ PROFILES: dict[str, dict] = {
                  "modules": ["o", "q", "k", "v", "gate", "up", "down", "qkv", "gate_up_down", "attn", "mlp"],
                  "ranks": [1, 2, 4, 16, 32], "optimizers": ["adafactor", "lion"], "checkpoints": [0, 10, 25, 50],
                  "ablation_n": 50, "atlas_prompts": 50, "n_gate": 128, "diff_components": ["block", "attn", "mlp"]},
+        # chapter 06 (SFT) at the original study's scale: 22 configurations x 3 seeds = 66 sweep adapters (>= 39),
+        # 6 formats x 3 seeds on 300 canonical examples, judged on 150 held-out prompts
+        "sft": {"n_seeds": 3, "batch": 8, "n_val": 32, "n_eval": 100, "n_drift": 50, "n_canon": 300,
+                "n_canon_eval": 150, "hub_k": 4, "atlas_families": ["factual_recall", "ioi", "antonyms"],
+                "atlas_prompts": 32, "n_gate": 128, "hub_config": "modules=hub", "hub_seeds": 3,
+                "base": {"dataset": "facts", "volume": 300, "optimizer": "adamw", "rank": 8, "modules": "all-linear",
+                         "lr": 2e-3, "steps": 50},
+                "sweep": {"dataset": ["json", "code", "lists"], "optimizer": ["adafactor", "lion"],
+                          "rank": [2, 4, 16, 32, 64], "modules": ["hub", "o", "attn", "mlp"], "lr": [5e-4, 1e-3, 5e-3],
+                          "steps": [25, 100], "volume": [100, 200]},
+                "format": {"modules": "all-linear", "rank": 8, "lr": 2e-3, "steps": 50}},
         "compression": {"families": ["ioi", "antonyms", "copying", "induction"], "n_items": 32, "n_select": 48,
                         "n_test": 48, "n_heal_val": 16, "n_heal": None, "gen_tokens": 32, "run_lengths": [2, 3, 4, 5, 6, 7, 8],
                         "runs_per_length": None, "fractions": [0.1, 0.2, 0.3], "n_random": 20, "heal_fraction": 0.2,
@@ -147,6 +171,15 @@ def get(profile: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     return PROFILES[profile]
+
+
+def device(setting: str) -> str:
+    """A profile's device: "auto" is CUDA where torch sees one, else the CPU; anything else as given."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 EXPECTED = Path(__file__).resolve().parent.parent / "bench" / "expected.json"
@@ -196,6 +229,7 @@ def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None
     if results_dir:  # the registry and every table of this kernel follow the chapter's results_dir
         os.environ["ATLAS_RESULTS"] = str(results_dir)
     name = model or cfg["model"]
+    os.environ["ATLAS_DEVICE"] = device(cfg.get("device", "cpu"))  # every `load` in this kernel follows it
     if number:
         print(expected_line(number, profile))
     return SimpleNamespace(cfg=cfg, model=name, seeds=seeds,

@@ -248,3 +248,14 @@ def test_cell_intervals_equal_one_bootstrap_per_cell():
             np.testing.assert_allclose([getattr(e, m), getattr(e, f"{m}_lo"), getattr(e, f"{m}_hi")], [est, lo, hi],
                                        atol=2e-7)
         assert e.n == len(g) and e.n_solved == len(f)
+
+
+def test_patching_methods_map_with_direct_effects(tok):
+    """denoise / noise units (patches from the other run) get direct effects too: their batch keeps its corrupt run."""
+    from atlas_core.studies.atlas import map_atlas
+
+    s = tiny_subject("llama", tok)
+    a = map_atlas(s, ["ioi"], ["block"], ["zero", "denoise", "noise"], seeds=[1], prompts_per_family=2, heads=False,
+                  positions=(), neutral_prompts=0, progress=False)
+    assert set(a.effects["method"]) == {"zero", "denoise", "noise"}
+    assert a.effects.loc[a.effects["method"] == "noise", "direct_drop"].notna().all()

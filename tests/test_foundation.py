@@ -90,3 +90,18 @@ def test_tiny_gemma3_has_sliding_and_global_layers():
     from atlas_core.model import tiny
 
     assert set(tiny.config("gemma3", 100).layer_types) == {"sliding_attention", "full_attention"}
+
+
+def test_profiles_choose_the_device_every_load_follows(monkeypatch):
+    """A profile's "auto" device is CUDA only where torch sees one; `load` without a device follows $ATLAS_DEVICE
+    (what `profiles.chapter` sets for its kernel), so compare models and helper processes land on it too."""
+    import torch
+
+    from atlas_core import load, profiles
+
+    assert profiles.device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert profiles.device("cpu") == "cpu" and profiles.get("smoke").get("device", "cpu") == "cpu"
+    monkeypatch.setenv("ATLAS_DEVICE", "meta")
+    assert load("tiny-llama").device.type == "meta"
+    monkeypatch.delenv("ATLAS_DEVICE")
+    assert load("tiny-llama").device.type == "cpu"

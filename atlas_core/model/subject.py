@@ -98,7 +98,7 @@ def remote_mode(flag: str | None) -> bool | str:
 def load(
     name_or_path: str = "smollm2-135m",
     dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     quantization: str | None = None,
     remote: bool | str = False,
@@ -106,6 +106,7 @@ def load(
     """Load a causal LM: an embedded name (`smollm2-135m`, `gemma3-270m`), a tiny random family
     (`tiny-llama`, `tiny-qwen2`, `tiny-gemma3`, `tiny-lfm2`, `tiny-gpt2`), a local path or an HF id.
 
+    `device` defaults to $ATLAS_DEVICE (a chapter sets it from its profile, `profiles.chapter`), else the CPU.
     `quantization` may be "nf4" or "int8" (bitsandbytes). `remote=True` runs every trace on NDIF: the
     model is built here on the meta device (config and tokenizer only, no weights), the key is read by
     nnsight from NDIF_API_KEY. `remote="local"` loads the weights here and sends every trace through
@@ -121,6 +122,7 @@ def load(
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    device = device or os.environ.get("ATLAS_DEVICE") or "cpu"
     meta: dict = {}
     if name_or_path in sources.EMBEDDED:
         path = sources.embedded_dir(name_or_path)

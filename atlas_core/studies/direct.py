@@ -125,8 +125,9 @@ def direct_rows(subject: Subject, items: Sequence, units: Sequence[Unit], *, see
     units = list(dict.fromkeys(units))
     why = {u: undefined_why(subject.arch, u) for u in units}
     frames = []
+    patched = any(e.op.kind == "patch" for u in units for e in u.edits)  # their replacement is another run's value
     for its in batches(items, batch_size):
-        b = Batch.of_items(subject, its, corrupt=False, seed=seed)
+        b = Batch.of_items(subject, its, corrupt=patched, seed=seed)
         b.values("clean", [u.edits[0].site for u in units if not why[u]])  # every site's clean value, one trace
         r = Readout(b)
         for u in units:
