@@ -1,8 +1,8 @@
 """`atlas` command line: one verb per chapter, plus the book.
 
     atlas map      the ablation atlas (chapter 02's library call, with every knob of `map_atlas`)
-    atlas tasks | patch | steer | lora | compress | summary
-                   execute chapter 01 | 03 | 04 | 05 | 07 | 00 with the chapter's own parameters (read from its
+    atlas tasks | patch | steer | lora | sft | compress | summary
+                   execute chapter 01 | 03 | 04 | 05 | 06 | 07 | 00 with the chapter's own parameters (read from its
                    parameters cell, so a verb always takes what its chapter takes) and print its claims
     atlas book     execute the chapters and render the book (`make book`)
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from .paths import REPO
 
 DTYPES = ("float32", "bfloat16", "float16")
-VERBS = {"tasks": "01", "patch": "03", "steer": "04", "lora": "05", "compress": "07", "summary": "00"}  # a new chapter adds its verb
+VERBS = {"tasks": "01", "patch": "03", "steer": "04", "lora": "05", "sft": "06", "compress": "07", "summary": "00"}  # a new chapter adds its verb
 
 
 def _csv(s: str) -> list[str]:

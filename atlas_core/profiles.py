@@ -48,7 +48,7 @@ PROFILES: dict[str, dict] = {
         # canonical examples, judged on n_canon_eval held-out prompts. Smoke: 12 configurations x 2 + 6 x 2 = 36
         # tiny adapters (seconds each).
         "sft": {"n_seeds": 2, "batch": 2, "n_val": 4, "n_eval": 6, "n_drift": 4, "n_canon": 24, "n_canon_eval": 8,
-                "hub_k": 2, "atlas_families": ["factual_recall", "json_schema"], "atlas_prompts": 4, "n_gate": 16,
+                "hub_exclude": [0], "hub_k": 2, "atlas_families": ["factual_recall", "json_schema"], "atlas_prompts": 4, "n_gate": 16,
                 "hub_config": "modules=hub", "hub_seeds": 2,
                 "base": {"dataset": "facts", "volume": 16, "optimizer": "adamw", "rank": 4, "modules": "all-linear",
                          "lr": 1e-2, "steps": 3},
@@ -104,9 +104,10 @@ PROFILES: dict[str, dict] = {
         # chapter 06 (SFT): 15 configurations x 2 seeds + 6 formats x 2 seeds = 42 adapters of 6 steps at batch 4.
         # Measured here (one thread, shared machine): a training step 0.7-1.4 s on `facts` (<= 20 tokens), ~5 s on
         # the chat format (~75 tokens), ~11 s at batch 8 on verbose (~140 tokens; batch 4 ~half); greedy generation
-        # of 16 short answers ~1.6 s. Estimated ~12-14 min cold (see the chapter's last cell for the measured time).
+        # of 16 short answers ~1.6 s; one run (train + measure) 8 s on facts, 44 s on verbose; the base atlas 16 s.
+        # Estimated ~11-13 min cold (the chapter's last cell prints the measured time).
         "sft": {"n_seeds": 2, "batch": 4, "n_val": 6, "n_eval": 12, "n_drift": 8, "n_canon": 48, "n_canon_eval": 16,
-                "hub_k": 4, "atlas_families": ["factual_recall", "ioi"], "atlas_prompts": 8, "n_gate": 32,
+                "hub_exclude": [0], "hub_k": 4, "atlas_families": ["factual_recall", "ioi"], "atlas_prompts": 8, "n_gate": 32,
                 "hub_config": "modules=hub", "hub_seeds": 2,
                 "base": {"dataset": "facts", "volume": 48, "optimizer": "adamw", "rank": 8, "modules": "all-linear",
                          "lr": 4e-3, "steps": 6},
@@ -148,7 +149,7 @@ PROFILES: dict[str, dict] = {
         # chapter 06 (SFT) at the original study's scale: 22 configurations x 3 seeds = 66 sweep adapters (>= 39),
         # 6 formats x 3 seeds on 300 canonical examples, judged on 150 held-out prompts
         "sft": {"n_seeds": 3, "batch": 8, "n_val": 32, "n_eval": 100, "n_drift": 50, "n_canon": 300,
-                "n_canon_eval": 150, "hub_k": 4, "atlas_families": ["factual_recall", "ioi", "antonyms"],
+                "n_canon_eval": 150, "hub_exclude": [0], "hub_k": 4, "atlas_families": ["factual_recall", "ioi", "antonyms"],
                 "atlas_prompts": 32, "n_gate": 128, "hub_config": "modules=hub", "hub_seeds": 3,
                 "base": {"dataset": "facts", "volume": 300, "optimizer": "adamw", "rank": 8, "modules": "all-linear",
                          "lr": 2e-3, "steps": 50},
