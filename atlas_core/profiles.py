@@ -89,17 +89,17 @@ PROFILES: dict[str, dict] = {
                      "buckets": ["short", "medium"], "gen_tokens": 12, "n_nll": 100, "n_gen": 10, "fluency_alphas": [0.4]},
         # chapter 05 (<= 8 min cold on 2 cores, `workers`: 2 processes): the first flip-gate-testable family with
         # training data (`n_families`; `n_pool` mapped: the wrong-family control's candidates), 5 seeds (the exact
-        # sign-flip test's p >= 1/32), 12 steps of 8 one-token examples; a 4-rate search reaching 8x below the old
+        # sign-flip test's p >= 1/32), 8 steps of 8 one-token examples; a 4-rate search reaching 8x below the old
         # grid's edge; small sweeps (2 module sets, rank 1, Lion), lock-in at 3 steps after 0, a block-only atlas diff.
         # Fallback when no family is testable: `families` from the stored completion splits (json_schema's ~80-token
         # examples cost ~4x a step)
         "lora": {"workers": 2, "families": ["json_schema"], "atlas_families": ["json_schema", "factual_recall"],
                  "n_families": 1, "n_pool": 2,
                  "strategies": ["atlas", "random", "depth-matched", "wrong-family", "all-linear"],
-                 "k": 6, "r": 8, "steps": 12, "lr": 1e-3, "lrs": [1.25e-4, 5e-4, 2e-3, 8e-3], "search_seeds": 1,
+                 "k": 6, "r": 8, "steps": 8, "lr": 1e-3, "lrs": [1.25e-4, 5e-4, 2e-3, 8e-3], "search_seeds": 1,
                  "n_seeds": 5, "batch": 8, "n_train": 400, "n_val": 32, "n_eval": 24,
                  "n_drift": 8, "sweep_family": "json_schema", "modules": ["attn", "mlp"], "ranks": [1],
-                 "optimizers": ["lion"], "checkpoints": [0, 4, 8, 12], "ablation_n": 16,
+                 "optimizers": ["lion"], "checkpoints": [0, 2, 4, 8], "ablation_n": 8,
                  "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block"]},
         # chapter 06 (SFT): 15 configurations x 2 seeds + 6 formats x 2 seeds = 42 adapters of 6 steps at batch 4.
         # Measured here (one thread, shared machine): a training step 0.7-1.4 s on `facts` (<= 20 tokens), ~5 s on

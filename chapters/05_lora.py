@@ -23,24 +23,31 @@
 # (adapter-only ablation), how much rank it really uses (SVD truncation), when its structure stops
 # moving (checkpoints), and which components of the model it moved (atlas diff).
 #
-# Tasks: the suite's `json_schema` (exact match = parsed JSON equals the expected object),
-# `factual_recall` and `code_semantics` splits (the default profile trains on the first two; all three
-# are mapped, as wrong-family candidates). Drift = mean KL(base ‖ adapted) of the next token at
-# the last prompt position on the *other* families' prompts. The base model and where its weights come
-# from are printed below (the embedded defaults are dequantized Q4 weights, not the original bf16
-# checkpoints). Sequence length
-# and generation caps are read off the data: no example is truncated, and the reference completions
-# themselves would score exact match 1.
+# Tasks: the ones the atlas can rank layers for on this model — the families it passes the flip gate on
+# (below), in order of the gate's lower bound; their examples are the task items themselves (prompt → its
+# one-token answer, loss on that token; exact match = the first generated word is the answer). A model that
+# passes none falls back to the suite's `json_schema` (exact match = parsed JSON equals the expected object),
+# `factual_recall` and `code_semantics` completion splits, disruption-targeted (the smoke profile's random tiny
+# model does). Drift = mean KL(base ‖ adapted) of the next token at the last prompt position on the *other*
+# mapped families' prompts. The base model and where its weights come from are printed below (the embedded
+# defaults are dequantized Q4 weights, not the original bf16 checkpoints). Sequence length and generation caps
+# are read off the data: no example is truncated, and the reference completions themselves would score exact
+# match 1.
 #
 # **Budget** (printed below from the profile): a learning-rate search (strategies × rates, scored on
 # validation loss only), then tasks × strategies × seeds adapters of `steps` steps (the search's run at
-# the chosen rate is reused), sweep runs and 2 surgery adapters (reused from the grid). The default
-# profile runs a smaller version — two tasks, the rate searched on one task and one seed, 3 seeds —
-# about 52 trainings, ~2 min each on one core with two processes sharing the grid (`workers: 2`; the
-# last cell prints this run's time); the full profile searches every task on 2 seeds and runs 8 seeds
-# and every strategy. Adapters and their evaluations are cached under `results/lora/` (atomic
-# directories), so re-executing the chapter reuses them. 24 steps is a short fine-tune: read the
-# numbers as "what a small, equal budget buys", not as converged performance.
+# the chosen rate is reused), sweep runs and 2 surgery adapters (reused from the grid). The default profile
+# runs the smallest grid that still supports its claims: one task (the first testable family) mapped with one
+# other (the wrong-family control's only candidate), 5 strategies × 5 seeds (the fewest whose exact sign-flip
+# test can reach p ≤ 0.05: 1/32) of 8 steps of 8 one-token examples, a 4-rate search reaching 8× below the old grid's
+# lowest rate, sweeps cut to 2 module sets, rank 1 and Lion, lock-in at 3 checkpoints and a block-only atlas
+# diff — 44 trainings, ~12 s each (with its validation or evaluation) on one core, two processes sharing the
+# grid (`workers: 2`): 8.5 minutes measured for the chapter from a cold cache on a 2-core CPU (511 s; the
+# search 146 s, the headline 190 s, the surgery 80 s; the last cell prints this run's time). The full
+# profile trains and maps every testable family, searches 7 rates on 2 seeds, runs 8 seeds, 100 steps and every
+# sweep. Adapters and their evaluations are cached under `results/lora/` (atomic directories), so
+# re-executing the chapter reuses them. Eight steps is a short fine-tune: read the numbers as "what a small,
+# equal budget buys", not as converged performance.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -54,7 +61,7 @@ import time
 
 import altair as alt
 
-from atlas_core import profiles, tasks
+from atlas_core import profiles
 from atlas_core.evidence.claims import record
 from atlas_core.model import tiny
 from atlas_core.model.subject import wrap
@@ -62,16 +69,31 @@ from atlas_core.publish import charts
 from atlas_core.studies import adapters
 from atlas_core.studies.atlas import map_atlas
 
-ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote)
+ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote, number="05")
 model, seeds, results_dir, subject = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject
-P = adapters.profile(profile)
-FAMS = list(P.get("families") or tasks.TRAIN_FAMILIES)
-POOL = list(dict.fromkeys([*FAMS, *(P.get("atlas_families") or tasks.TRAIN_FAMILIES)]))  # wrong-family candidates
+T0 = time.time()
+pick = adapters.choose_families(subject, adapters.profile(profile), seeds[0])  # the flip gate picks the families
+P, FAMS, POOL = pick.profile, pick.families, pick.pool  # POOL: trained families first, then wrong-family candidates
 STRATS = list(P.get("strategies") or adapters.HEADLINE)
 SEEDS = adapters.headline_seeds(seeds, P)
-T0 = time.time()
 print(subject)
+print(pick.note)
 print(adapters.budget(profile, P, FAMS, STRATS, SEEDS))
+
+# %% [markdown]
+# ## Which tasks: the ones the atlas can rank layers for
+# Atlas targeting is testable only where the model passes the flip gate (clean prompt prefers the answer, the
+# corrupt one flips it; 95% lower bound of the flip rate ≥ 0.7 on `n_gate` items): elsewhere the atlas has no
+# behaviour scores. Every family with training data is gated; the testable ones are taken in order of their
+# gate lower bound (the family whose localization the gate trusts most first), up to `n_families` to train
+# on and `n_pool` to map (the wrong-family control needs a second scored family). Their training examples come
+# from the task items themselves (prompt → its one-token answer; train and eval share no prompt or memorizable
+# content, and no eval item is one of the gate's or the atlas's prompts). A model that passes no family falls
+# back to the stored completion tasks, disruption-targeted, and the note above says so.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pick.gate[["family", "n_items", "n_flipped", "flip_lo", "testable"]].round(3)
 
 # %% [markdown]
 # ## The atlas we target by
@@ -89,10 +111,12 @@ print(adapters.budget(profile, P, FAMS, STRATS, SEEDS))
 # - **wrong-family**: the atlas's own rule applied to the map of *another* task — the one (among those
 #   the atlas scores on the same metric) whose per-layer map correlates least (Spearman) with this
 #   task's. It asks whether the task-specific map matters.
+#   (`wrong_of` counts the candidates; with one, the default profile's, it is simply the other mapped family,
+#   and the claims say so).
 
 # %% tags=["hide-output"]
 atlas = map_atlas(subject, POOL, ["block"], ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
-                  progress=False).gated(tasks.gate(subject, POOL, n=P["n_gate"], seed=seeds[0]))
+                  progress=False, neutral_prompts=0, direct=False, gate=pick.gate)
 targets = adapters.targeting(atlas, FAMS, subject.arch, P["k"], pool=POOL)
 scores = adapters.score_table(atlas, POOL, subject.arch, P["k"])
 targets
@@ -117,7 +141,7 @@ alt.Chart(scores).mark_bar().encode(
 # profile searches one), it uses the searched family's rates, and its verdict says so.
 
 # %% tags=["hide-output"]
-train, evalsets, P = adapters.task_data(subject, FAMS, P)
+train, evalsets, P = adapters.task_data(subject, FAMS, P, pick.source, pick.exclude, pick.drift)
 print(adapters.data_limits(train, evalsets, P))
 search = adapters.run_grid(subject, adapters.lr_runs(atlas, subject, FAMS, SEEDS, P, POOL), train, evalsets,
                            workers=P.get("workers", 1), score="val")
@@ -174,8 +198,8 @@ alt.Chart(pts).mark_point(filled=True, size=60).encode(
 # The verdict per task: the atlas wins only if it beats **every** strategy compared. That is an
 # intersection-union test: the task's p is the largest of its comparisons' p's (each must pass on
 # its own), then Holm corrects across tasks. It is not graded with a control missing or unmatched, or
-# with fewer than 5 seeds (5 seeds give p ≥ 1/32; the default profile's 3 give p ≥ 1/8, so its verdict
-# is descriptive only).
+# with fewer than 5 seeds (5 seeds give p ≥ 1/32, the default profile's; the smoke profile's 3 give p ≥ 1/8,
+# so its verdict is descriptive only). Trained on one task (the default), there is nothing for Holm to correct.
 
 # %%
 cmp = adapters.compare(head)
@@ -188,7 +212,9 @@ adapters.verdict(cmp).round(4)
 # ## Sweeps: target module, rank, optimizer
 # Around the atlas-guided run on one task and the first seed (AdamW at the atlas strategy's chosen
 # learning rate; Lion at a third of it, as its authors recommend; Adafactor from transformers without
-# relative steps). The rate was chosen for this configuration only: the other rows are not tuned.
+# relative steps). The rate was chosen for this configuration only: the other rows are not tuned. One seed
+# each, no test: descriptive. The default profile runs a subset (attention vs MLP modules, rank 1, Lion);
+# the full profile every module set, 5 ranks and both other optimizers.
 
 # %% tags=["hide-output"]
 sw = adapters.run_grid(subject, adapters.sweep_runs(atlas, subject.arch, SEEDS[0], P, lrs), train, evalsets,

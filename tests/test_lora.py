@@ -211,8 +211,11 @@ def test_limits_come_from_the_data(tok):
     assert line.startswith(f"max_len {P2['max_len']} tokens") and str({f: ev.max_new_tokens for f, ev in evalsets.items()}) in line
     fams, seeds = list(tasks.TRAIN_FAMILIES), adapters.headline_seeds([1, 2, 3], P)
     assert len(seeds) == 8 and seeds[3:] == [1000, 1001, 1002, 1003, 1004]
-    assert (f"learning-rate search 6 strategies x 5 rates x 2 seed(s) on {fams}; headline 3 tasks x 6 strategies x 8 "
-            "seeds of 100 steps (batch 8)") in adapters.budget("full", P, fams, adapters.HEADLINE, seeds)
+    line = adapters.budget("full", P, fams, adapters.HEADLINE, seeds)
+    assert (f"learning-rate search 6 strategies x {len(P['lrs'])} rates {P['lrs']} x 2 seed(s) on {fams}; headline 3 "
+            "task(s) x 6 strategies x 8 seeds of 100 steps (batch 8)") in line
+    n = 6 * len(P["lrs"]) * 2 * 3 + (3 * 6 * 8 - 6 * 2 * 3) + len(P["modules"]) + len(set(P["ranks"]) - {8}) + 2
+    assert line.endswith(f"{n} trainings in all")
 
 
 def test_last_logprobs_left_padding_absolute_positions(tok, tmp_path):
@@ -570,9 +573,11 @@ def test_wrong_family_control_uses_another_familys_scores():
     stub = StubAtlas(f, g, ["f"])
     assert adapters.wrong_family(stub, "f", ["f", "g"], "ld_frac") is None
     tg = adapters.targeting(stub, ["f"], arch, 2, pool=["f", "g"]).loc["f"]
-    assert tg["wrong_family"] == "" and tg["wrong-family"] is None
+    assert tg["wrong_family"] == "" and tg["wrong-family"] is None and tg["wrong_of"] == 0
     tg = adapters.targeting(StubAtlas(f, g, ["f", "g"]), ["f"], arch, 2, pool=["f", "g"]).loc["f"]
     assert tg["wrong_family"] == "g" and tg["wrong-family"] == (1, 3)  # g's ld_frac map here is f's (a stub)
+    assert tg["wrong_of"] == 1  # the claims then say it was the only other family mapped
+    assert adapters.targeting(atlas, ["f"], arch, 2, pool=["f", "g", "h"]).loc["f", "wrong_of"] == 2
 
 
 def test_beating_random_but_not_depth_matched_is_no_atlas_win():
@@ -635,3 +640,147 @@ def test_lora_null_with_a_partial_effect_makes_no_win():
         r = nulls.lora_null(60, 8, effect=1.5, beats=beats)
         assert r["medium_or_high"] == 0.0, (beats, r)
     assert nulls.lora_null(20, 8, effect=1.5)["medium_or_high"] >= 0.6
+
+
+# ---------------------------------------------------------------- training families chosen by the flip gate
+
+
+@pytest.mark.parametrize("family", tasks.FAMILIES)
+def test_item_examples_split_by_content_and_keep_selection_prompts_out_of_eval(family):
+    """Every family's task items give train / eval examples that share no prompt and no content key (a fact, an
+    antonym pair, ...); `exclude` drops prompts from the eval split only; the reference answers score exact match."""
+    tr, ev = tasks.item_examples(family, "train"), tasks.item_examples(family, "eval")
+    assert len(tr) > 300 and len(ev) > 60
+    assert not {e["prompt"] for e in tr} & {e["prompt"] for e in ev}
+    assert not {e["key"] for e in tr} & {e["key"] for e in ev}
+    assert all(tasks.exact_match(family, e["completion"], e) for e in tr + ev)
+    assert tasks.item_examples(family, "eval") == ev  # deterministic
+    drop = [e["prompt"] for e in ev[:5]] + [tr[0]["prompt"]]
+    ev2, tr2 = tasks.item_examples(family, "eval", exclude=drop), tasks.item_examples(family, "train", exclude=drop)
+    assert ev2 == ev[5:] and tr2 == tr
+    variants = {e["id"].split("/")[1] for e in ev[:40]}
+    assert variants == {"synthetic", "natural"}  # hash order: a prefix mixes both
+
+
+def test_item_content_keys_group_repeated_content():
+    """Antonym pairs (either direction) and facts go to one split: no eval item asks a pair or fact trained on."""
+    its = tasks.load_items("antonyms", None, None)
+    a = next(it for it in its if it.meta.get("query"))
+    flipped = SimpleNamespace(family="antonyms", prompt="x", answer=" " + a.meta["query"],
+                              meta={"query": a.answer.strip()})
+    assert tasks.content_key(a) == tasks.content_key(flipped)
+    tr = tasks.item_examples("factual_recall", "train")
+    assert len({e["key"] for e in tr}) < len(tr)  # facts repeat across prompts, and stay on one side
+
+
+def test_first_word_match():
+    assert tasks.first_word_match(" Paris", "Paris") and tasks.first_word_match(" Paris.\nQ: next", "Paris")
+    assert not tasks.first_word_match(" Parisian", "Paris") and not tasks.first_word_match(" the Paris", "Paris")
+    assert tasks.first_word_match(" >", ">") and not tasks.first_word_match("", "x")
+
+
+def _gate(rows: dict[str, tuple[int, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"family": f, "n_items": 48, "n_flipped": n, "flip_rate": n / 48, "flip_lo": lo,
+                          "flip_hi": 1.0, "testable": lo >= tasks.FLIP_GATE} for f, (n, lo) in rows.items()])
+
+
+def test_families_are_the_gate_testable_ones_in_order_of_lower_bound(tok, monkeypatch):
+    """Testable families, highest gate lower bound first (ties: more flips, then suite order), the first
+    n_families trained, n_pool mapped, eval items disjoint from the gate's and the atlas's prompts; with none
+    testable, the stored completion tasks (disruption-targeted) and a note that says so."""
+    table = _gate({"ioi": (43, 0.77), "antonyms": (47, 0.89), "copying": (48, 0.93), "agreement": (48, 0.93),
+                   "json_schema": (40, 0.698)})
+    monkeypatch.setattr(tasks, "gate", lambda subject, fams, n, seed: table[table.family.isin(fams)])
+    assert adapters.gate_order(table) == ["copying", "agreement", "antonyms", "ioi"]
+    s = SimpleNamespace(tokenizer=tok, name="stub")
+    P = adapters.profile("default")
+    pick = adapters.choose_families(s, P, 42)
+    assert pick.source == "items" and pick.families == ["copying"] and pick.pool == ["copying", "agreement"]
+    assert pick.profile["sweep_family"] == "copying" and pick.profile["search_families"] == ["copying"]
+    assert "training on ['copying']" in pick.note
+    from atlas_core.studies.atlas import atlas_items, item_pool
+
+    pool, _ = item_pool(s, pick.pool)
+    atlas_prompts = {it.prompt for it in atlas_items(pool, pick.pool, P["atlas_prompts"], 42)}
+    gate_prompts = {it.prompt for it in atlas_items(pool, pick.pool, P["n_gate"], 42)}
+    assert atlas_prompts <= gate_prompts <= set(pick.exclude)
+    train, evalsets, P2 = adapters.task_data(s, pick.families, pick.profile, pick.source, pick.exclude, pick.drift)
+    ev = evalsets["copying"]
+    assert len(ev.examples) == P["n_eval"] and not {e["prompt"] for e in ev.examples} & set(pick.exclude)
+    keys = {e["key"] for e in train["copying"]}
+    assert not keys & {e["key"] for e in ev.examples} and not keys & {e["key"] for e in ev.val}
+    assert ev.drift_prompts and not set(ev.drift_prompts) & {e["prompt"] for e in tasks.item_examples("copying", "eval")}
+    assert ev.max_new_tokens <= 4 and P2["max_len"] < 64  # one-token answers: short sequences, short generations
+    rtok = adapters.train_tokenizer(s)
+    assert all(ev.exact_match(tok.decode(adapters.completion_ids(rtok, e), skip_special_tokens=True), e)
+               for e in ev.examples)
+    for e in train["copying"][:8]:  # the loss is on the answer token alone: the prompt's text goes on, no EOS
+        ids, labels = adapters.encode_pair(rtok, e, None)
+        assert [x for x in labels if x != -100] == ids[-1:] and ids[-1] != rtok.eos_token_id
+    e = train["copying"][0]
+    assert adapters.data_hash([e]) != adapters.data_hash([{**e, "eos": True}])  # a different cache key
+    full = adapters.choose_families(s, adapters.profile("full"), 42)
+    assert full.families == ["copying", "agreement", "antonyms", "ioi"] == full.pool  # n_families None: every one
+    monkeypatch.setattr(tasks, "gate", lambda subject, fams, n, seed: table.assign(testable=False))
+    none = adapters.choose_families(s, P, 42)
+    assert none.source == "completions" and none.families == P["families"] and not none.exclude
+    assert none.pool == list(dict.fromkeys([*P["families"], *P["atlas_families"]]))
+    assert "not testable" in none.note and "disruption-targeted" in none.note
+
+
+@pytest.mark.parametrize("first", [3, 1])
+def test_backward_stops_at_the_first_adapted_layer(first, tmp_path):
+    """Training never computes gradients below the first adapted layer: the embeddings and every layer output below
+    it do not require grad during training (autograd records no graph there, so backward never reaches them), the
+    adapted layers' outputs do, and no base weight gets a gradient."""
+    model, tok = tiny.build("llama", n_layers=4, d=32, heads=2, kv_heads=1)
+    s = wrap("tiny-llama-d32", model, tok, "random init", {})
+    layers = s.model.get_submodule(s.arch.paths.layers)
+    seen: dict[str, list[bool]] = {}
+
+    def hook(name):
+        def rec(mod, args, out):
+            if mod.training:
+                seen.setdefault(name, []).append((out[0] if isinstance(out, tuple) else out).requires_grad)
+        return rec
+
+    handles = [s.model.get_input_embeddings().register_forward_hook(hook("embed"))]
+    handles += [m.register_forward_hook(hook(f"layer{i}")) for i, m in enumerate(layers)]
+    try:
+        t = adapters.Target("atlas", (first,), adapters.ALL_LINEAR, r=4, alpha=8.0)
+        adapters.train(s, "toy", DATA, t, adapters.TrainConfig(steps=2, lr=1e-2, batch=2, seed=0), root=tmp_path)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["embed"] == [False, False]
+    for i in range(4):
+        assert seen[f"layer{i}"] == [i >= first] * 2, (i, seen)
+    assert all(p.grad is None for p in s.model.parameters())
+
+
+def test_a_grid_with_a_helper_splits_the_compute_threads(tmp_path, monkeypatch):
+    """With a helper process the two share the threads (oversubscribed OpenMP teams stall at every barrier): the
+    helper is started with its share, this process trains with the rest and gets its own back afterwards."""
+    from atlas_core.studies.adapters import grid
+
+    assert [adapters.split_threads(n) for n in (1, 2, 3, 16)] == [(1, 1), (1, 1), (2, 1), (8, 8)]
+    seen, job = {}, tmp_path / "job.pkl"
+    job.write_bytes(b"")
+
+    def helper(subject, runs, data, threads=1):
+        seen["helper"] = threads
+        return SimpleNamespace(poll=lambda: 0), str(job)
+
+    def rows(*args, **kw):
+        seen["main"] = torch.get_num_threads()
+        return pd.DataFrame()
+
+    monkeypatch.setattr(grid, "start_helper", helper)
+    monkeypatch.setattr(grid, "_grid", rows)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        grid.run_grid(None, [], {}, {}, workers=2)
+        assert seen == {"helper": 2, "main": 2} and torch.get_num_threads() == 4 and not job.exists()
+    finally:
+        torch.set_num_threads(before)

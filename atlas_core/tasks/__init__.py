@@ -30,7 +30,15 @@ from .core import (
     validate,
     with_chat_template,
 )
-from .training import CONCEPTS, TRAIN_FAMILIES, exact_match, training_split
+from .training import (
+    CONCEPTS,
+    TRAIN_FAMILIES,
+    content_key,
+    exact_match,
+    first_word_match,
+    item_examples,
+    training_split,
+)
 
 
 def contrastive(name: str, root=None) -> list[tuple[str, str]]:
@@ -58,5 +66,5 @@ def contrastive(name: str, root=None) -> list[tuple[str, str]]:
 
 __all__ = [
     "BUCKETS", "by_family", "CONCEPTS", "FAMILIES", "FLIP_GATE", "baseline_claims", "flipped", "gate", "solved", "untestable_why", "TRAIN_FAMILIES", "VARIANTS", "Item", "TokItem", "baselines", "contrastive",
-    "exact_match", "has_chat_template", "load_items", "template_flips", "with_chat_template", "sample", "suite_hash", "training_split", "validate",
+    "content_key", "exact_match", "first_word_match", "has_chat_template", "item_examples", "load_items", "template_flips", "with_chat_template", "sample", "suite_hash", "training_split", "validate",
 ]

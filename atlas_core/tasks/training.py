@@ -158,7 +158,10 @@ def _first_json(text: str):
 
 def exact_match(family: str, completion_text: str, example: dict) -> bool:
     """json_schema: the first JSON object parses and equals `expected`. Others: the first line of the
-    completion, stripped of surrounding space and a final period, equals `expected` (case-sensitive)."""
+    completion, stripped of surrounding space and a final period, equals `expected` (case-sensitive). Examples
+    from the task items (`item_examples`, source "items"): the first generated word is the answer (`first_word_match`)."""
+    if example.get("source") == "items":
+        return first_word_match(completion_text, str(example["expected"]))
     if family == "json_schema":
         return _first_json(completion_text) == example["expected"]
     line = completion_text.strip().split("\n")[0].strip()
@@ -191,3 +194,69 @@ def build_concept(name: str, seed: int = 0, n: int = 200) -> list[tuple[str, str
     pairs = sorted(set(pairs))
     rng.shuffle(pairs)
     return pairs[:n]
+
+
+# ---------------------------------------------------------------- training examples from the atlas's task items
+
+ITEM_BUCKETS: tuple[str, ...] = ("short",)  # item families' training examples: short prompts, one-token answers
+ITEM_VARIANTS: tuple[str, ...] = ("synthetic", "natural")
+
+
+def _pair(it) -> str:
+    return "|".join(sorted((str(it.meta.get("query", "")), it.answer.strip())))
+
+
+# what a model could memorize from an item rather than read off its prompt: items sharing it go to the same split
+CONTENT_KEYS = {
+    "factual_recall": lambda it: f"{it.meta.get('relation', '')}:{str(it.meta.get('subject', '')).lower()}",
+    "antonyms": _pair,  # the queried pair, in either direction
+    "deobfuscation": lambda it: it.answer.strip().lower(),  # the decoded word
+    "sequence_continuation": lambda it: f"{it.meta.get('kind', '')}:{it.answer.strip()}",
+}
+
+
+def content_key(item) -> str:
+    """The key that splits a family's items: the memorizable content where items repeat it (a fact, an antonym
+    pair, a decoded word, a sequence's next element; `CONTENT_KEYS`), else the prompt itself."""
+    return CONTENT_KEYS.get(item.family, lambda it: it.prompt)(item)
+
+
+def item_examples(family: str, split: str, exclude=(), seed: int = 0, buckets=ITEM_BUCKETS,
+                  variants=ITEM_VARIANTS, root: Path | None = None) -> list[dict]:
+    """Training examples derived from a family's task items (data/tasks, `core.load_items`): prompt, completion =
+    the item's answer (one token, leading space kept), expected = the answer's text, and the item's `id`, `key`
+    (`content_key`), `source` = "items" (`exact_match` then reads the first generated word) and `eos` = False (the
+    prompt's text goes on after its next token: training scores the answer token only, appends no end of text).
+
+    Disjointness: train and eval share no content key (hence no prompt and, where a family repeats content, no fact,
+    antonym pair, word or sequence element); the split is a hash of (seed, key) with the stored splits' eval share,
+    so it does not depend on which items a tokenizer keeps. `exclude`: prompts (or item ids) dropped from the eval
+    split only (the chapter passes the atlas's and the flip gate's prompts, so no eval item selected the layers or
+    the family; with them dropped the eval set is disjoint from every prompt that chose what is tested). Order:
+    a hash of (seed, item id), so any prefix mixes synthetic and natural items and callers can cut one."""
+    from .core import load_items
+
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"item_examples: split in {tuple(SPLIT_SIZES)}, not {split!r}")
+    items = [it for v in variants for b in buckets for it in load_items(family, v, b, root=root)]
+    share = SPLIT_SIZES["eval"] / sum(SPLIT_SIZES.values())
+    drop = set(exclude)
+    out = []
+    for it in items:
+        key = content_key(it)
+        is_eval = int(_h(f"{seed}:{family}:{key}")[:8], 16) / 16**8 < share
+        if is_eval != (split == "eval") or (is_eval and (it.prompt in drop or it.id in drop)):
+            continue
+        out.append({"prompt": it.prompt, "completion": it.answer, "expected": it.answer.strip(), "id": it.id,
+                    "key": key, "source": "items", "eos": False})
+    return sorted(out, key=lambda e: _h(f"{seed}:order:{e['id']}"))
+
+
+def first_word_match(completion_text: str, expected: str) -> bool:
+    """The generated text, stripped of leading space, starts with `expected` and the word ends there (so " Paris"
+    and " Paris." and " Paris\\n..." match "Paris"; " Parisian" does not)."""
+    s = completion_text.lstrip()
+    if not expected or not s.startswith(expected):
+        return False
+    rest = s[len(expected):]
+    return not rest or not (rest[0].isalnum() or rest[0] == "_")

@@ -11,19 +11,29 @@ PEFT does the adapters (`LoraConfig(target_modules=..., layers_to_transform=...)
 - `evaluation`: eval loss, exact match, drift (KL of the next token on other families' prompts), validation loss.
 - `surgery`: update norms, adapter-only layer ablation, SVD truncation, lock-in over checkpoints, the merged subject.
 - `grid`: `run_grid` (train + evaluate a list of runs, optionally with a helper process), mean ± sd summaries.
+- `families`: which families a run trains on (the flip-gate-testable ones with training data, else the fallback).
 - `study` and `claims`: chapter 05's profile, data, runs and tables, and its claims.
 """
 
 from .claims import CONTROL_P, MIN_LRS, MIN_SEEDS, compare, lora_claims, norm_effect, spearman_perm, verdict
 from .data import TrainConfig, collate, completion_ids, data_hash, encode_pair, train_tokenizer
 from .evaluation import EvalSet, completion_loss, evaluate, generate, kl_rows, last_logprobs, val_loss
-from .grid import fmt_pm, run_grid, start_helper, summarize
+from .families import (
+    FamilyChoice,
+    choose_families,
+    gate_order,
+    has_training_data,
+    selection_prompts,
+    with_families,
+)
+from .grid import fmt_pm, run_grid, split_threads, start_helper, summarize
 from .study import (
     GEN_MARGIN,
     atlas_diff,
     budget,
     choose_lr,
     data_limits,
+    family_examples,
     headline_runs,
     headline_seeds,
     headline_table,
@@ -78,14 +88,15 @@ from .training import Adapter, adapter_dir, adapter_meta, attach, check_fits, tr
 
 __all__ = [
     "ALL_LINEAR", "CONTROLS", "CONTROL_P", "GEN_MARGIN", "HEADLINE", "MIN_LRS", "MIN_SEEDS", "MODULE_SETS", "PARAM_TOL",
-    "STRATEGIES", "Adapter", "EvalSet", "Target", "TrainConfig", "adapted_subject", "adapter_dir", "adapter_meta",
-    "atlas_diff", "atlas_scores", "attach", "budget", "check_fits", "choose_lr", "collate", "compare",
+    "STRATEGIES", "Adapter", "EvalSet", "FamilyChoice", "Target", "TrainConfig", "adapted_subject", "adapter_dir", "adapter_meta",
+    "atlas_diff", "atlas_scores", "attach", "budget", "check_fits", "choose_families", "choose_lr", "collate", "compare",
     "completion_ids", "completion_loss", "control_target", "data_hash", "data_limits", "depth_bins", "depth_matched",
-    "effect_map", "encode_pair", "evaluate", "fmt_pm", "generate", "headline_runs", "headline_seeds", "headline_table",
+    "effect_map", "encode_pair", "evaluate", "family_examples", "fmt_pm", "gate_order", "generate",
+    "has_training_data", "headline_runs", "headline_seeds", "headline_table",
     "kl_rows", "last_logprobs", "layer_ablation", "layer_params", "layer_scores", "lock_in", "lock_in_summary",
     "lock_in_table", "lora_claims", "lora_config", "lr_for", "lr_runs", "matched_target", "module_norms", "norm_effect",
-    "profile", "random_matched", "run_grid", "scaled", "score_table", "select_layers", "spearman_perm", "split_val",
+    "profile", "random_matched", "run_grid", "scaled", "score_table", "select_layers", "selection_prompts", "split_threads", "spearman_perm", "split_val",
     "start_helper", "summarize", "sweep_adapter", "sweep_runs", "target", "target_names", "targeting", "task_data",
     "to_lora_config", "train", "train_tokenizer", "truncated", "truncation_curve", "update_norms", "val_loss",
-    "verdict", "why_unscored", "wrong_family",
+    "verdict", "why_unscored", "with_families", "wrong_family",
 ]

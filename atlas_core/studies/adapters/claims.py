@@ -156,7 +156,9 @@ def lora_claims(cmp: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int, ch
         by = {"kl": "KL"}.get(tg["basis"], tg["basis"])
         who = (f"disruption-targeted LoRA ({k} layers ranked by ablation {by}, not by the behaviour)" if fell
                else f"atlas-guided LoRA ({k} layers ranked by {by})")
-        wrong = f" ({tg['wrong_family']})" if tg.get("wrong_family") else ""
+        n_of = int(tg.get("wrong_of", 0) or 0)
+        wrong = (f" ({tg['wrong_family']}, {'the only other family mapped' if n_of == 1 else f'least correlated of {n_of}'})"
+                 if tg.get("wrong_family") else "")
         common = {"metric": "eval loss on held-out completions",
                   "counterfactual": f"layers chosen by {'the KL map' if fell else 'the atlas'}; same steps and seeds",
                   "control": f"random layers with the same trainable parameters (±{PARAM_TOL:.0%}), depth-matched "

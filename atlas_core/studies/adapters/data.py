@@ -1,5 +1,6 @@
 """Training examples as an adapter sees them: the training config, a right-padded copy of the subject's tokenizer,
-(prompt, completion) pairs encoded with the loss on completion tokens only, and the content hash of a data set."""
+(prompt, completion) pairs encoded with the loss on completion tokens only (then EOS, unless `"eos": False`), and
+the content hash of a data set."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def encode_pair(tok, ex: dict, max_len: int | None) -> tuple[list[int], list[int
 
 
 def completion_ids(tok, ex: dict) -> list[int]:
-    """The tokens a perfect model generates for an example: its completion as training encodes it, then EOS."""
-    return tok(ex["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    """The tokens a perfect model generates for an example: its completion as training encodes it, then EOS unless
+    the example says the text goes on (`"eos": False`: a task item's next token, where only the answer is scored)."""
+    eos = [tok.eos_token_id] if ex.get("eos", True) else []
+    return tok(ex["completion"], add_special_tokens=False)["input_ids"] + eos
 
 
 def collate(tok, examples: Sequence[dict], max_len: int | None) -> dict[str, torch.Tensor]:
@@ -61,8 +64,9 @@ def collate(tok, examples: Sequence[dict], max_len: int | None) -> dict[str, tor
 
 
 def data_hash(examples: Sequence[dict]) -> str:
-    """Content hash of (prompt, completion) examples, in order (part of an adapter's cache key)."""
+    """Content hash of (prompt, completion) examples (and `"eos": False` where set), in order (part of an adapter's
+    cache key)."""
     h = hashlib.blake2b(digest_size=8)
     for ex in examples:
-        h.update(json.dumps([ex["prompt"], ex["completion"]]).encode())
+        h.update(json.dumps([ex["prompt"], ex["completion"], *([False] if not ex.get("eos", True) else [])]).encode())
     return h.hexdigest()

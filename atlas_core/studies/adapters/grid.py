@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ...model.subject import Subject, load
+from ...progress import bar as progress_bar
 from . import evaluation
 from .data import TrainConfig
 from .evaluation import EvalSet, val_loss
@@ -44,10 +46,18 @@ def fmt_pm(df: pd.DataFrame, cols: Sequence[str] = ("train_loss", "eval_loss", "
     return out
 
 
-def start_helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]]) -> tuple[subprocess.Popen, str] | None:
+def split_threads(n: int) -> tuple[int, int]:
+    """(this process's, the helper's) compute threads when two processes share `n`: each at least 1, n in all
+    where n >= 2 (a process whose OpenMP team outnumbers its free cores waits at every barrier: oversubscribed, a
+    2-thread kernel beside a 1-thread helper on 2 cores ran its trainings ~7x slower)."""
+    return max(1, n - n // 2), max(1, n // 2)
+
+
+def start_helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]],
+                 threads: int = 1) -> tuple[subprocess.Popen, str] | None:
     """Start a second process that trains `runs` in reverse order into the shared adapter cache (it reloads the
-    model by name and gives up unless its fingerprint matches): (process, job file), or None where that cannot
-    work."""
+    model by name and gives up unless its fingerprint matches), with `threads` compute threads: (process, job
+    file), or None where that cannot work."""
     todo = [(t, tc, labels["family"], labels.get("checkpoints", ())) for labels, t, tc in runs if t.strategy != "none"]
     if len(todo) < 2:
         return None
@@ -56,7 +66,7 @@ def start_helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]]) 
         pickle.dump({"model": subject.name, "dtype": str(subject.dtype).replace("torch.", ""),
                      "fingerprint": subject.fingerprint, "runs": todo[::-1],
                      "data": {fam: data[fam] for _, _, fam, _ in todo}}, f)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return subprocess.Popen([sys.executable, "-m", "atlas_core.studies.adapters", job], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL), job
 
@@ -77,11 +87,17 @@ def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]],
     (steps to save). Tidy rows out. score="eval": `evaluate` (held-out eval set); "val": `val_loss` only.
 
     workers=2 starts a helper process that trains the grid from the other end into the same adapter cache
-    (so two cores share it); this process meets it in the middle, evaluates everything, then stops it."""
-    helper = start_helper(subject, runs, data) if workers > 1 else None
+    (so two cores share it); this process meets it in the middle, evaluates everything, then stops it. While the
+    helper runs, the two split this process's compute threads (`split_threads`), and this one gets its own back."""
+    own = torch.get_num_threads()
+    mine, theirs = split_threads(own)
+    helper = start_helper(subject, runs, data, theirs) if workers > 1 else None
+    if helper is not None:
+        torch.set_num_threads(mine)
     try:
         rows = _grid(subject, runs, data, evalsets, progress, score)
     finally:
+        torch.set_num_threads(own)
         if helper is not None:
             proc, job = helper
             if proc.poll() is None:
@@ -96,6 +112,7 @@ def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]],
 
 def _grid(subject, runs, data, evalsets, progress, score="eval") -> pd.DataFrame:
     rows = []
+    bar = progress_bar(len(runs), "training grid", unit="run", enabled=progress)  # runs/s and ETA, to the log
     for labels, t, tc in runs:
         fam, ev = labels["family"], evalsets[labels["family"]]
         if t.strategy == "none":
@@ -115,4 +132,6 @@ def _grid(subject, runs, data, evalsets, progress, score="eval") -> pd.DataFrame
                    f"eval_loss {r['eval_loss']:.3f} EM {r['exact_match']:.2f} drift {r['drift']:.4f}")
             print(f"{fam:15s} {t.strategy:13s} lr {tc.lr:.0e} seed {tc.seed} params {n:>9,} {got} "
                   f"({secs:.0f}s train{', cached' if cached else ''})", flush=True)
+        bar.update(1)
+    bar.close()
     return pd.DataFrame(rows)

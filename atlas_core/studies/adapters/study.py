@@ -35,24 +35,40 @@ def profile(name: str) -> dict:
 
 def split_val(examples: Sequence[dict], n_train: int, n_val: int) -> tuple[list[dict], list[dict]]:
     """(train, validation) from one training split: validation = its last `n_val` items, train = up to `n_train`
-    of the others, none sharing a prompt (or, for facts, a fact) with a validation item."""
+    of the others, none sharing a prompt (or a fact, or an item's content key: `tasks.content_key`) with a
+    validation item."""
     val = list(examples[len(examples) - n_val:]) if n_val else []
-    seen = {e["prompt"] for e in val} | {e["fact"] for e in val if "fact" in e}
-    rest = [e for e in examples[: len(examples) - n_val] if e["prompt"] not in seen and e.get("fact", None) not in seen]
+    seen = {e["prompt"] for e in val} | {e[k] for e in val for k in ("fact", "key") if k in e}
+    rest = [e for e in examples[: len(examples) - n_val]
+            if e["prompt"] not in seen and e.get("fact", None) not in seen and e.get("key", None) not in seen]
     return rest[:n_train], val
 
 
-def task_data(subject: Subject, families: Sequence[str], P: dict) -> tuple[dict[str, list[dict]], dict[str, EvalSet], dict]:
-    """(train examples, eval sets, profile with `max_len`) per family from the task suite; each eval set carries
-    the family's validation examples (`split_val`, `P["n_val"]`); drift prompts = the other families' eval prompts.
+def family_examples(family: str, split: str, source: str = "completions", exclude: Sequence[str] = ()) -> list[dict]:
+    """A family's train or eval examples: "completions" = the stored splits (`tasks.training_split`), "items" = derived
+    from its task items (`tasks.item_examples`; `exclude`: prompts kept out of the eval split)."""
+    if source == "items":
+        return tasks.item_examples(family, split, exclude=exclude)
+    if source != "completions":
+        raise ValueError(f"source={source!r}: use 'completions' or 'items'")
+    return tasks.training_split(family, split)
+
+
+def task_data(subject: Subject, families: Sequence[str], P: dict, source: str = "completions",
+              exclude: Sequence[str] = (), drift_families: Sequence[str] | None = None
+              ) -> tuple[dict[str, list[dict]], dict[str, EvalSet], dict]:
+    """(train examples, eval sets, profile with `max_len`) per family from the task suite (`family_examples`: `source`,
+    `exclude`); each eval set carries the family's validation examples (`split_val`, `P["n_val"]`); drift prompts =
+    the other families' eval prompts (of `drift_families`, default `tasks.TRAIN_FAMILIES`; same source).
 
     The limits come from the data: `max_len` is the longest tokenized train, validation or eval example (prompt,
     completion, EOS), so no example is cut before the loss; a family's generation cap is its longest reference
     completion (tokens, EOS included) + `GEN_MARGIN`, so the reference completions score exact match 1."""
-    tv = {f: split_val(tasks.training_split(f, "train"), P["n_train"], P.get("n_val", 0)) for f in families}
+    tv = {f: split_val(family_examples(f, "train", source), P["n_train"], P.get("n_val", 0)) for f in families}
     tr = {f: tv[f][0] for f in families}
-    evals = {f: tasks.training_split(f, "eval")[: P["n_eval"]] for f in families}
-    drift = {f: [e["prompt"] for e in tasks.training_split(f, "eval")[-P["n_drift"]:]] for f in tasks.TRAIN_FAMILIES}
+    evals = {f: family_examples(f, "eval", source, exclude)[: P["n_eval"]] for f in families}
+    drift = {f: [e["prompt"] for e in family_examples(f, "eval", source, exclude)[-P["n_drift"]:]]
+             for f in (drift_families or tasks.TRAIN_FAMILIES)}
     tok = train_tokenizer(subject)
     max_len = max(len(encode_pair(tok, e, None)[0]) for f in families for e in tr[f] + tv[f][1] + evals[f])
     sets = {f: EvalSet(f, evals[f], [p for g, ps in drift.items() if g != f for p in ps],
@@ -150,11 +166,18 @@ def sweep_runs(atlas, arch, seed: int, P: dict,
 
 
 def budget(name: str, P: dict, families: Sequence[str], strategies: Sequence[str], seeds: Sequence[int]) -> str:
-    """One line: how many trainings the profile `name` asks of the search and the headline."""
-    return (f"budget ({name}): learning-rate search {len(strategies)} strategies x {len(P['lrs'])} rates x "
-            f"{P.get('search_seeds', 1)} seed(s) on {P.get('search_families') or list(families)}; headline "
-            f"{len(families)} tasks x {len(strategies)} strategies x {len(seeds)} seeds of {P['steps']} steps "
-            f"(batch {P['batch']}), evaluated on {P['n_eval']} held-out examples each")
+    """One line: how many trainings the profile `name` asks of the search, the headline and the sweeps (runs the
+    search already trained are reused: its runs at the chosen rates, and the sweeps' base run is the headline's)."""
+    searched = [f for f in families if f in (P.get("search_families") or families)]
+    n_search = len(strategies) * len(P["lrs"]) * min(P.get("search_seeds", 1), len(seeds)) * len(searched)
+    n_head = len(families) * len(strategies) * len(seeds) - len(strategies) * min(P.get("search_seeds", 1),
+                                                                                   len(seeds)) * len(searched)
+    n_sweep = len(P["modules"]) + len({*P["ranks"]} - {P["r"]}) + len(P["optimizers"])
+    return (f"budget ({name}): learning-rate search {len(strategies)} strategies x {len(P['lrs'])} rates "
+            f"{list(P['lrs'])} x {P.get('search_seeds', 1)} seed(s) on {searched}; headline {len(families)} task(s) "
+            f"x {len(strategies)} strategies x {len(seeds)} seeds of {P['steps']} steps (batch {P['batch']}), "
+            f"evaluated on {P['n_eval']} held-out examples each; sweeps {n_sweep} runs; "
+            f"{n_search + n_head + n_sweep} trainings in all")
 
 
 def data_limits(train: dict[str, list[dict]], evalsets: dict[str, EvalSet], P: dict) -> str:
@@ -198,6 +221,6 @@ def atlas_diff(subject: Subject, adapter: Adapter, families: Sequence[str], P: d
     """Which components an adapter moved: the zero-ablation atlas (`P["diff_components"]`, `P["atlas_prompts"]`
     prompts) of the adapter merged into a copy of the subject, minus the subject's (`atlas.diff`)."""
     adapted = adapted_subject(subject, adapter)
-    kw = {"heads": False, "positions": (), "progress": False}
+    kw = {"heads": False, "positions": (), "progress": False, "neutral_prompts": 0, "direct": False}
     base = map_atlas(subject, families, P["diff_components"], ["zero"], seeds, P["atlas_prompts"], **kw)
     return diff(base, map_atlas(adapted, families, P["diff_components"], ["zero"], seeds, P["atlas_prompts"], **kw))

@@ -107,7 +107,8 @@ def targeting(atlas, families: Sequence[str], arch, k: int, metric: str | None =
               fallback: str | None = "kl", pool: Sequence[str] | None = None) -> pd.DataFrame:
     """Per family: the metric the atlas targets by, what targeted it here (basis), the atlas and atlas-late
     layers, why the atlas metric could not (empty when it could), and the wrong-family control drawn from `pool`
-    (default: `families`; see `wrong_family`). Index: family."""
+    (default: `families`; see `wrong_family`) with the number of candidates it was the least correlated of
+    (`wrong_of`). Index: family."""
     metric = metric or primary_metric(atlas)
     rows = []
     for f in families:
@@ -119,6 +120,7 @@ def targeting(atlas, families: Sequence[str], arch, k: int, metric: str | None =
                      **{s: target(atlas, f, arch, k, s, metric=metric, fallback=fallback).layers
                         for s in ("atlas", "atlas-late")},
                      "wrong_family": wrong[0] if wrong else "", "wrong_rho": wrong[1] if wrong else np.nan,
+                     "wrong_of": sum(g != f and len(layer_scores(atlas, g, metric=basis)) > 0 for g in pool or families),
                      "wrong-family": select_layers(wrong[2], arch.n_layers, k, "atlas") if wrong else None,
                      "why": why_unscored(atlas, f, metric) if fell else ""})
     return pd.DataFrame(rows).set_index("family")
