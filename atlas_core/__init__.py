@@ -11,10 +11,12 @@ The pipeline, one folder per stage (`ls atlas_core` shows it):
     model/     the subject: where weights come from, the family's module names, the loaded model, tiny configs
     engine/    intervening: the vocabulary (Site, Op, Edit, Unit), the one nnsight trace (`tracing`), a prompt
                batch that applies units (`batch`), sweeps with a content-addressed cache, the attribution screen
-    studies/   one study per chapter: the ablation atlas (+ direct effects), patching, steering, adapters (LoRA)
-    evidence/  metrics, statistics, claims graded from their evidence, the run registry, graders on nulls
+    studies/   one study per chapter: the ablation atlas (+ direct effects), patching, steering, adapters (LoRA),
+               sft (fine-tuning sweeps, formats, judged quality), compression (skipping, healing, quantization)
+    evidence/  metrics, statistics, claims graded from their evidence, the run registry, graders on nulls,
+               judges of generated answers and reference-free text measurements
     publish/   the book build (papermill + Jupyter Book), charts, the one-page summary
-    cli.py     `atlas VERB`: one verb per chapter (map, tasks, patch, steer, lora, summary) and `book`
+    cli.py     `atlas VERB`: one verb per chapter (map, tasks, patch, steer, lora, sft, compress, summary) and `book`
     paths.py, profiles.py   where files live; the sizes of a run (smoke, default, full), in one place
 
 Data flows from a study to the engine and back: a study builds units, the engine sweeps them into tidy rows,

@@ -42,8 +42,8 @@
 # test can reach p ≤ 0.05: 1/32) of 8 steps of 8 one-token examples, a 4-rate search reaching 8× below the old grid's
 # lowest rate, sweeps cut to 2 module sets, rank 1 and Lion, lock-in at 3 checkpoints and a block-only atlas
 # diff — 44 trainings, ~12 s each (with its validation or evaluation) on one core, two processes sharing the
-# grid (`workers: 2`): 8.5 minutes measured for the chapter from a cold cache on a 2-core CPU (511 s; the
-# search 146 s, the headline 190 s, the surgery 80 s; the last cell prints this run's time). The full
+# grid (`workers: 2`); the first line below prints how long the chapter took when last benchmarked, cold and
+# warm (`bench/book.py`), and the last cell this run's time. The full
 # profile trains and maps every testable family, searches 7 rates on 2 seeds, runs 8 seeds, 100 steps and every
 # sweep. Adapters and their evaluations are cached under `results/lora/` (atomic directories), so
 # re-executing the chapter reuses them. Eight steps is a short fine-tune: read the numbers as "what a small,

@@ -40,7 +40,8 @@
 #
 # **Budget.** Printed below from the profile. The default profile (the embedded SmolLM2-135M, dequantized Q4
 # weights) trains ~42 short adapters (6 steps of batch 4: "what a small, equal budget buys", not converged
-# fine-tunes) and should take about 11–13 minutes cold on a 2-core CPU; the last cell prints this run's time.
+# fine-tunes); the first line below prints how long the chapter took when last benchmarked (`bench/book.py`),
+# the last cell this run's time.
 # Adapters and their measurements are cached under `results/lora/`, so re-executing reuses them.
 
 # %% tags=["parameters"]

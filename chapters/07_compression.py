@@ -33,10 +33,10 @@
 #   fp32, and whether the same steering and ablation units act differently (amplification, hub).
 # - **Qualitative**: 32 prompts with checkable constraints under each configuration.
 #
-# **Budget**: printed below from the profile. The default profile (SmolLM2-135M, 30 layers) runs in about
-# 13 minutes cold on one core of this 2-core machine (estimated from per-step timings; the last cell prints
-# this run's time); its contiguous runs are a subsample (2 evenly spaced starts per length: the first and
-# the last), said in the budget line.
+# **Budget**: printed below from the profile, with how long the chapter took when last benchmarked
+# (`bench/book.py`); the last cell prints this run's time. In the default profile (SmolLM2-135M, 30 layers)
+# the contiguous runs are a subsample (2 evenly spaced starts per length: the first and the last), said in
+# the budget line.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
