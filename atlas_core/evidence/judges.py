@@ -27,14 +27,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import permutations
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 
 from ..paths import content_key, read_json, results_dir, write_json_atomic
 from . import text_quality
+from .stats import spearman_perm
 
 SHORT = 5  # a reference of at most this many words is checked exactly
 ENV = {"url": "ATLAS_JUDGE_URL", "model": "ATLAS_JUDGE_MODEL", "key": "ATLAS_JUDGE_KEY"}
@@ -210,16 +210,6 @@ class ApiJudge(Judge):
                 "consistent": bool(first == second)}
 
 
-def _perm_p(x: np.ndarray, y: np.ndarray, n_mc: int, seed: int) -> float:
-    """Two-sided permutation p of the correlation of standardized x and y (exact up to 8 points)."""
-    obs = abs(float(np.mean(x * y)))
-    if x.size <= 8:
-        null = np.abs((y[np.array(list(permutations(range(x.size))))] * x).mean(1))
-        return float(np.mean(null >= obs - 1e-9))
-    perms = np.random.default_rng(seed).permuted(np.tile(np.arange(x.size), (n_mc, 1)), axis=1)
-    return float((1 + np.sum(np.abs((y[perms] * x).mean(1)) >= obs - 1e-9)) / (1 + n_mc))
-
-
 def _fisher(r: float, n: int, spearman: bool, alpha: float = 0.05) -> tuple[float, float]:
     if n <= 3 or not np.isfinite(r):
         return float("nan"), float("nan")
@@ -239,10 +229,8 @@ def rank_agreement(a: Sequence[float], b: Sequence[float], n_mc: int = 20000, se
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {**out, **dict.fromkeys(["spearman", "spearman_lo", "spearman_hi", "pearson", "pearson_lo",
                                         "pearson_hi", "p_value"], float("nan"))}
-    rx, ry = rankdata(x), rankdata(y)
-    zx, zy = (rx - rx.mean()) / rx.std(), (ry - ry.mean()) / ry.std()
-    rho = float(np.mean(zx * zy))
+    rho, p, _ = spearman_perm(x, y, n_mc, seed)
     r = float(np.corrcoef(x, y)[0, 1])
     (slo, shi), (plo, phi) = _fisher(rho, x.size, True), _fisher(r, x.size, False)
     return {**out, "spearman": rho, "spearman_lo": slo, "spearman_hi": shi, "pearson": r, "pearson_lo": plo,
-            "pearson_hi": phi, "p_value": _perm_p(zx, zy, n_mc, seed)}
+            "pearson_hi": phi, "p_value": p}

@@ -9,12 +9,13 @@
 - `resample_ci`: percentile bootstrap of any statistic of paired and/or stratified samples (ratios of means,
   selectivity across families); coverage is measured where it is used.
 - `proportion_ci`: exact Clopper-Pearson interval of a rate (accuracy, flip rate).
+- `spearman_perm`: Spearman correlation with its permutation p (exact up to 8 points).
 - `holm`, `bh`: multiplicity-adjusted p-values for a family of tests (a "best" chosen out of many).
 """
 
 from __future__ import annotations
 
-from itertools import product
+from itertools import permutations, product
 
 import numpy as np
 from scipy import stats as _st
@@ -28,24 +29,11 @@ def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
     x = x[~np.isnan(x)]
     if x.size == 0:
         return (float("nan"),) * 3
+    if stat is np.mean:
+        return tuple(float(v) for v in bootstrap_cis([x], n_boot, alpha, seed)[0])
     est = float(stat(x))
     if x.size == 1:
         return est, est, est
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    xb = x[idx]
-    if stat is np.mean:
-        se = x.std(ddof=1) / np.sqrt(x.size)
-        if se == 0:
-            return est, est, est
-        se_b = xb.std(axis=1, ddof=1) / np.sqrt(x.size)
-        ok = se_b > 0
-        t = (xb.mean(axis=1)[ok] - est) / se_b[ok]
-        if t.size < 20:  # almost every resample constant (e.g. one outlier): fall back to a t interval
-            q = _st.t.ppf(1 - alpha / 2, x.size - 1)
-            return est, est - q * se, est + q * se
-        t_lo, t_hi = np.quantile(t, [alpha / 2, 1 - alpha / 2])
-        return est, float(est - t_hi * se), float(est - t_lo * se)
     return resample_ci(lambda s: stat(s[0]), (x,), n_boot=n_boot, alpha=alpha, seed=seed)
 
 
@@ -60,8 +48,8 @@ def _sorted_quantile(t: np.ndarray, m: np.ndarray, a: float) -> np.ndarray:
 
 
 def bootstrap_cis(arrays, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> np.ndarray:
-    """`bootstrap_ci` of the mean of every array at once: (k, 3) rows (estimate, low, high), equal to calling it
-    on each (arrays of one size share its resample indices, so they are resampled together, in chunks)."""
+    """`bootstrap_ci` of the mean of every array at once: (k, 3) rows (estimate, low, high); `bootstrap_ci` of a
+    mean is this on one array (arrays of one size share their resample indices, so they go through together)."""
     xs = [np.asarray(a, dtype=float) for a in arrays]
     xs = [x[~np.isnan(x)] for x in xs]
     out = np.full((len(xs), 3), np.nan)
@@ -209,3 +197,25 @@ def coverage(n: int, sigma: float = 0.5, reps: int = 1000, seed: int = 0, method
 def percentile_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
     """Percentile bootstrap of the mean: kept only to show its under-coverage beside `bootstrap_ci`."""
     return resample_ci(lambda s: s[0].mean(), (values,), n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def _zranks(v) -> np.ndarray | None:
+    """Standardized ranks; None for a constant input."""
+    r = _st.rankdata(np.asarray(v, float))
+    return (r - r.mean()) / r.std() if r.std() > 0 else None
+
+
+def spearman_perm(x, y, n_mc: int = 20000, seed: int = 0) -> tuple[float, float, float]:
+    """(rho, two-sided p, smallest attainable p) of a Spearman correlation by a permutation test: exact (every
+    pairing) up to 8 points, seeded Monte Carlo (add-one) above. NaN rho and p for a constant input."""
+    zx, zy = _zranks(x), _zranks(y)
+    if zx is None or zy is None:
+        return float("nan"), float("nan"), float("nan")
+    n, obs = zx.size, float(np.mean(zx * zy))
+    if n <= 8:
+        null = (zy[np.array(list(permutations(range(n))))] * zx).mean(1)
+        p = float(np.mean(np.abs(null) >= abs(obs) - 1e-9))
+        return obs, p, float(np.mean(np.abs(null) >= np.abs(null).max() - 1e-9))
+    perms = np.random.default_rng(seed).permuted(np.tile(np.arange(n), (n_mc, 1)), axis=1)
+    null = (zy[perms] * zx).mean(1)
+    return obs, float((1 + np.sum(np.abs(null) >= abs(obs) - 1e-9)) / (1 + n_mc)), 1 / (1 + n_mc)

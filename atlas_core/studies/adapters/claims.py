@@ -6,14 +6,12 @@ statements and evidence come from those tables, `choose_lr` and `targeting` only
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import permutations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from ...evidence.claims import Claim
-from ...evidence.stats import holm, sign_flip_p
+from ...evidence.stats import holm, sign_flip_p, spearman_perm
 from .targeting import CONTROLS, PARAM_TOL
 
 MIN_SEEDS = 5  # "the atlas wins" is not graded below this many paired seeds
@@ -78,28 +76,6 @@ def verdict(cmp: pd.DataFrame, required: Sequence[str] = CONTROLS,
     out.loc[ok, "p_holm"] = holm(out.loc[ok, "p_value"].to_numpy())
     out["wins"] = out["graded"] & out["all_lower"] & (out["p_holm"] <= CONTROL_P)
     return out
-
-
-def _zranks(v) -> np.ndarray | None:
-    """Standardized ranks; None for a constant input."""
-    r = rankdata(np.asarray(v, float))
-    return (r - r.mean()) / r.std() if r.std() > 0 else None
-
-
-def spearman_perm(x, y, n_mc: int = 20000, seed: int = 0) -> tuple[float, float, float]:
-    """(rho, two-sided p, smallest attainable p) of a Spearman correlation by a permutation test: exact (every
-    pairing) up to 8 points, seeded Monte Carlo (add-one) above. NaN rho and p for a constant input."""
-    zx, zy = _zranks(x), _zranks(y)
-    if zx is None or zy is None:
-        return float("nan"), float("nan"), float("nan")
-    n, obs = zx.size, float(np.mean(zx * zy))
-    if n <= 8:
-        null = (zy[np.array(list(permutations(range(n))))] * zx).mean(1)
-        p = float(np.mean(np.abs(null) >= abs(obs) - 1e-9))
-        return obs, p, float(np.mean(np.abs(null) >= np.abs(null).max() - 1e-9))
-    perms = np.random.default_rng(seed).permuted(np.tile(np.arange(n), (n_mc, 1)), axis=1)
-    null = (zy[perms] * zx).mean(1)
-    return obs, float((1 + np.sum(np.abs(null) >= abs(obs) - 1e-9)) / (1 + n_mc)), 1 / (1 + n_mc)
 
 
 def norm_effect(final: pd.DataFrame) -> dict:

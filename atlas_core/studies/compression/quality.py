@@ -16,17 +16,14 @@ import pandas as pd
 import torch
 
 from ... import tasks
+from ...engine.tracing import position_ids
 from ...model.subject import Subject
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 @torch.inference_mode()
 def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     dev = next(model.parameters()).device
-    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=_positions(mask).to(dev),
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev),
                 use_cache=False)
     return out.logits.float().cpu()
 
