@@ -78,13 +78,14 @@ PROFILES: dict[str, dict] = {
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10,
                   "n_gate": 48, "replicate": "testable", "head_seeds": 1},
-        # chapters 03 and 04 (minutes each on one core): every layer; 04 screens every layer x 8 strengths
+        # chapters 03 and 04 (minutes each on one core): every layer; 04 screens every layer at the control strength ±0.4
+        # (the held-out dose-response at the chosen cell runs 4 strengths of its sign)
         "patching": {"families": ["ioi", "factual_recall", "induction"], "n_gate": 64, "n": 16, "layer_stride": 1,
                      "head_stride": 3, "finetune": {"steps": 24, "lr": 2e-3}, "cross_components": ["block", "mlp"],
                      "compare_model": "gemma3-270m"},  # CMAP: blocks and MLPs only (attention = the rest; ~40 s)
         "steering": {"families": ["ioi", "antonyms", "factual_recall", "induction", "agreement", "copying"],
                      "concepts": ["sentiment"], "n_gate": 48, "n_screen_controls": 1, "n": 8, "n_fit": 16, "layer_stride": 1, "n_random": 10, "n_shuffled": 20,
-                     "screen_alphas": [-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8],
+                     "screen_alphas": [-0.4, 0.4],  # = the control strengths (full: a descriptive dose map)
                      "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,
                      "buckets": ["short", "medium"], "gen_tokens": 12, "n_nll": 100, "n_gen": 10, "fluency_alphas": [0.4]},
         # chapter 05 (<= 8 min cold on 2 cores, `workers`: 2 processes): the first flip-gate-testable family with

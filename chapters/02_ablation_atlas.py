@@ -53,7 +53,8 @@ print(subject)
 # the first and the last token only. First, the flip gate on more prompts than the atlas samples decides which
 # families are testable. Exact forwards go where claims are made (the profile's `replicate`): with
 # `testable`, the testable families (every family when none is) get every unit on the first seed and their
-# layer and position units on the other seeds, while the other families get only the disruption map (block,
+# layer units on the other seeds (the position units, which only describe — the sink share and the chart of
+# first vs last token — run on the first seed), while the other families get only the disruption map (block,
 # attention and MLP under the first method, first seed) — no claim localizes them; with `all`, every family
 # gets every unit on every seed. Heads are swept exactly on the first `head_seeds` seeds: the screen below is
 # checked against them, and no claim rests on a head's replication. Results come from the content-addressed
@@ -211,7 +212,8 @@ alt.Chart(hs).mark_rect().encode(
 # %% [markdown]
 # ## First vs last token
 # Zero-ablating a block only at the first real token, or only at the last token, against all
-# positions. A block matters "at the last token" when the answer is computed there.
+# positions (with `replicate: testable`, the first seed's prompts). A block matters "at the last token" when
+# the answer is computed there.
 #
 # Look for: layers where the first-token line reaches the all-positions line (a sink) and where the last token takes over.
 

@@ -118,8 +118,10 @@ print("held-out audit:", "no shared template, text or probe word" if not leaks e
 # %% [markdown]
 # Effect of the real direction at every screened layer × strength α (selection prompts; blue = toward
 # the target, one colour scale per target). Both signs moving the same way is a sign of non-specific
-# disruption, which the controls below catch. The best layer of each sign maximizes the mean signed
-# effect over that sign's strengths.
+# disruption, which the controls below catch. The best layer of each sign maximizes the signed effect at
+# the control strength (the cells its screened controls choose among, by the same rule); further strengths,
+# where the profile screens them (`full`), only draw the map. The dose-response at the chosen layer, on
+# held-out prompts, follows.
 #
 # Look for: a layer where the two signs' cells take opposite colours (a directional push), not one colour for both.
 

@@ -194,7 +194,7 @@ def test_map_atlas_sweeps_exactly_the_shared_items_and_units(tok, tmp_path):
 def test_replication_seeds_sweep_what_claims_are_made_about(tok):
     """replicate='testable': the first seed maps every family, later seeds only the gate's testable ones; the
     families no claim is about get only the disruption map (whole components, first method); heads only on the
-    first head_seeds seeds; neutral text only with the first method; the gate decides the testable families."""
+    first head_seeds seeds, positions only on the first; neutral text only with the first method; the gate decides the testable families."""
     from atlas_core.studies.atlas import map_atlas
 
     s = tiny_subject("llama", tok)
@@ -210,7 +210,8 @@ def test_replication_seeds_sweep_what_claims_are_made_about(tok):
     rest = e[e["family"] != "ioi"]
     assert set(rest["method"]) == {"zero"} and set(rest["position"]) == {"all"} and set(rest["component"]) == {"block", "mlp"}
     ioi = e[e["family"] == "ioi"]
-    assert set(ioi["method"]) == {"zero", "mean"} and set(ioi[ioi["seed"] == 2]["position"]) == {"all", "first"}
+    assert set(ioi["method"]) == {"zero", "mean"} and set(ioi[ioi["seed"] == 2]["position"]) == {"all"}
+    assert set(ioi[ioi["seed"] == 1]["position"]) == {"all", "first"}  # positions: the first seed's description
     assert e.loc[e["method"] == "mean", "kl_neutral"].isna().all() and e.loc[
         (e["method"] == "zero") & (e["position"] == "all") & (e["component"] != "head"), "kl_neutral"].notna().all()
     assert a.testable_families == ["ioi"] and a.meta["replicate"] == "testable" and a.meta["head_seeds"] == 1

@@ -315,6 +315,22 @@ def test_controls_are_screened_and_each_graded_at_its_own_best_cell(study_run, t
         steering.study(s, ["ioi"], [], control_alphas=(-0.4, 0.2))
 
 
+def test_the_real_direction_chooses_its_cell_where_its_controls_do(study_run):
+    """Extra screened strengths are descriptive: the real direction's (layer, sign) is chosen at the control
+    strengths only, by the same rule as its controls, so neither has more cells to pick from."""
+    s = study_run[0]
+    st = steering.study(s, ["ioi"], [], n=4, n_fit=8, layers=[0, 2], n_random=2, n_shuffled=2, n_screen_controls=1,
+                        seed=42, screen_alphas=(-0.8, -0.4, 0.4, 0.8))
+    assert set(st.screen["alpha"]) == {-0.8, -0.4, 0.4, 0.8}
+    at_control = st.screen[st.screen["alpha"].abs() == 0.4]
+    cols = ["family", "sign", "layer"]
+    pd.testing.assert_frame_equal(st.best[cols].reset_index(drop=True),
+                                  steering.best_layers(at_control)[cols].reset_index(drop=True))
+    assert (st.best["n_candidates"] == 4).all()
+    with pytest.raises(ValueError, match="must include control_alphas"):
+        steering.study(s, ["ioi"], [], screen_alphas=(-0.8, 0.8))
+
+
 # ---------------------------------------------------------------------------------- necessity, nulls, cost, prompting
 def test_knockout_projects_the_direction_out_at_every_layer_and_position(setup, study_run):
     """Knockout is directional ablation (Arditi et al. 2024), not a negative push: the direction fit at the chosen

@@ -165,8 +165,9 @@ def map_atlas(
     families instead of the atlas's own items.
     replicate: "all" sweeps every unit for every family on every seed. "testable" spends exact forwards where
     claims are made: the gate's testable families (every family when none is: the disruption hub) get every
-    unit on the first seed, and their layer and position units on the others; the remaining families get only
-    the disruption map (whole-component units, the first method) on the first seed.
+    unit on the first seed, and their layer units on the others (position units, read only as descriptions: the
+    sink share and the position map, on the first seed); the remaining families get only the disruption map
+    (whole-component units, the first method) on the first seed.
     head_seeds: per-head units on the first `head_seeds` seeds only (None: every seed). No claim rests on a
     head's replication; the first seed's exact head sweep is what the attribution screen is checked against.
     Neutral text is swept with the first method's layer units (specificity is read for that method)."""
@@ -188,8 +189,9 @@ def map_atlas(
     testable = [f for f in fams if gate is None or f in set(gate.loc[gate["testable"], "family"])]
     for i, seed in enumerate(seeds):
         full = fams if replicate == "all" else (testable or fams) if i == 0 else testable
+        pos = positions if replicate == "all" or i == 0 else ()
         plan = [(full, atlas_units(arch, components, methods, heads and (head_seeds is None or i < head_seeds),
-                                   positions, seed))]
+                                   pos, seed))]
         if replicate == "testable" and i == 0:  # the disruption map of the families no claim is made about
             plan.append(([f for f in fams if f not in full], atlas_units(arch, components, [first], seed=seed)))
         plan = [(atlas_items(pool, fs, prompts_per_family, seed), units) for fs, units in plan if fs]

@@ -28,7 +28,7 @@ class Study:
     splits: dict[str, Split]
     screen: pd.DataFrame  # real directions, every screened layer × α, selection prompts
     graded: pd.DataFrame  # best layers, every α, held-out prompts, with control statistics
-    best: pd.DataFrame  # per target and sign: best layer (chosen on the selection prompts)
+    best: pd.DataFrame  # per target and sign: best layer (chosen on the selection prompts at the control α)
     per_prompt: pd.DataFrame  # held-out rows of the graded sweep
     solved: pd.DataFrame = field(default_factory=pd.DataFrame)  # `tasks.solved` on each family's select + eval items
     control_screen: pd.DataFrame = field(default_factory=pd.DataFrame)  # screened controls, layer × control α, select
@@ -60,7 +60,8 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
     """Fit directions per target on its fit split; on its select split, screen the real direction over layers ×
     `screen_alphas` and the first `n_screen_controls` random and shuffled-label controls over the same layers ×
     `control_alphas` (the same strengths of each sign), each direction choosing its own best (layer, sign) by the
-    same rule (`best_layers`, `choose`). On the eval split, grade the best layer of each sign against the screened
+    same rule (`best_layers`, `choose`) on the same cells: the real direction chooses at `control_alphas` too, and
+    its other screened strengths are descriptive (the layer × strength map). On the eval split, grade the best layer of each sign against the screened
     controls, each at its own best cell and the same |α| (`grade`); every control also runs at the real
     direction's layer and α (descriptive z / empirical p). Families are gated by `solved` (e.g. `tasks.gate`, on
     more items), else by `tasks.solved` on their select + eval items."""
@@ -70,9 +71,12 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
     if n_screen_controls < 1 or not (n_random or n_shuffled):
         raise ValueError("steering is graded against screened controls: n_screen_controls >= 1 and at least one "
                          "random or shuffled-label control are needed")
+    if not set(control_alphas) <= set(screen_alphas):
+        raise ValueError(f"screen_alphas {tuple(screen_alphas)} must include control_alphas {tuple(control_alphas)}: "
+                         "the real direction chooses its cell at the strengths its controls are screened at")
     layers = list(range(subject.arch.n_layers) if layers is None else layers)
     controls = ("random", "shuffled")
-    dirs, sign, splits, screens, cscreens, cbest, graded, base = {}, {}, {}, [], [], [], [], []
+    dirs, sign, splits, screens, bests, cscreens, cbest, graded, base = {}, {}, {}, [], [], [], [], [], []
     for name in [*families, *concepts]:
         is_concept = name in concepts
         sp = (concept_target if is_concept else family_target)(subject, name, n, n_fit, seed)
@@ -83,13 +87,15 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
                            desc=f"screen {name}")
         real = rows["kind"] == "real"
         sc = grade(rows[real].reset_index(drop=True))
+        sb = best_layers(sc[sc["alpha"].isin(control_alphas)])  # the same cells its controls choose among
         cs = rows[~real].groupby(["family", "kind", "idx", "layer", "alpha"])["effect"].mean().reset_index()
         cb = choose(best_layers(cs, ("family", "kind", "idx")), ("family", "kind", "idx"))
         screens.append(sc)
+        bests.append(sb)
         cscreens.append(cs)
         cbest.append(cb)
         us = []
-        for b in best_layers(sc).itertuples():  # the real direction's best cell of each sign, every control there
+        for b in sb.itertuples():  # the real direction's best cell of each sign, every control there
             us += units(d, [b.layer], [a for a in alphas if np.sign(a) == b.sign])
             us += units(d, [b.layer], [a for a in control_alphas if np.sign(a) == b.sign], controls)
         us += [steer_unit(d, c.kind, c.idx, c.layer, a) for c in cb.itertuples()  # each screened control at its own
@@ -103,7 +109,8 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
     control_best = pd.concat(cbest, ignore_index=True)
     if solved is None:
         solved = tasks.solved(pd.concat(base) if base else pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
-    return Study(dirs, sign, splits, screen, grade(per_prompt, control_best=control_best), best_layers(screen), per_prompt,
+    best = pd.concat(bests, ignore_index=True)
+    return Study(dirs, sign, splits, screen, grade(per_prompt, control_best=control_best), best, per_prompt,
                  solved, pd.concat(cscreens, ignore_index=True), control_best)
 
 
