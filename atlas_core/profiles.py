@@ -65,13 +65,18 @@ PROFILES: dict[str, dict] = {
                         "heal_r": 4, "heal_lr": 2e-3, "heal_batch": 4, "speed_tokens": 8, "speed_reps": 1,
                         "precisions": ["fp32", "bf16", "int8", "nf4"], "steer_alphas": [-4.0, 4.0], "steer_pairs": 8,
                         "n_qual": 32, "qual_tokens": 12},
+        "robustness": {"families": ["ioi", "antonyms"], "max_families": 2, "buckets": ["short", "medium", "long"],
+                       "prompts": {"short": 4, "medium": 4, "long": 2}, "layer_stride": {"long": 2},
+                       "n_gate": {"short": 16, "medium": 8, "long": 8}, "components": ["block", "mlp"],
+                       "methods": ["zero", "mean"], "compare": ["tiny-gemma3", "tiny-qwen2", "tiny-lfm2", "tiny-gpt2"],
+                       "compare_prompts": 4, "compare_gate": 16},
     },
     "default": {
         "model": "smollm2-135m",
         "seeds": [42, 137, 256],
         "baselines": {"families": None, "n": 50},
         # chapter 02 (sized for <= 30 min for the whole book on 2 CPU cores; bench/RESULTS.md): the testable families
-        # (flip gate on n_gate items) get every unit on the first seed, and their layers and positions on the others;
+        # (flip gate on n_gate items) get every unit on the first seed, and their layer units on the others;
         # the rest only the disruption map (first seed, first method); every head exactly on the first seed (what the
         # screen is checked against; no claim rests on head seeds); 8 prompts per family and seed (full: 50)
         "atlas": {"families": None, "prompts_per_family": 8,
@@ -121,6 +126,12 @@ PROFILES: dict[str, dict] = {
                         "heal_seeds": 3, "heal_steps": 10, "heal_r": 8, "heal_lr": 2e-3, "heal_batch": 4,
                         "speed_tokens": 16, "speed_reps": 2, "precisions": ["fp32", "bf16", "int8", "nf4"],
                         "steer_alphas": [-4.0, 4.0], "steer_pairs": 16, "n_qual": 32, "qual_tokens": 20},
+        # chapter 08 (<= 10 min cold): the first 3 gate-testable families; long prompts (200-700 filler tokens) every
+        # 3rd layer; steering and knockout reuse chapter 04's cached study; gemma3-270m as the second family
+        "robustness": {"families": None, "max_families": 3, "buckets": ["short", "medium", "long"],
+                       "prompts": {"short": 8, "medium": 6, "long": 4}, "layer_stride": {"long": 3},
+                       "n_gate": {"short": 48, "medium": 24, "long": 16}, "components": ["block", "mlp"],
+                       "methods": ["zero", "mean"], "compare": ["gemma3-270m"], "compare_prompts": 8, "compare_gate": 48},
     },
     "full": {
         "model": "smollm2-135m",
@@ -164,6 +175,11 @@ PROFILES: dict[str, dict] = {
                         "heal_seeds": 5, "heal_steps": 100, "heal_r": 8, "heal_lr": 1e-3, "heal_batch": 8,
                         "speed_tokens": 32, "speed_reps": 5, "precisions": ["fp32", "bf16", "int8", "nf4"],
                         "steer_alphas": [-4.0, -1.0, 1.0, 4.0], "steer_pairs": 32, "n_qual": 32, "qual_tokens": 64},
+        "robustness": {"families": None, "max_families": None, "buckets": ["short", "medium", "long"],
+                       "prompts": {"short": 50, "medium": 32, "long": 16}, "layer_stride": {},
+                       "n_gate": {"short": 128, "medium": 64, "long": 32}, "components": ["block", "mlp"],
+                       "methods": ["zero", "mean", "resample"], "compare": ["gemma3-270m"], "compare_prompts": 50,
+                       "compare_gate": 128},
     },
 }
 

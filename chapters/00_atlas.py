@@ -28,8 +28,11 @@ remote = False  # True: every trace runs on NDIF (key from NDIF_API_KEY); "local
 # %% tags=["remove-cell"]
 from pathlib import Path
 
+from IPython.display import HTML
+
 from atlas_core import profiles
 from atlas_core.publish import charts, summary
+from atlas_core.studies import rules
 from atlas_core.studies.atlas import Atlas
 
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote, number="00")
@@ -100,6 +103,14 @@ summary.negatives(claims)
 # %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 summary.edit_rules(claims)
+
+# %% [markdown]
+# ## Which of the original study's rules hold on this model
+# Chapter 08 tests each practical rule of the original MI-Atlas study against this model's own measurements:
+# green holds, red fails, grey not testable here. Each badge links to its row (evidence and confidence).
+
+# %% tags=["remove-input"]
+HTML(rules.strip(model, profile))
 
 # %% [markdown]
 # ## Caveats, and what we do not claim

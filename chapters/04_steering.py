@@ -323,5 +323,6 @@ depth.pivot_table(index="family", columns="model", values=["layer", "depth", "z_
 
 # %%
 claims = steering.steering_claims(best, ko, model=model, profile=profile, baselines=vs)
+claims += steering.layer_sign_claims(steering.layer_signs(subject, st, seed), model=model, profile=profile)
 print(f"chapter time {time.time() - T0:.0f} s")
 record(claims)[["claim", "confidence", "why"]]

@@ -328,7 +328,8 @@ alt.Chart(moved).mark_bar().encode(
 # seeds or layers cannot reach p ≤ 0.05.
 
 # %%
-record(adapters.lora_claims(cmp, norm, targets, P["k"], model=model, profile=profile, lrs=lrs))[["claim", "confidence", "why"]]
+record(adapters.lora_claims(cmp, norm, targets, P["k"], model=model, profile=profile, lrs=lrs)
+       + [adapters.lock_in_claim(maps, model=model, profile=profile)])[["claim", "confidence", "why"]]
 
 # %% tags=["remove-cell"]
 print(f"chapter 05: {time.time() - T0:.0f} s")

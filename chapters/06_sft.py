@@ -224,7 +224,8 @@ alt.Chart(moved).mark_bar().encode(
 
 # %%
 lq, bb, dom = sft.loss_quality(fm), sft.best_vs_base(fm), sft.dominant_dimension(sw)
-record(sft.sft_claims(lq, bb, dom, survival, model=model, profile=profile))[["claim", "confidence", "why"]]
+record(sft.sft_claims(lq, bb, dom, survival, model=model, profile=profile)
+       + sft.sweep_rule_claims(sw, sw_base, P["base"], model=model, profile=profile))[["claim", "confidence", "why"]]
 
 # %% tags=["remove-cell"]
 print(f"chapter 06: {time.time() - T0:.0f} s")

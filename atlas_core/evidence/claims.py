@@ -102,6 +102,7 @@ class Claim:
     chapter: str = ""
     model: str = ""
     profile: str = ""
+    tag: str = ""  # a stable machine id (e.g. "07.precision.nf4"): later code finds the claim without its wording
 
     @property
     def confidence(self) -> str:
@@ -137,7 +138,8 @@ def latest(model: str, profile: str) -> list[Claim]:
     for r in recs:
         last_run[r["chapter"]] = max(last_run.get(r["chapter"], 0), r.get("run_id", 0))
     keys = ("statement", "metric", "counterfactual", "control", "evidence", "chapter", "model", "profile")
-    return [Claim(**{k: r[k] for k in keys}) for r in recs if r.get("run_id", 0) == last_run[r["chapter"]]]
+    return [Claim(**{k: r[k] for k in keys}, tag=r.get("tag", "")) for r in recs
+            if r.get("run_id", 0) == last_run[r["chapter"]]]  # records before `tag` existed read as tag ""
 
 
 def table(model: str, profile: str, evidence: bool = False) -> pd.DataFrame:

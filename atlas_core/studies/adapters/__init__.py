@@ -15,7 +15,19 @@ PEFT does the adapters (`LoraConfig(target_modules=..., layers_to_transform=...)
 - `study` and `claims`: chapter 05's profile, data, runs and tables, and its claims.
 """
 
-from .claims import CONTROL_P, MIN_LRS, MIN_SEEDS, compare, lora_claims, norm_effect, spearman_perm, verdict
+from .claims import (
+    CONTROL_P,
+    LOCK_RHO,
+    MIN_LRS,
+    MIN_SEEDS,
+    compare,
+    lock_in_claim,
+    lock_in_stats,
+    lora_claims,
+    norm_effect,
+    spearman_perm,
+    verdict,
+)
 from .data import TrainConfig, collate, completion_ids, data_hash, encode_pair, train_tokenizer
 from .evaluation import EvalSet, completion_loss, evaluate, generate, kl_rows, last_logprobs, val_loss
 from .families import (
@@ -87,13 +99,13 @@ from .targeting import (
 from .training import Adapter, adapter_dir, adapter_meta, attach, check_fits, train
 
 __all__ = [
-    "ALL_LINEAR", "CONTROLS", "CONTROL_P", "GEN_MARGIN", "HEADLINE", "MIN_LRS", "MIN_SEEDS", "MODULE_SETS", "PARAM_TOL",
+    "ALL_LINEAR", "CONTROLS", "CONTROL_P", "GEN_MARGIN", "HEADLINE", "LOCK_RHO", "MIN_LRS", "MIN_SEEDS", "MODULE_SETS", "PARAM_TOL",
     "STRATEGIES", "Adapter", "EvalSet", "FamilyChoice", "Target", "TrainConfig", "adapted_subject", "adapter_dir", "adapter_meta",
     "atlas_diff", "atlas_scores", "attach", "budget", "check_fits", "choose_families", "choose_lr", "collate", "compare",
     "completion_ids", "completion_loss", "control_target", "data_hash", "data_limits", "depth_bins", "depth_matched",
     "effect_map", "encode_pair", "evaluate", "family_examples", "fmt_pm", "gate_order", "generate",
     "has_training_data", "headline_runs", "headline_seeds", "headline_table",
-    "kl_rows", "last_logprobs", "layer_ablation", "layer_params", "layer_scores", "lock_in", "lock_in_summary",
+    "kl_rows", "last_logprobs", "layer_ablation", "layer_params", "layer_scores", "lock_in", "lock_in_claim", "lock_in_stats", "lock_in_summary",
     "lock_in_table", "lora_claims", "lora_config", "lr_for", "lr_runs", "matched_target", "module_norms", "norm_effect",
     "profile", "random_matched", "run_grid", "scaled", "score_table", "select_layers", "selection_prompts", "split_threads", "spearman_perm", "split_val",
     "start_helper", "summarize", "sweep_adapter", "sweep_runs", "target", "target_names", "targeting", "task_data",

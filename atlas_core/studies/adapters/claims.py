@@ -1,11 +1,14 @@
 """Chapter 05's claims: `compare` (atlas minus each other strategy, paired by seed, exact sign-flip test over seeds),
 `verdict` ("the atlas wins": it beats every strategy compared, an intersection-union test, Holm across families),
 `norm_effect` (per-layer ‖B·A‖ vs adapter-only ablation effect, exact permutation test) and `lora_claims`, whose
-statements and evidence come from those tables, `choose_lr` and `targeting` only."""
+statements and evidence come from those tables, `choose_lr` and `targeting` only; `lock_in_claim` (chapter 08's rule
+(8): the adapter's layer map at its first checkpoint against its final map, exact permutation test)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
+from math import comb
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,7 @@ from .targeting import CONTROLS, PARAM_TOL
 MIN_SEEDS = 5  # "the atlas wins" is not graded below this many paired seeds
 MIN_LRS = 4  # a learning-rate search over fewer rates caps the verdict
 CONTROL_P = 0.05  # the claims grader's control criterion
+LOCK_RHO = 0.7  # rule (8), fixed before any run: a checkpoint's layer map is "locked in" at Spearman >= this with the final
 
 
 def compare(head: pd.DataFrame, ref: str = "atlas", others: Sequence[str] | None = None,
@@ -80,9 +84,27 @@ def verdict(cmp: pd.DataFrame, required: Sequence[str] = CONTROLS,
 
 def norm_effect(final: pd.DataFrame) -> dict:
     """Per-layer update norm vs adapter-only ablation effect of one adapter (`effect_map` rows): Spearman rho,
-    exact permutation p (two-sided), the smallest p the number of layers allows, and that number."""
+    exact permutation p (two-sided), the smallest p the number of layers allows, and that number; and
+    `last_share` (`late_share`: the share of the positive effect in the last ~10% of layers, with its exact p)."""
     rho, p, min_p = spearman_perm(final["norm"], final["effect"])
-    return {"rho": rho, "p_value": p, "min_p": min_p, "n_layers": len(final)}
+    return {"rho": rho, "p_value": p, "min_p": min_p, "n_layers": len(final), **late_share(final)}
+
+
+def late_share(final: pd.DataFrame, frac: float = 0.1) -> dict:
+    """Share of the summed positive adapter-only ablation effect in the last ceil(frac·n) layers, and an exact
+    p: the fraction of all equally sized layer sets whose share is at least as large (a set of layers at random).
+    NaN when no layer has a positive effect."""
+    eff = final.sort_values("layer")["effect"].clip(lower=0).to_numpy(float)
+    n = eff.size
+    k = max(1, int(np.ceil(frac * n)))
+    total = eff.sum()
+    if n == 0 or total <= 0:
+        return {"late_layers": k, "late_share": float("nan"), "late_p": float("nan")}
+    obs = eff[-k:].sum() / total
+    sets = (combinations(range(n), k) if comb(n, k) <= 100_000  # exact; else 20000 seeded random sets
+            else (np.random.default_rng(0).choice(n, k, replace=False) for _ in range(20_000)))
+    sums = np.array([eff[list(c)].sum() for c in sets]) / total
+    return {"late_layers": k, "late_share": float(obs), "late_p": float(np.mean(sums >= obs - 1e-12))}
 
 
 def _cannot(n: int, what: str, min_p: float) -> str:
@@ -139,12 +161,18 @@ def lora_claims(cmp: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int, ch
                   "counterfactual": f"layers chosen by {'the KL map' if fell else 'the atlas'}; same steps and seeds",
                   "control": f"random layers with the same trainable parameters (±{PARAM_TOL:.0%}), depth-matched "
                              "random layers, another family's atlas layers, and every other strategy run", **meta}
+        lin = cmp[(cmp["family"] == r.family) & (cmp["vs"] == "all-linear")]
+        extra = {"basis": str(tg["basis"])} | ({"vs_all_linear": {
+            k: float(lin[k].iloc[0]) for k in ("d_exact_match", "param_ratio", "d_eval_loss", "p_value", "n_seeds")}}
+            if len(lin) else {})
+        tag = f"05.lora.{r.family}"
         if fell:
             claims.append(Claim(f"{r.family}: atlas-guided LoRA ({tg['metric']}) against its controls is not "
-                                f"testable here", evidence={"testable": False, "untestable_why": tg["why"]}, **common))
+                                f"testable here", evidence={"testable": False, "untestable_why": tg["why"]},
+                                tag=f"05.atlas_untestable.{r.family}", **common))
         if not r.graded:
             claims.append(Claim(f"{r.family}: whether {who} beats its controls is not graded: {r.why}",
-                                evidence={"testable": False, "untestable_why": r.why}, **common))
+                                evidence={"testable": False, "untestable_why": r.why, **extra}, tag=tag, **common))
             continue
         note, cap = _lr_note(lrs, r.family)
         rows = cmp[cmp["family"] == r.family]
@@ -161,14 +189,14 @@ def lora_claims(cmp: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int, ch
             why = (f"{r.n_seeds} paired seeds: 'the atlas wins' is graded from {MIN_SEEDS} (this profile's budget "
                    f"runs {r.n_seeds}; the full profile runs more)")
             claims.append(Claim(stmt, evidence={"testable": False, "untestable_why": why,
-                                                "p_value": float(r.p_holm)}, **common))
+                                                "p_value": float(r.p_holm), **extra}, tag=tag, **common))
             continue
         # the seeds are the replicates of the test itself, so they are not counted again; breadth counts the families
         # that pass the corrected test. A disruption-targeted or capped verdict is graded by its control alone
         ev = {"p_value": float(r.p_holm), "selection": "holm"}
         if not (fell or cap):
             ev |= {"n_families": n_graded, "families_agreeing": passed if r.wins else n_graded - passed}
-        claims.append(Claim(stmt + (f"; capped at low: {cap}" if cap else ""), evidence=ev, **common))
+        claims.append(Claim(stmt + (f"; capped at low: {cap}" if cap else ""), evidence=ev | extra, tag=tag, **common))
     rho, p = norm["rho"], norm["p_value"]
     word = ("cannot be related (a constant per-layer map)" if not np.isfinite(rho)
             else ("rises" if rho > 0 else "falls") if p <= CONTROL_P else "shows no clear association")
@@ -178,5 +206,56 @@ def lora_claims(cmp: pd.DataFrame, norm: dict, targets: pd.DataFrame, k: int, ch
         f"{_cannot(norm['n_layers'], 'layers', norm['min_p'])})",
         metric="Spearman(per-layer update norm, adapter-only ablation effect)",
         counterfactual="adapter disabled in one layer", control="no association (rho = 0, layers permuted)",
-        evidence={"p_value": float(p) if np.isfinite(p) else 1.0}, **meta))
+        evidence={"p_value": float(p) if np.isfinite(p) else 1.0,
+                  **{k: norm[k] for k in ("late_layers", "late_share", "late_p", "n_layers") if k in norm}},
+        tag="05.norm_effect", **meta))
     return claims
+
+
+def lock_in_stats(maps: pd.DataFrame, col: str = "effect") -> pd.DataFrame:
+    """Per checkpoint after step 0 and before the end (`lock_in` rows): Spearman of its per-layer map with the final
+    map, the exact / seeded permutation p (two-sided) and the smallest p the layers allow, and the fraction of the
+    training steps done (`frac`). Empty when there is no such checkpoint."""
+    wide = maps.pivot(index="layer", columns="step", values=col).sort_index()
+    steps = sorted(wide.columns)
+    rows = []
+    for s in steps[:-1]:
+        if s <= 0:
+            continue
+        rho, p, min_p = spearman_perm(wide[s], wide[steps[-1]])
+        rows.append({"step": int(s), "steps": int(steps[-1]), "frac": s / steps[-1], "rho": rho, "p_value": p,
+                     "min_p": min_p, "n_layers": len(wide)})
+    return pd.DataFrame(rows, columns=["step", "steps", "frac", "rho", "p_value", "min_p", "n_layers"])
+
+
+def lock_in_claim(maps: pd.DataFrame, chapter: str = "05", model: str = "", profile: str = "") -> Claim:
+    """Rule (8)'s measurement (tag "05.lock_in"): does the adapter's per-layer adapter-only ablation map at the first
+    checkpoint after step 0 already match its final map? Spearman with its exact permutation p (the control);
+    every checkpoint's rho, the first checkpoint at rho >= `LOCK_RHO` with p <= 0.05, and the step counts as extra
+    keys. One adapter, one seed: what it says is about fine-tuning this adapter, not pre-training."""
+    t = lock_in_stats(maps)
+    common = dict(metric="Spearman(per-layer adapter-only ablation effect at a checkpoint, at the end of training)",
+                  counterfactual="the adapter switched off in one layer, at each training checkpoint",
+                  control="no association with the final map (layers permuted)", chapter=chapter, model=model,
+                  profile=profile, tag="05.lock_in")
+    first = t.dropna(subset=["rho"])
+    if first.empty:
+        why = ("no checkpoint between step 0 and the end" if t.empty else
+               "the layer maps are constant (no layer's adapter-only ablation effect differs), so they cannot be ranked")
+        return Claim(f"When the adapter's layer map locks in: not testable here ({why})",
+                     evidence={"testable": False, "untestable_why": why}, **common)
+    r = first.iloc[0]
+    locked = t[(t["rho"] >= LOCK_RHO) & (t["p_value"] <= CONTROL_P)]
+    word = ("already matches its final map" if r.rho >= LOCK_RHO and r.p_value <= CONTROL_P else
+            "correlates positively with its final map, but not clearly" if r.rho > 0 else "does not match its final map")
+    each = ", ".join(f"step {int(x.step)}: {x.rho:+.2f}" for x in t.itertuples())
+    ev = {"p_value": float(r.p_value), "rho": float(r.rho), "lock_step": int(r.step), "steps": int(r.steps),
+          "lock_frac": float(r.frac), "min_p": float(r.min_p), "n_layers": int(r.n_layers),
+          "rhos": {str(int(x.step)): float(x.rho) for x in t.itertuples()},
+          "first_locked": int(locked["step"].iloc[0]) if len(locked) else None,
+          "first_locked_frac": float(locked["frac"].iloc[0]) if len(locked) else None}
+    return Claim(
+        f"The adapter's per-layer adapter-only ablation map at step {int(r.step)} of {int(r.steps)} ({r.frac:.0%} of "
+        f"training, the first checkpoint after 0) {word}: Spearman {r.rho:+.2f}, exact permutation p = "
+        f"{r.p_value:.3g} over {int(r.n_layers)} layers{_cannot(int(r.n_layers), 'layers', r.min_p)} (every checkpoint: "
+        f"{each}; one adapter, one seed)", evidence=ev, **common)

@@ -10,6 +10,7 @@ from .layers import SINK
 def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), method: str = "zero", **tags) -> Claim:
     """The claim "component layer H is the hub", its statement and direction taken from `hub_evidence`."""
     ev = atlas.hub_evidence(component, method, exclude)
+    tags = {"tag": f"02.hub.{component}" + "".join(f".excl{x}" for x in exclude), **tags}
     where = f" (excluding layer{'s' if len(exclude) > 1 else ''} {', '.join(map(str, exclude))})" if exclude else ""
     kw = dict(counterfactual=f"{method}-ablate the {component} write at each layer, all positions",
               control=ev["control"], evidence=ev, **tags)
@@ -36,6 +37,7 @@ def hub_claim(atlas: Atlas, component: str, exclude: tuple[int, ...] = (), metho
 def agreement_claim(atlas: Atlas, component: str, **tags) -> Claim:
     """The claim "the ablation methods rank this component's layers alike", worded from `agreement_evidence`."""
     ev = atlas.agreement_evidence(component)
+    tags = {"tag": f"02.agreement.{component}", **tags}
     kw = dict(metric="Spearman correlation of layer profiles between methods (test split)",
               counterfactual="the same layers ablated by each method", control="rho = 0 (no shared ranking)",
               evidence=ev, **tags)

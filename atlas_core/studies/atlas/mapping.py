@@ -153,6 +153,7 @@ def map_atlas(
     gate: pd.DataFrame | None = None,
     replicate: str = "all",
     head_seeds: int | None = None,
+    layers: Sequence[int] | None = None,
 ) -> Atlas:
     """Sample prompts per family and seed, sweep every unit, aggregate into an Atlas (and save it).
 
@@ -170,7 +171,8 @@ def map_atlas(
     (whole-component units, the first method) on the first seed.
     head_seeds: per-head units on the first `head_seeds` seeds only (None: every seed). No claim rests on a
     head's replication; the first seed's exact head sweep is what the attribution screen is checked against.
-    Neutral text is swept with the first method's layer units (specificity is read for that method)."""
+    Neutral text is swept with the first method's layer units (specificity is read for that method).
+    layers: only units at these layers (None: every layer), e.g. a stride for long prompts."""
     t0 = time.time()
     fams, seeds = _arguments(families, components, methods, seeds, prompts_per_family)
     if replicate not in ("all", "testable"):
@@ -194,6 +196,8 @@ def map_atlas(
                                    pos, seed))]
         if replicate == "testable" and i == 0:  # the disruption map of the families no claim is made about
             plan.append(([f for f in fams if f not in full], atlas_units(arch, components, [first], seed=seed)))
+        if layers is not None:
+            plan = [(fs, [u for u in us if u.start_layer in set(layers)]) for fs, us in plan]
         plan = [(atlas_items(pool, fs, prompts_per_family, seed), units) for fs, units in plan if fs]
         if not plan:
             continue
@@ -201,7 +205,8 @@ def map_atlas(
         if n_neutral:
             lengths = [len(subject.tokenizer(it.prompt)["input_ids"]) for items, _ in plan for it in items]
             nd = sweep(subject, neutral_items(subject.tokenizer, lengths, n_neutral, seed),
-                       atlas_units(arch, components, [first], seed=seed), seed=seed, cache=cache, progress=progress,
+                       [u for u in atlas_units(arch, components, [first], seed=seed)
+                        if layers is None or u.start_layer in set(layers)], seed=seed, cache=cache, progress=progress,
                        desc=f"neutral seed {seed}")
             neutral_frames.append(nd)
             runs.append(nd)
@@ -218,6 +223,7 @@ def map_atlas(
     neutral_rows = pd.concat(neutral_frames, ignore_index=True) if neutral_frames else None
     meta = {"families": fams, "components": list(components), "methods": list(methods), "seeds": list(seeds),
             "prompts_per_family": prompts_per_family, "heads": heads, "positions": list(positions),
+            "layers": None if layers is None else [int(x) for x in layers],
             "neutral_prompts": n_neutral, "direct": direct, "replicate": replicate, "head_seeds": head_seeds,
             "gate_items": int(gate["n_items"].min()) if gate is not None and len(gate) else None,
             "bucket": bucket, "variant": variant, "code_version": code_version(), "suite_hash": tasks.suite_hash(pool),

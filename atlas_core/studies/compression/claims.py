@@ -34,8 +34,10 @@ def single_layer_claim(skips: pd.DataFrame, gen_tokens: int, **tags) -> Claim:
         f"greedy continuation to at most {est:.2f} (the most removable layer, {best.skipped}; worst "
         f"{one.top5.min():.2f}; 95% CI of the best {lo:.2f}-{hi:.2f}, {len(best.per_prompt_top5)} prompts)",
         "mean top-5 overlap over continuation positions", f"each of {len(one)} layers removed (smaller model)",
-        "the unchanged model (overlap 1)", {"ci_excludes_control": bool(hi < 1.0), "n_layers": len(one)},
-        CHAPTER, **tags)
+        "the unchanged model (overlap 1)", {"ci_excludes_control": bool(hi < 1.0), "n_layers": len(one),
+                                            "best_top5": float(est), "best_lo": float(lo), "best_hi": float(hi),
+                                            "worst_top5": float(one.top5.min()), "best_layer": str(best.skipped)},
+        CHAPTER, **{"tag": "07.single_layer", **tags})
 
 
 def criterion_tests(cq: pd.DataFrame, metric: str = "top5") -> pd.DataFrame:
@@ -118,7 +120,9 @@ def precision_claims(amp: pd.DataFrame, hubs: pd.DataFrame, cond: str, **tags) -
             f" {r.n_prompts} prompts; KL {r.kl:.3g} vs {r.kl_fp32:.3g}; the original study reported 476x for NF4)",
             "mean KL(unsteered || steered) of the next token, ratio to fp32", f"model loaded in {r.precision}",
             "the same unit on the fp32 model (ratio 1)",
-            {"ci_excludes_control": bool(not (r.lo <= 1 <= r.hi))}, CHAPTER, **tags))
+            {"ci_excludes_control": bool(not (r.lo <= 1 <= r.hi)), "ratio": float(r.ratio), "lo": float(r.lo),
+             "hi": float(r.hi), "n_prompts": int(r.n_prompts)}, CHAPTER,
+            **{"tag": f"07.precision.{str(r.precision).lower()}", **tags}))
     ref = int(hubs.loc[hubs.precision == "fp32", "hub_layer"].iloc[0])
     agree = int((hubs.hub_layer == ref).sum())
     out.append(Claim(

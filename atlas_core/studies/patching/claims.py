@@ -87,7 +87,7 @@ def cross_claim(cross: pd.DataFrame | None, family: str | None, solved: pd.DataF
     patched with itself or an identical copy can therefore never earn this claim)."""
     kw = dict(metric=METRIC.replace("over flipped prompts", "toward the source model") + ", exact sign-flip test on "
               "held-out prompts", counterfactual="one write of the fine-tune (all positions) in the base, and the "
-              "reverse", control="recovery 0 (the unpatched destination)", **meta)
+              "reverse", control="recovery 0 (the unpatched destination)", **{"tag": "03.finetune_site", **meta})
     subject = f"Where the fine-tune changes {family or 'a family'}"
     if family is None or cross is None or not len(cross):
         why = "cross-model patching was not run" if solved["testable"].any() else tasks.untestable_why(solved)
@@ -115,5 +115,6 @@ def cross_claim(cross: pd.DataFrame | None, family: str | None, solved: pd.DataF
                f"is not confirmed in any single write: {site}, chosen for recovering {m['select_recovery']:.2f} on half the "
                f"prompts, recovers {m['recovery']:.2f} on held-out prompts, not clearly above 0"))
     ev = {"p_value": m["p"], "n_candidates": m["n_candidates"], "selection": "held-out",
-          "n_methods": 2 if np.isfinite(m["back_p"]) else 1, "methods_agreeing": int(ok) + int(m["back_p"] <= 0.05)}
+          "n_methods": 2 if np.isfinite(m["back_p"]) else 1, "methods_agreeing": int(ok) + int(m["back_p"] <= 0.05),
+          "component": str(m["component"]), "layer": int(m["layer"]), "recovery": float(m["recovery"])}
     return Claim(text, evidence=ev, **kw)

@@ -11,7 +11,17 @@ the judges (`evidence.judges`). The sections, in pipeline order:
 - `claims`: loss-quality correlation, best adapter vs base model, the dominant dimension, the hub after tuning.
 """
 
-from .claims import HYPOTHESIS_R, best_vs_base, dominant_dimension, loss_quality, sft_claims
+from .claims import (
+    HYPOTHESIS_R,
+    REL_MARGIN,
+    best_vs_base,
+    dim_wide,
+    dominant_dimension,
+    loss_quality,
+    paired,
+    sft_claims,
+    sweep_rule_claims,
+)
 from .data import FIELDS, QUESTIONS, SETS, canonical, fact_strings, instruction_sets
 from .formats import FORMATS, chat_label, examples_table, question, record_line, render, render_all
 from .study import (
@@ -46,9 +56,10 @@ from .sweep import (
 
 __all__ = [
     "DIMENSIONS", "FIELDS", "FORMATS", "HYPOTHESIS_R", "MODULES", "QUESTIONS", "SETS", "Task", "agreement", "base_atlas",
-    "best_vs_base", "budget", "canonical", "chat_label", "contains_reference", "dimension_effects",
+    "REL_MARGIN", "best_vs_base", "budget", "canonical", "chat_label", "contains_reference", "dim_wide",
+    "dimension_effects",
     "dominant_dimension", "examples_table", "fact_strings", "hub_adapters", "hub_layers", "hub_of", "hub_survival", "instruction_sets", "judged",
     "judges", "loss_quality", "measure", "peak_memory", "plan", "prepare", "profile", "question", "record_line",
-    "render", "render_all", "run", "sft_claims", "summary", "sweep_configs", "sweep_runs", "target_of",
+    "paired", "render", "render_all", "run", "sft_claims", "sweep_rule_claims", "summary", "sweep_configs", "sweep_runs", "target_of",
     "train_record",
 ]

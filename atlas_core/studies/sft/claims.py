@@ -9,6 +9,8 @@
 - `dominant_dimension`: the sweep dimension with the widest range of validation loss, tested on eval loss: per
   seed its range minus the widest other range, exact sign-flip test over seeds (one-sided).
 - `hub_claim`: the base hub is still the hub of every adapted model's atlas, and the layer maps correlate.
+- `sweep_rule_claims`: chapter 08's rules (5) and (12) on the sweep (o_proj's gain per parameter, rank 8 as the
+  efficiency point, Adafactor within a margin of the other optimizers), paired by seed, exact sign-flip tests.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import pandas as pd
 
 from ...evidence.claims import Claim
 from ...evidence.judges import rank_agreement
-from ...evidence.stats import bootstrap_ci, sign_flip_p
+from ...evidence.stats import bootstrap_ci, holm, sign_flip_p
 from .study import dimension_effects
 
 HYPOTHESIS_R = -0.7  # the original study's loss-quality correlation: a hypothesis to test, not a target
+# rules (5) and (12) of chapter 08, fixed before any run: "within the margin" = eval loss at most REL_MARGIN above
+# the other configuration's (a ratio, so it does not depend on the loss's scale); rank 8 and Adafactor are the rules'
+REL_MARGIN = 0.02
+RANK_POINT, OPTIMIZER, TARGET_MODULES = 8, "adafactor", "o"
+LEVEL = 0.05
 
 
 def loss_quality(fm: pd.DataFrame, judge: str = "rubric") -> dict:
@@ -95,7 +102,8 @@ def sft_claims(lq: dict, bb: dict, dom: dict, hub: pd.DataFrame, chapter: str = 
         metric=f"Spearman(eval loss, {lq['judge']} judge score) over per-format means",
         counterfactual="the same examples rendered in another format", control="no association (formats permuted)",
         evidence={"p_value": float(lq["p_value"]) if np.isfinite(lq["p_value"]) else 1.0,
-                  "n_seeds": len(lq["per_seed"]), "seeds_replicated": rep}, **meta))
+                  "n_seeds": len(lq["per_seed"]), "seeds_replicated": rep,
+                  "spearman": float(rho), "n_formats": int(n)}, tag="06.loss_quality", **meta))
     lo, hi = bb["ci"]
     better = bb["diff"] > 0
     sig = not (lo <= 0 <= hi)
@@ -140,3 +148,117 @@ def sft_claims(lq: dict, bb: dict, dom: dict, hub: pd.DataFrame, chapter: str = 
             metric="block zero-ablation layer map of base vs adapter-merged model", counterfactual="adapter merged",
             control="layer maps unrelated (layers permuted)", evidence=ev, **meta))
     return claims
+
+
+def dim_wide(sw: pd.DataFrame, dim: str, base_value, col: str = "eval_loss") -> pd.DataFrame:
+    """One sweep dimension's runs (its configurations and the base configuration, labelled `base_value`) as a
+    seed x value table of `col`."""
+    d = sw[sw["dim"].isin(["base", dim])]
+    d = d.assign(label=[str(base_value) if x == "base" else str(v) for x, v in zip(d["dim"], d["value"], strict=True)])
+    return d.pivot_table(index="seed", columns="label", values=col)
+
+
+def paired(wide: pd.DataFrame, ref: str, others: list[str], diff, want: str) -> dict:
+    """`ref` against each of `others`, paired by seed: d = diff(ref column, other column) per seed, one-sided exact
+    sign-flip p in the rule's direction (`want`: "less" / "greater") and the reverse; the intersection-union p
+    (largest), the smallest Holm-corrected reverse p, and the seeds where every comparison goes the rule's way."""
+    rev = "greater" if want == "less" else "less"
+    ds = {o: np.asarray(diff(wide[ref], wide[o]), float) for o in others}
+    p = {o: sign_flip_p(d, want) for o, d in ds.items()}
+    pr = holm(np.array([sign_flip_p(d, rev) for d in ds.values()]))
+    ok = np.all([(d < 0) if want == "less" else (d > 0) for d in ds.values()], axis=0) if ds else np.array([])
+    n = len(wide)
+    return {"p_value": max(p.values()) if p else float("nan"), "p_each": p, "p_reverse": float(np.min(pr)) if ds
+            else float("nan"), "n_seeds": n, "seeds_replicated": int(ok.sum()), "min_p": 0.5 ** n,
+            "d_mean": {o: float(d.mean()) for o, d in ds.items()}}
+
+
+def _sft_claim(stmt: str, res: dict, extra: dict, tag: str, metric: str, cf: str, ctl: str, meta: dict) -> Claim:
+    ev = {k: res[k] for k in ("p_value", "n_seeds", "seeds_replicated", "min_p", "p_reverse")} | extra
+    ev["p_each"] = {str(k): float(v) for k, v in res["p_each"].items()}
+    return Claim(stmt + _cannot(res["n_seeds"], "seeds", res["min_p"]), metric=metric, counterfactual=cf, control=ctl,
+                 evidence=ev, tag=tag, **meta)
+
+
+def _absent(what: str, why: str, tag: str, metric: str, meta: dict) -> Claim:
+    return Claim(f"{what}: not testable here ({why})", metric=metric, counterfactual="one sweep setting changed",
+                 control="the other values of that setting", evidence={"testable": False, "untestable_why": why},
+                 tag=tag, **meta)
+
+
+def sweep_rule_claims(sw: pd.DataFrame, sw_base: pd.DataFrame, base: dict, chapter: str = "06", model: str = "",
+                      profile: str = "") -> list[Claim]:
+    """Chapter 08's rules (5) and (12) measured on the sweep (`sw`, the base model's rows `sw_base`, the base
+    configuration `base`), each paired by seed with exact sign-flip tests, intersection-union over comparisons:
+    "06.modules": `TARGET_MODULES` (o_proj) has the largest eval-loss gain over the base model per million trainable
+    parameters of every module set swept; "06.rank": rank `RANK_POINT` is within `REL_MARGIN` of every higher rank's
+    eval loss and every lower rank is more than `REL_MARGIN` worse; "06.optimizer": `OPTIMIZER` is within
+    `REL_MARGIN` of every other optimizer's eval loss. Measured means and the reverse test (`p_reverse`, Holm)
+    are extra keys."""
+    meta = {"chapter": chapter, "model": model, "profile": profile}
+    out = []
+    met = "eval-loss gain over the base model per million trainable parameters, held-out examples"
+    loss = sw_base.set_index("family")["eval_loss"]
+    wl = dim_wide(sw, "modules", base["modules"])
+    wp = dim_wide(sw, "modules", base["modules"], "n_trainable")
+    fam = sw.loc[sw["dim"] == "base", "family"].iloc[0]
+    eff = (loss.get(fam, np.nan) - wl) / (wp / 1e6)
+    t = TARGET_MODULES
+    if t not in eff or eff.shape[1] < 2:
+        out.append(_absent("Whether o_proj is the most parameter-efficient LoRA target",
+                           f"this profile's sweep has no o_proj-only run beside another module set ({list(eff)})",
+                           "06.modules", met, meta))
+    else:
+        res = paired(eff, t, [c for c in eff if c != t], lambda a, b: a - b, "greater")
+        m = eff.mean().sort_values(ascending=False)
+        each = ", ".join(f"{k} {v:.3g} ({wp[k].mean():,.0f} params)" for k, v in m.items())
+        top = m.index[0] == t
+        out.append(_sft_claim(
+            f"o_proj {'is' if top else 'is not'} the most parameter-efficient LoRA target of the {len(m)} module sets "
+            f"swept (eval-loss gain over the base model per million trainable parameters: {each}); o_proj beats every "
+            f"other set in {res['seeds_replicated']}/{res['n_seeds']} seeds (intersection-union exact sign-flip p = "
+            f"{res['p_value']:.3g})", res, {"efficiency": m.to_dict(), "params": wp.mean().to_dict(), "top": str(m.index[0]),
+                                            "base_loss": float(loss.get(fam, np.nan))},
+            "06.modules", met, "LoRA on one module set, everything else at base", "every other module set swept", meta))
+    met = "held-out eval loss, paired by seed"
+    wr = dim_wide(sw, "rank", base["rank"])
+    ranks = sorted(int(c) for c in wr)
+    rp = str(RANK_POINT)
+    if RANK_POINT not in ranks or len(ranks) < 2:
+        out.append(_absent(f"Whether rank {RANK_POINT} is the efficiency point",
+                           f"rank {RANK_POINT} is not among this profile's ranks {ranks}", "06.rank", met, meta))
+    else:
+        hi = paired(wr, rp, [str(r) for r in ranks if r > RANK_POINT], lambda a, b: a / b - 1 - REL_MARGIN, "less")
+        lo = paired(wr, rp, [str(r) for r in ranks if r < RANK_POINT], lambda a, b: b / a - 1 - REL_MARGIN, "greater")
+        parts = [x for x in (hi, lo) if x["p_each"]]
+        res = {"p_value": max(x["p_value"] for x in parts), "p_each": {**hi["p_each"], **lo["p_each"]},
+               "p_reverse": min(x["p_reverse"] for x in parts), "n_seeds": len(wr), "min_p": 0.5 ** len(wr),
+               "seeds_replicated": min(x["seeds_replicated"] for x in parts)}
+        m = wr.mean()
+        each = ", ".join(f"rank {r} {m[str(r)]:.4f}" for r in ranks)
+        out.append(_sft_claim(
+            f"Rank {RANK_POINT} {'is' if res['seeds_replicated'] == res['n_seeds'] else 'is not'} the efficiency point "
+            f"in every seed (held-out eval loss {each}): within {REL_MARGIN:.0%} of every higher rank and every lower "
+            f"rank more than {REL_MARGIN:.0%} worse in {res['seeds_replicated']}/{res['n_seeds']} seeds "
+            f"(intersection-union exact sign-flip p = {res['p_value']:.3g})", res,
+            {"eval_loss": {str(r): float(m[str(r)]) for r in ranks}, "ranks": ranks,
+             "lower_tested": bool(lo["p_each"]), "higher_tested": bool(hi["p_each"])},
+            "06.rank", met, "LoRA rank changed, everything else at base", "the other ranks swept", meta))
+    wo = dim_wide(sw, "optimizer", base["optimizer"])
+    if OPTIMIZER not in wo or wo.shape[1] < 2:
+        out.append(_absent(f"Whether {OPTIMIZER.capitalize()} is the practical optimizer",
+                           f"this profile's sweep has no {OPTIMIZER} run beside another optimizer ({list(wo)})",
+                           "06.optimizer", met, meta))
+    else:
+        res = paired(wo, OPTIMIZER, [c for c in wo if c != OPTIMIZER], lambda a, b: a / b - 1 - REL_MARGIN, "less")
+        m = wo.mean()
+        mem = dim_wide(sw, "optimizer", base["optimizer"], "peak_mb").mean()
+        each = ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+        out.append(_sft_claim(
+            f"{OPTIMIZER.capitalize()} reaches held-out eval loss within {REL_MARGIN:.0%} of every other optimizer in "
+            f"{res['seeds_replicated']}/{res['n_seeds']} seeds ({each}; intersection-union exact sign-flip p = "
+            f"{res['p_value']:.3g}; peak training memory "
+            + ", ".join(f"{k} {v:.0f} MB" for k, v in mem.items()) + ", descriptive)", res,
+            {"eval_loss": m.to_dict(), "peak_mb": mem.to_dict()},
+            "06.optimizer", met, "optimizer changed, everything else at base", "the other optimizers swept", meta))
+    return out

@@ -68,7 +68,7 @@ from .baselines import (
     scored_generations,
     versus_prompting,
 )
-from .claims import steering_claims
+from .claims import layer_sign_claims, steering_claims
 from .cost import FLUENCY_BUDGET, fluency, generate, nll
 from .directions import (
     Directions,
@@ -83,6 +83,7 @@ from .directions import (
 from .experiments import length_buckets, multi_layer_effects, transfer_effects
 from .pipeline import Study, audit, bucket_items, graded_controls, study, summary
 from .probes import SENTIMENT_TEMPLATES, SENTIMENT_TOKENS, concept_items, polarity, polarity_lexicon
+from .signs import layer_signs
 from .splits import Split, has_word, leaks, split_by_template, template, templates, texts
 from .targets import concept_target, family_target
 from .units import (
@@ -102,7 +103,7 @@ __all__ = [
     "FLUENCY_BUDGET", "SENTIMENT_TEMPLATES", "SENTIMENT_TOKENS", "Baselines", "Directions", "Split", "Study", "audit",
     "best_layers", "bucket_items", "choose", "concept_items", "concept_kl", "concept_target", "cost_and_prompting",
     "distinct", "effects", "family_target", "fit", "fluency", "gap_defined", "gap_matrix", "gap_removed", "generate",
-    "grade", "graded_controls", "has_word", "knockout", "knockout_table", "knockout_unit", "last_resid", "leaks",
+    "grade", "graded_controls", "has_word", "knockout", "knockout_table", "knockout_unit", "last_resid", "layer_sign_claims", "layer_signs", "leaks",
     "length_buckets", "mean_diff", "multi_layer", "multi_layer_effects", "nll", "normalized", "openings",
     "polarity", "polarity_lexicon", "prompted", "prompting", "random_directions", "scored_generations", "selectivity",
     "shuffled_diff", "split_by_template", "steer_unit", "steering_claims", "study", "summary", "sweep_units",

@@ -69,7 +69,8 @@ def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None,
         ctl = (f"{int(r.n_controls)} random (covariance-matched) and shuffled-label directions of the same norm and |α|, "
                "each at its own best layer and sign on the selection prompts (the direction's candidates, at the control "
                "strength), and the shuffled-label draws at the direction's own cell; prompting (instruction, one-shot)")
-        common = dict(counterfactual=cf, control=ctl, chapter=chapter, model=model, profile=profile)
+        common = dict(counterfactual=cf, control=ctl, chapter=chapter, model=model, profile=profile,
+                      tag=f"04.steer.{r.family}")
         metric = ("logit-difference shift toward the target, held-out prompts; paired sign-flip test vs the strongest "
                   "control and empirical p vs the shuffled-label draws; NLL per token on unrelated text")
         if not r.testable:
@@ -113,7 +114,7 @@ def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None,
         common = dict(metric="fraction of each family's clean − corrupt gap removed: target − mean |off-target|",
                       counterfactual=how,
                       control="the same edit on the other families' held-out prompts (0 = as much collateral as effect)",
-                      chapter=chapter, model=model, profile=profile)
+                      chapter=chapter, model=model, profile=profile, tag=f"04.knockout.{r.target}")
         name = "Pushing" if push else "Ablating the direction of"
         if not r.testable:
             out.append(Claim(f"{name} {r.target}: not testable here ({r.untestable_why})",
@@ -131,4 +132,49 @@ def steering_claims(summary: pd.DataFrame, knockout: pd.DataFrame | None = None,
             evidence={"ci_excludes_control": bool(r.selectivity_lo > 0), "n_candidates": int(r.n_candidates),
                       "selection": "held-out" if r.held_out else "none", "families_agreeing": n_ok, "n_families": n_t},
             **common))
+    return out
+
+
+def _layers(t: pd.DataFrame, col: str) -> str:
+    got = [int(x) for x in t.loc[t[col], "layer"]]
+    return f" (layers {', '.join(map(str, got))})" if got else ""
+
+
+def layer_sign_claims(signs: pd.DataFrame, *, model: str, profile: str, chapter: str = "04",
+                      level: float = 0.05) -> list[Claim]:
+    """One claim per target of a `layer_signs` table (tag "04.layer_signs.<target>"): at how many screened layers the
+    +α push moves significantly toward the target and at how many significantly away (exact one-sided sign-flip p
+    over the selection prompts, Holm over the layers). Evidence p_value: the larger of the smallest Holm p toward
+    and the smallest Holm p away (both must pass: "works at some layer and reverses at another"); the counts,
+    layers and p's as extra keys. Descriptive of where: no layer is chosen, the screen's prompts are used as is."""
+    out = []
+    for name, t in signs.groupby("family", sort=False):
+        t = t.sort_values("layer")
+        kind, alpha, n, L = t["kind"].iloc[0], float(t["alpha"].iloc[0]), int(t["n"].min()), len(t)
+        aim = _toward(kind, 1)
+        common = dict(metric="logit-difference shift toward the target per layer (real direction, +α), selection "
+                             "prompts; exact one-sided sign-flip test over prompts per layer, Holm over layers",
+                      counterfactual=f"add +{alpha:g}·‖h_L‖·v̂ to the residual stream after each screened layer L, last token",
+                      control="no shift (effects symmetric about 0 over prompts)", chapter=chapter, model=model,
+                      profile=profile, tag=f"04.layer_signs.{name}")
+        if not bool(t["testable"].iloc[0]):
+            why = str(t["untestable_why"].iloc[0])
+            out.append(Claim(f"Where steering {name} works and whether its sign reverses: not testable here ({why})",
+                             evidence={"testable": False, "untestable_why": why}, **common))
+            continue
+        k, m = int(t["toward"].sum()), int(t["away"].sum())
+        pt, pa = float(t["holm_toward"].min()), float(t["holm_away"].min())
+        floor = float(t["min_p"].max())
+        cannot = (f"; with {n} prompts and Holm over {L} layers no p can go below {min(1.0, L * floor):.3g}"
+                  if L * floor > level else "")
+        pos = int((t["effect"] > 0).sum())
+        ev = {"p_value": max(pt, pa), "n_candidates": L, "selection": "holm", "n_layers": L, "n_toward": k,
+              "n_away": m, "layers_toward": [int(x) for x in t.loc[t["toward"], "layer"]],
+              "layers_away": [int(x) for x in t.loc[t["away"], "layer"]], "p_toward": pt, "p_away": pa,
+              "n_positive": pos, "alpha": alpha, "n_prompts": n, "min_p": floor}
+        out.append(Claim(
+            f"Steering {name} with +{alpha:g}·‖h‖ on its {n} selection prompts (every screened layer, none chosen): "
+            f"the push moves significantly toward {aim} at {k}/{L} layers{_layers(t, 'toward')} and significantly away "
+            f"at {m}/{L}{_layers(t, 'away')} (mean effect positive at {pos}/{L}; smallest Holm p toward {pt:.3g}, "
+            f"away {pa:.3g}{cannot})", evidence=ev, **common))
     return out
