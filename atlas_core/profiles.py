@@ -82,17 +82,19 @@ PROFILES: dict[str, dict] = {
         "atlas": {"families": None, "prompts_per_family": 8,
                   "components": ["block", "attn", "mlp"], "methods": ["zero", "mean", "resample"],
                   "heads": True, "positions": ["first", "last"], "screen_k": 10,
-                  "n_gate": 48, "replicate": "testable", "head_seeds": 1},
+                  "n_gate": 48, "replicate": "testable", "head_seeds": 1,
+                  "disruption_prompts": 4, "neutral_prompts": 4},  # descriptions only: the disruption map, KL on neutral text
         # chapters 03 and 04 (minutes each on one core): every layer; 04 screens every layer at the control strength ±0.4
         # (the held-out dose-response at the chosen cell runs 4 strengths of its sign)
         "patching": {"families": ["ioi", "factual_recall", "induction"], "n_gate": 64, "n": 16, "layer_stride": 1,
                      "head_stride": 3, "finetune": {"steps": 24, "lr": 2e-3}, "cross_components": ["block", "mlp"],
-                     "compare_model": "gemma3-270m"},  # CMAP: blocks and MLPs only (attention = the rest; ~40 s)
+                     "compare_model": "gemma3-270m",  # CMAP: blocks and MLPs only (attention = the rest; ~40 s)
+                     "noise_positions": ["last"]},  # noising where the claims read it (full: the span's map too)
         "steering": {"families": ["ioi", "antonyms", "factual_recall", "induction", "agreement", "copying"],
                      "concepts": ["sentiment"], "n_gate": 48, "n_screen_controls": 1, "n": 8, "n_fit": 16, "layer_stride": 1, "n_random": 10, "n_shuffled": 20,
                      "screen_alphas": [-0.4, 0.4],  # = the control strengths (full: a descriptive dose map)
-                     "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 3,
-                     "buckets": ["short", "medium"], "gen_tokens": 12, "n_nll": 100, "n_gen": 10, "fluency_alphas": [0.4]},
+                     "compare_model": "gemma3-270m", "compare_families": ["ioi"], "compare_stride": 6,
+                     "buckets": ["short", "medium"], "gen_tokens": 12, "n_nll": 60, "n_gen": 10, "fluency_alphas": [0.4]},
         # chapter 05 (<= 8 min cold on 2 cores, `workers`: 2 processes): the first flip-gate-testable family with
         # training data (`n_families`; `n_pool` mapped: the wrong-family control's candidates), 5 seeds (the exact
         # sign-flip test's p >= 1/32), 8 steps of 8 one-token examples; a 4-rate search reaching 8x below the old
@@ -126,10 +128,10 @@ PROFILES: dict[str, dict] = {
                         "heal_seeds": 3, "heal_steps": 10, "heal_r": 8, "heal_lr": 2e-3, "heal_batch": 4,
                         "speed_tokens": 16, "speed_reps": 2, "precisions": ["fp32", "bf16", "int8", "nf4"],
                         "steer_alphas": [-4.0, 4.0], "steer_pairs": 16, "n_qual": 32, "qual_tokens": 20},
-        # chapter 08 (<= 10 min cold): the first 3 gate-testable families; long prompts (200-700 filler tokens) every
-        # 3rd layer; steering and knockout reuse chapter 04's cached study; gemma3-270m as the second family
-        "robustness": {"families": None, "max_families": 3, "buckets": ["short", "medium", "long"],
-                       "prompts": {"short": 8, "medium": 6, "long": 4}, "layer_stride": {"long": 3},
+        # chapter 08 (<= 10 min cold): the first 2 gate-testable families; medium prompts every 3rd layer, long ones
+        # (200-700 filler tokens) every 6th; steering and knockout reuse chapter 04's cached study; gemma3-270m as the second family
+        "robustness": {"families": None, "max_families": 2, "buckets": ["short", "medium", "long"],
+                       "prompts": {"short": 8, "medium": 4, "long": 2}, "layer_stride": {"medium": 3, "long": 6},
                        "n_gate": {"short": 48, "medium": 24, "long": 16}, "components": ["block", "mlp"],
                        "methods": ["zero", "mean"], "compare": ["gemma3-270m"], "compare_prompts": 8, "compare_gate": 48},
     },

@@ -55,7 +55,8 @@ print(subject)
 # `testable`, the testable families (every family when none is) get every unit on the first seed and their
 # layer units on the other seeds (the position units, which only describe — the sink share and the chart of
 # first vs last token — run on the first seed), while the other families get only the disruption map (block,
-# attention and MLP under the first method, first seed) — no claim localizes them; with `all`, every family
+# attention and MLP under the first method, first seed, on the profile's `disruption_prompts`) — no claim
+# localizes them; with `all`, every family
 # gets every unit on every seed. Heads are swept exactly on the first `head_seeds` seeds: the screen below is
 # checked against them, and no claim rests on a head's replication. Results come from the content-addressed
 # cache when this model, these prompts and this engine version were already run (e.g. by `atlas map`).
@@ -64,7 +65,8 @@ print(subject)
 gate = tasks.gate(subject, A["families"] or list(tasks.FAMILIES), n=A["n_gate"], seed=seeds[0])
 atlas = map_atlas(subject, A["families"], A["components"], A["methods"], seeds, A["prompts_per_family"],
                   heads=A["heads"], positions=A["positions"], out=f"{results_dir}/atlas-{model}-{profile}",
-                  gate=gate, replicate=A["replicate"], head_seeds=A["head_seeds"])
+                  gate=gate, replicate=A["replicate"], head_seeds=A["head_seeds"], neutral_prompts=A.get("neutral_prompts"),
+                  disruption_prompts=A.get("disruption_prompts"))
 print(f"{len(atlas.effects)} effects; units computed={atlas.run_stats['computed']} "
       f"cached={atlas.run_stats['cached']}; {atlas.run_stats['seconds']:.0f} s")
 

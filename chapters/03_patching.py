@@ -82,11 +82,14 @@ patching.input_check(inp).round(3)
 
 # %% [markdown]
 # ## The sweep
-# Every unit on the flipped prompts of the families that pass the gate.
+# Every unit on the flipped prompts of the families that pass the gate. Noising (the clean run given the corrupt
+# value) runs at the positions the profile's `noise_positions` names (default: the last token, where the claims
+# read it; without it, every position, so the map also has a changed-tokens noising panel).
 
 # %% tags=["hide-output"]
 units = patching.units(arch, P.get("components", ("resid", "block", "attn", "mlp")), ("last", "diff"), ("denoise", "noise"),
-                       layers=layers, head_layers=range(0, n_layers, P["head_stride"]))
+                       layers=layers, head_layers=range(0, n_layers, P["head_stride"]),
+                       noise_positions=P.get("noise_positions"))
 t0 = time.time()
 df = patching.sweep_span(subject, sel.items, units, seed=seed, desc="patching")
 summ = patching.summarize(df)

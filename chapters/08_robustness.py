@@ -30,9 +30,10 @@
 #   chapters 02-07.
 #
 # **Budget**: printed below from the profile, with how long the chapter took when last benchmarked
-# (`bench/book.py`); the last cell prints this run's time. The default profile takes the first three
-# gate-testable families, sweeps long prompts (200-700 filler tokens before the task) at every third layer, and
-# reuses chapter 02's and 04's cached sweeps.
+# (`bench/book.py`); the last cell prints this run's time. The default profile takes the first two
+# gate-testable families, sweeps medium prompts at every third layer and long ones (200-700 filler tokens before
+# the task) at every sixth, on few prompts (the `full` profile: every layer, 16-50 prompts), and reuses chapter
+# 02's and 04's cached sweeps. A long-prompt forward costs ~30 short ones on this CPU.
 
 # %% tags=["parameters"]
 model = None  # default: the profile's model
@@ -106,7 +107,9 @@ agree.round(3)
 # ## Steering across lengths
 # Each family's direction as chapter 04 chose it (layer and sign on short selection prompts; the study is
 # rebuilt with chapter 04's settings, so its sweeps come from the cache), at +0.4·‖h‖ on held-out items of every
-# bucket: the effect with a 95% CI, and the fraction of the clean − corrupt gap it moves.
+# bucket: the effect with a 95% CI, and the fraction of the clean − corrupt gap it moves. One unit, chosen on
+# short prompts, tested on every bucket (choosing a unit per bucket would need a screen on long prompts). A family
+# whose chosen sign is negative has no +α push here, and no knockout or separability below.
 
 # %% tags=["hide-output"]
 st, by_bucket, ko = rb.steering_study(subject, fams, S, P["buckets"], seed, gate)

@@ -203,8 +203,11 @@ def test_replication_seeds_sweep_what_claims_are_made_about(tok):
                          "flip_lo": [0.7, 0, 0], "flip_hi": [1.0, 0.3, 0.3], "testable": [True, False, False]})
     a = map_atlas(s, fams, ["block", "mlp"], ["zero", "mean"], seeds=[1, 2], prompts_per_family=2, heads=True,
                   positions=("first",), neutral_prompts=2, direct=False, gate=gate, replicate="testable",
-                  head_seeds=1, progress=False)
+                  head_seeds=1, progress=False, disruption_prompts=1)
     e = a.effects
+    one = e[(e["seed"] == 1) & (e["component"] == "block") & (e["layer"] == 0) & (e["method"] == "zero")
+            & (e["position"] == "all")].groupby("family")["n"].sum()  # prompts per family over both splits
+    assert one.to_dict() == {"antonyms": 1, "copying": 1, "ioi": 2}  # the disruption map: disruption_prompts
     assert set(e[e["seed"] == 1]["family"]) == set(fams) and set(e[e["seed"] == 2]["family"]) == {"ioi"}
     assert set(e[e["component"] == "head"]["seed"]) == {1} and set(e[e["component"] == "head"]["family"]) == {"ioi"}
     rest = e[e["family"] != "ioi"]

@@ -81,6 +81,9 @@ def test_units_cover_components_positions_heads(setup):
     us = patching.units(s.arch, ("block", "attn"), ("last", "diff"), ("denoise", "noise"), head_layers=[0])
     assert len(us) == 2 * s.arch.n_layers * 2 * 2 + s.arch.n_heads
     assert {u.run for u in us} == {"clean", "corrupt"}
+    last = patching.units(s.arch, ("block", "attn"), ("last", "diff"), ("denoise", "noise"), noise_positions=["last"])
+    noise = [u for u in last if u.run == "clean"]  # noising patches the clean run
+    assert len(last) == 2 * s.arch.n_layers * 3 and {u.edits[0].site.position for u in noise} == {"last"}
 
 
 def test_recovery_ci_is_ratio_of_means():

@@ -154,6 +154,7 @@ def map_atlas(
     replicate: str = "all",
     head_seeds: int | None = None,
     layers: Sequence[int] | None = None,
+    disruption_prompts: int | None = None,
 ) -> Atlas:
     """Sample prompts per family and seed, sweep every unit, aggregate into an Atlas (and save it).
 
@@ -172,7 +173,9 @@ def map_atlas(
     head_seeds: per-head units on the first `head_seeds` seeds only (None: every seed). No claim rests on a
     head's replication; the first seed's exact head sweep is what the attribution screen is checked against.
     Neutral text is swept with the first method's layer units (specificity is read for that method).
-    layers: only units at these layers (None: every layer), e.g. a stride for long prompts."""
+    layers: only units at these layers (None: every layer), e.g. a stride for long prompts.
+    disruption_prompts: prompts per family for the disruption map of the families no claim is about (replicate
+    "testable"; None: prompts_per_family): a description, so it may take fewer."""
     t0 = time.time()
     fams, seeds = _arguments(families, components, methods, seeds, prompts_per_family)
     if replicate not in ("all", "testable"):
@@ -193,12 +196,13 @@ def map_atlas(
         full = fams if replicate == "all" else (testable or fams) if i == 0 else testable
         pos = positions if replicate == "all" or i == 0 else ()
         plan = [(full, atlas_units(arch, components, methods, heads and (head_seeds is None or i < head_seeds),
-                                   pos, seed))]
+                                   pos, seed), prompts_per_family)]
         if replicate == "testable" and i == 0:  # the disruption map of the families no claim is made about
-            plan.append(([f for f in fams if f not in full], atlas_units(arch, components, [first], seed=seed)))
+            plan.append(([f for f in fams if f not in full], atlas_units(arch, components, [first], seed=seed),
+                         disruption_prompts or prompts_per_family))
         if layers is not None:
-            plan = [(fs, [u for u in us if u.start_layer in set(layers)]) for fs, us in plan]
-        plan = [(atlas_items(pool, fs, prompts_per_family, seed), units) for fs, units in plan if fs]
+            plan = [(fs, [u for u in us if u.start_layer in set(layers)], n) for fs, us, n in plan]
+        plan = [(atlas_items(pool, fs, n, seed), units) for fs, units, n in plan if fs]
         if not plan:
             continue
         runs = []
@@ -224,7 +228,8 @@ def map_atlas(
     meta = {"families": fams, "components": list(components), "methods": list(methods), "seeds": list(seeds),
             "prompts_per_family": prompts_per_family, "heads": heads, "positions": list(positions),
             "layers": None if layers is None else [int(x) for x in layers],
-            "neutral_prompts": n_neutral, "direct": direct, "replicate": replicate, "head_seeds": head_seeds,
+            "neutral_prompts": n_neutral, "disruption_prompts": disruption_prompts, "direct": direct,
+            "replicate": replicate, "head_seeds": head_seeds,
             "gate_items": int(gate["n_items"].min()) if gate is not None and len(gate) else None,
             "bucket": bucket, "variant": variant, "code_version": code_version(), "suite_hash": tasks.suite_hash(pool),
             "dropped_by_validation": int(report["total"].sum() - report["kept"].sum()) if len(report) else 0}

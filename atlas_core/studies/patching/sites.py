@@ -18,12 +18,13 @@ OPS = {"denoise": Op.patch("clean"), "noise": Op.patch("corrupt")}
 def units(arch: ArchMap, components: Sequence[str] = ("resid", "block", "attn", "mlp"),
           positions: Sequence = ("last", "diff"), methods: Sequence[str] = ("denoise", "noise"),
           layers: Sequence[int] | None = None, head_layers: Sequence[int] = (), head_positions: Sequence = ("last",),
-          head_methods: Sequence[str] = ("denoise",)) -> list[Unit]:
-    """Patching units over components × layers × positions × methods, plus heads at `head_layers`."""
+          head_methods: Sequence[str] = ("denoise",), noise_positions: Sequence | None = None) -> list[Unit]:
+    """Patching units over components × layers × positions × methods, plus heads at `head_layers`;
+    `noise_positions` narrows the noising units to those positions (None: every position)."""
     layers = range(arch.n_layers) if layers is None else layers
     out = [Unit.of(Site(c, layer, position=p), OPS[m]) for c in components for layer in layers
            if c in ("resid", "block") or exists(arch, c, layer)
-           for p in positions for m in methods]
+           for p in positions for m in methods if m != "noise" or noise_positions is None or p in noise_positions]
     out += [Unit.of(Site("head", layer, head=h, position=p), OPS[m]) for layer in head_layers
             if arch.layer_kinds[layer] == "attention" for h in range(arch.n_heads) for p in head_positions
             for m in head_methods]

@@ -19,6 +19,10 @@ def length_claims(agree: pd.DataFrame, hub_table: pd.DataFrame, ref: str = "shor
     for (c, b), g in agree.groupby(["component", "bucket"], sort=False):
         g = g.dropna(subset=["spearman"])
         if g.empty:
+            out.append(Claim(f"{c} layer profiles from {ref} to {b} prompts: not testable here (fewer than 3 layers swept "
+                             "in both buckets)", "Spearman of per-layer ablation effects between buckets",
+                             f"the same units on {b} prompts", "rho = 0", {"testable": False, "untestable_why":
+                             "fewer than 3 common layers: no rank correlation"}, CHAPTER, tag=f"08.length.{c}.{b}", **meta))
             continue
         hb = hub_table[(hub_table["component"] == c)]
         h_ref = hb[hb["bucket"] == ref].set_index("method")["hub"]
@@ -57,10 +61,11 @@ def separability_claim(rank: pd.DataFrame, **meta) -> Claim:
                      "fewer than 2 testable families with L, I and C measured"}, **kw)
     top, k, n = rank.iloc[0], len(rank), int(rank["n_seeds"].max())
     p = float(k ** (1 - n)) if int(top["first_in"]) == n else 1.0
+    floor = f"; {k} families and {n} seeds cannot give p below {k ** (1 - n):.2g}" if k ** (1 - n) > LEVEL else ""
     order = " > ".join(f"{r.family} {r.separability:.2f}" for r in rank.itertuples())
     return Claim(f"{top['family']} is the most separable of {k} families (separability {top['separability']:.2f}, "
                  f"range {top['lo']:.2f}-{top['hi']:.2f} over {n} seeds of L; first in {int(top['first_in'])}/{n} seeds): "
-                 f"{order}", evidence={"p_value": p, "n_seeds": n, "seeds_replicated": int(top["first_in"])}, **kw)
+                 f"{order}{floor}", evidence={"p_value": p, "n_seeds": n, "seeds_replicated": int(top["first_in"])}, **kw)
 
 
 def depth_claims(hubs: pd.DataFrame, **meta) -> list[Claim]:

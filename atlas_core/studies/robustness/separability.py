@@ -47,6 +47,8 @@ def score(loc: pd.DataFrame, insertion: pd.DataFrame, knockout: pd.DataFrame) ->
             continue
         i = float(np.clip(ins.loc[r.family, "gap_removed"], 0, 1))
         t, off = float(ko.loc[r.family, "target_effect"]), float(ko.loc[r.family, "off_target_effect"])
+        if not np.isfinite(off):  # no other family with a defined gap: collateral cannot be measured
+            continue
         c = float(np.clip(abs(off) / t, 0, 1)) if t > 0 else 1.0
         rows.append({"family": r.family, "seed": r.seed, "L": r.L, "I": i, "C": c,
                      "separability": float((r.L * i * (1 - c)) ** (1 / 3))})
@@ -55,6 +57,9 @@ def score(loc: pd.DataFrame, insertion: pd.DataFrame, knockout: pd.DataFrame) ->
 
 def ranking(scores: pd.DataFrame) -> pd.DataFrame:
     """Per family: separability mean and range over seeds, and in how many seeds it ranks first."""
+    if scores.empty:
+        return pd.DataFrame(columns=["family", "separability", "lo", "hi", "n_seeds", "first_in"])
+    scores = scores.dropna(subset=["separability"])
     if scores.empty:
         return pd.DataFrame(columns=["family", "separability", "lo", "hi", "n_seeds", "first_in"])
     first = scores.loc[scores.groupby("seed")["separability"].idxmax(), "family"].value_counts()
