@@ -23,7 +23,8 @@ from pathlib import Path
 from .paths import REPO
 
 DTYPES = ("float32", "bfloat16", "float16")
-VERBS = {"tasks": "01", "patch": "03", "steer": "04", "lora": "05", "sft": "06", "compress": "07", "summary": "00"}  # a new chapter adds its verb
+VERBS = {"tasks": "01", "patch": "03", "steer": "04", "lora": "05", "sft": "06", "compress": "07", "robust": "08",
+         "summary": "00"}  # a new chapter adds its verb
 
 
 def _csv(s: str) -> list[str]:

@@ -149,6 +149,9 @@ def test_layer_ablation_and_lock_in(subject, adapter):
     maps = adapters.lock_in(subject, adapter, DATA[:4])
     assert sorted(maps.step.unique()) == [0, 4, 16]
     assert (maps[maps.step == 0].norm == 0).all()
+    with adapters.attach(subject, adapter.checkpoints[0]) as pm:  # step 0: B = 0, so every forward equals the base
+        computed = adapters.layer_ablation(pm, subject, DATA[:4])
+    assert (computed.effect == 0).all() and (maps[maps.step == 0].effect == 0).all()  # the shortcut is exact
     assert set(adapters.lock_in_summary(maps, "norm").columns) == {"step", "rho_prev", "rho_final"}
     both = adapters.lock_in_table(maps)
     assert list(both["step"]) == [0, 4, 16]

@@ -97,7 +97,7 @@ def test_narrow_suite_moves_the_hub(results):
     v[blk & four & (e["layer"] == 2)] = 0.9  # the first 4 families (suite order): hub L2
     v[blk & four & (e["layer"] == 0)] = 0.3
     v[blk & rest & (e["layer"] == 0)] = 10.0  # the other two pull the all-family hub to L0
-    atlas.effects = e.assign(ld_frac=v)
+    atlas.effects = e.assign(ld_frac=v, kl=v.abs())  # rule 11 reads the KL disruption hub of every family
     _save(results, atlas)
     f = rules.findings(MODEL, PROFILE)[11]
     assert f.verdict == "holds" and "L0 from all 6" in f.measured and "L2 from the first 4" in f.measured, f.why

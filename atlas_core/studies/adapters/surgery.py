@@ -58,19 +58,28 @@ def scaled(pm, arch, layers: Sequence[int] | None = None, factor: float = 0.0,
             lm.scaling[adapter_name] = s
 
 
-def layer_ablation(pm, subject: Subject, examples: Sequence[dict], max_len: int | None = None) -> pd.DataFrame:
+def layer_ablation(pm, subject: Subject, examples: Sequence[dict], max_len: int | None = None,
+                   zero: Sequence[int] = ()) -> pd.DataFrame:
     """Adapter-only ablation: eval-loss increase when the adapter is disabled in one layer at a time.
 
-    Rows: every adapted layer, plus 'all' (adapter off everywhere, i.e. the base model)."""
+    Rows: every adapted layer, plus 'all' (adapter off everywhere, i.e. the base model). Layers in `zero` have a
+    zero update (B·A = 0, e.g. a checkpoint at step 0): disabling them changes nothing, so their effect is 0.0
+    without a forward (and 'all' too when every layer is in `zero`)."""
     tok = train_tokenizer(subject)
     full = completion_loss(pm, tok, examples, max_len)
     layers = sorted({lay for lay, _, _ in _lora_modules(pm, subject.arch)})
     rows = []
     for lay in layers:
+        if lay in zero:
+            rows.append({"layer": lay, "effect": 0.0})
+            continue
         with scaled(pm, subject.arch, [lay]):
             rows.append({"layer": lay, "effect": completion_loss(pm, tok, examples, max_len) - full})
-    with pm.disable_adapter():
-        rows.append({"layer": "all", "effect": completion_loss(pm, tok, examples, max_len) - full})
+    if set(layers) <= set(zero):
+        rows.append({"layer": "all", "effect": 0.0})
+    else:
+        with pm.disable_adapter():
+            rows.append({"layer": "all", "effect": completion_loss(pm, tok, examples, max_len) - full})
     return pd.DataFrame(rows).assign(full_loss=full)
 
 
@@ -121,7 +130,7 @@ def effect_map(subject: Subject, adapter_path: Path, examples: Sequence[dict], m
     """Per-layer update norm and adapter-only ablation effect of one saved adapter (or checkpoint)."""
     with attach(subject, adapter_path) as pm:
         norms = update_norms(pm, subject.arch).groupby("layer")["norm"].apply(lambda s: float(np.sqrt((s**2).sum())))
-        abl = layer_ablation(pm, subject, examples, max_len)
+        abl = layer_ablation(pm, subject, examples, max_len, zero=[int(k) for k, v in norms.items() if v == 0])
     abl = abl[abl.layer != "all"].astype({"layer": int}).set_index("layer")
     return abl.join(norms).reset_index()
 

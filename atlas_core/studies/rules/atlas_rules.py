@@ -191,14 +191,16 @@ def rule4(atlas: Atlas, claims: list[Claim]) -> Finding:
 
 
 def rule11(atlas: Atlas, claims: list[Claim], order: list[str]) -> Finding:
-    """Block zero-ablation hub on the first SUBSET testable families (suite order) vs on all of them; all subsets."""
-    _, fams = metric_of(atlas)
+    """Block zero-ablation disruption hub (KL, which every family has: the suite's full breadth, 12 families by
+    default, not only the testable ones) on the first SUBSET families in suite order vs on all; all subsets."""
+    fams = list(atlas.families)
     fams = [f for f in order if f in fams] + sorted(set(fams) - set(order))
     if len(fams) <= SUBSET:
         return untestable(f"{len(fams)} families the atlas can score on this model: a {SUBSET}-family suite is not narrower "
                           "than the full one", SRC)
-    sel, test, every = cells(atlas, "block", "zero", split="select"), cells(atlas, "block", "zero", split="test"), \
-        cells(atlas, "block", "zero")
+    kw = dict(families=fams, metric="kl")
+    sel, test, every = (cells(atlas, "block", "zero", split="select", **kw), cells(atlas, "block", "zero", split="test", **kw),
+                        cells(atlas, "block", "zero", **kw))
 
     def hub(t: pd.DataFrame, fs) -> int:
         return top(scores(t[t.index.get_level_values("family").isin(list(fs))]))[0]
@@ -212,7 +214,7 @@ def rule11(atlas: Atlas, claims: list[Claim], order: list[str]) -> Finding:
         rng = np.random.default_rng(0)
         subs = [tuple(rng.choice(fams, SUBSET, replace=False)) for _ in range(MAX_SUBSETS)]
     moved = [hub(every, s) != hub(every, fams) for s in subs]
-    measured = (f"block zero-ablation hub (chosen on select prompts): L{h_all} from all {len(fams)} testable families, "
+    measured = (f"block zero-ablation KL hub (chosen on select prompts): L{h_all} from all {len(fams)} families, "
                 f"L{h4} from the first {SUBSET} in suite order, fixed before looking ({', '.join(first)}); over "
                 f"{'all ' if len(subs) == comb(len(fams), SUBSET) else ''}{len(subs)} {SUBSET}-family subsets (all "
                 f"prompts) the hub moves in {sum(moved)} ({np.mean(moved):.0%})")
