@@ -74,7 +74,7 @@ PROFILES: dict[str, dict] = {
     "default": {
         "model": "smollm2-135m",
         "seeds": [42, 137, 256],
-        "baselines": {"families": None, "n": 50},
+        "baselines": {"families": None, "n": 50, "chat_n": 24},
         # chapter 02 (sized for <= 30 min for the whole book on 2 CPU cores; bench/RESULTS.md): the testable families
         # (flip gate on n_gate items) get every unit on the first seed, and their layer units on the others;
         # the rest only the disruption map (first seed, first method); every head exactly on the first seed (what the

@@ -79,12 +79,17 @@ base[cols].round(3)
 # An instruct model was trained on conversations. The chat variant puts each prompt (and its corrupt prompt)
 # in the user turn of the tokenizer's chat template and opens the assistant turn; the answer is the reply's
 # first token, so answers lose their leading space and items whose bare answer is not one token drop out
-# (`n` counts what is left). Flip rate per family without and with the template, synthetic prompts, first seed.
+# (`n` counts what is left). Flip rate per family without and with the template, synthetic prompts, first seed,
+# on the same items (the profile's `chat_n`: the default takes 24 of the 50 per family — a description, no claim
+# rests on it — so both sides of the table have the same, lower power).
 
 # %%
+n_chat = B.get("chat_n") or B["n"]  # the same items with and without the template (a prefix of the sample)
 if tasks.has_chat_template(subject.tokenizer):
-    chat = tasks.baselines(subject, B["families"], variants=("synthetic",), n=B["n"], seed=seeds[0], chat=True)
-    side = tasks.template_flips(base[base["variant"] == "synthetic"], chat)
+    chat = tasks.baselines(subject, B["families"], variants=("synthetic",), n=n_chat, seed=seeds[0], chat=True)
+    plain = (base[base["variant"] == "synthetic"] if n_chat == B["n"] else
+             tasks.baselines(subject, B["families"], variants=("synthetic",), n=n_chat, seed=seeds[0]))
+    side = tasks.template_flips(plain, chat)
 else:
     side = None
     print(f"{model}'s tokenizer has no chat template: the chat variant does not apply")
