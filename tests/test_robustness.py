@@ -28,6 +28,9 @@ def test_separability_rewards_localized_movable_skills_and_collateral_lowers_it(
     c = rb.separability_claim(r, model="m", profile="p")
     assert c.evidence["p_value"] == 2 ** (1 - 2) and c.evidence["seeds_replicated"] == 2
     assert rb.separability_claim(r.iloc[:1], model="m", profile="p").confidence == "none"
+    tied = rb.ranking(rb.score(loc, ins, ko.assign(off_target_effect=[0.6, 0.6])))  # both non-selective: both 0
+    assert (tied["separability"] == 0).all() and (tied["first_in"] == 0).all()
+    assert rb.separability_claim(tied, model="m", profile="p").statement.startswith("No family is more separable")
 
 
 def test_agreement_finds_a_kept_and_a_reversed_profile():

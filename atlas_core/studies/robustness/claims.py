@@ -60,6 +60,11 @@ def separability_claim(rank: pd.DataFrame, **meta) -> Claim:
                      "steering direction and knockout)", evidence={"testable": False, "untestable_why":
                      "fewer than 2 testable families with L, I and C measured"}, **kw)
     top, k, n = rank.iloc[0], len(rank), int(rank["n_seeds"].max())
+    if int(rank["first_in"].max()) == 0:
+        return Claim(f"No family is more separable than the others: {k} families tie in every seed (separability "
+                     + ", ".join(f"{r.family} {r.separability:.2f} (L {r.L:.2f}, I {r.I:.2f}, C {r.C:.2f})"
+                                 for r in rank.itertuples()) + ")", evidence={"p_value": 1.0, "n_seeds": n,
+                                                                              "seeds_replicated": 0}, **kw)
     p = float(k ** (1 - n)) if int(top["first_in"]) == n else 1.0
     floor = f"; {k} families and {n} seeds cannot give p below {k ** (1 - n):.2g}" if k ** (1 - n) > LEVEL else ""
     order = " > ".join(f"{r.family} {r.separability:.2f}" for r in rank.itertuples())

@@ -56,13 +56,17 @@ def score(loc: pd.DataFrame, insertion: pd.DataFrame, knockout: pd.DataFrame) ->
 
 
 def ranking(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per family: separability mean and range over seeds, and in how many seeds it ranks first."""
+    """Per family: separability mean and range over seeds, and in how many seeds it ranks first alone (ties count
+    for no one)."""
     if scores.empty:
         return pd.DataFrame(columns=["family", "separability", "lo", "hi", "n_seeds", "first_in"])
     scores = scores.dropna(subset=["separability"])
     if scores.empty:
         return pd.DataFrame(columns=["family", "separability", "lo", "hi", "n_seeds", "first_in"])
-    first = scores.loc[scores.groupby("seed")["separability"].idxmax(), "family"].value_counts()
+    best = scores.groupby("seed")["separability"].transform("max")
+    top = scores[scores["separability"] == best]
+    alone = top.groupby("seed")["family"].transform("size") == 1  # a tie for first is no one's first place
+    first = top.loc[alone, "family"].value_counts()
     g = scores.groupby("family")
     out = pd.DataFrame({"separability": g["separability"].mean(), "lo": g["separability"].min(),
                         "hi": g["separability"].max(), "L": g["L"].mean(), "I": g["I"].first(), "C": g["C"].first(),
