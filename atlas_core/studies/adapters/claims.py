@@ -93,17 +93,18 @@ def norm_effect(final: pd.DataFrame) -> dict:
 def late_share(final: pd.DataFrame, frac: float = 0.1) -> dict:
     """Share of the summed positive adapter-only ablation effect in the last ceil(frac·n) layers, and an exact
     p: the fraction of all equally sized layer sets whose share is at least as large (a set of layers at random).
-    NaN when no layer has a positive effect."""
-    eff = final.sort_values("layer")["effect"].clip(lower=0).to_numpy(float)
+    NaN when no layer has a positive effect. Rows are in layer order (sorted by `layer` when there is one)."""
+    eff = (final.sort_values("layer") if "layer" in final else final)["effect"].clip(lower=0).to_numpy(float)
     n = eff.size
     k = max(1, int(np.ceil(frac * n)))
     total = eff.sum()
     if n == 0 or total <= 0:
         return {"late_layers": k, "late_share": float("nan"), "late_p": float("nan")}
     obs = eff[-k:].sum() / total
-    sets = (combinations(range(n), k) if comb(n, k) <= 100_000  # exact; else 20000 seeded random sets
-            else (np.random.default_rng(0).choice(n, k, replace=False) for _ in range(20_000)))
-    sums = np.array([eff[list(c)].sum() for c in sets]) / total
+    rng = np.random.default_rng(0)
+    sets = (np.array(list(combinations(range(n), k))) if comb(n, k) <= 100_000  # exact; else 20000 seeded random sets
+            else np.argsort(rng.random((20_000, n)), axis=1)[:, :k])
+    sums = eff[sets].sum(axis=1) / total
     return {"late_layers": k, "late_share": float(obs), "late_p": float(np.mean(sums >= obs - 1e-12))}
 
 
