@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -140,6 +141,22 @@ def test_rank_truncation(subject, adapter):
             base = pm(**enc).logits
     assert torch.allclose(full, same, atol=1e-4) and torch.equal(full, restored)
     assert torch.allclose(off, base, atol=1e-5)
+
+
+def test_lowrank_svd_matches_the_product_svd():
+    """Truncation decomposes the r x r core of B·A: the same singular values and rank-k approximations as the
+    SVD of the full product, including a rank-deficient update (a zero column of B)."""
+    from atlas_core.studies.adapters.surgery import lowrank_svd
+
+    g = torch.Generator().manual_seed(0)
+    B, A = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(6, 30, generator=g, dtype=torch.float64)
+    B[:, 2] = 0
+    U, S, Vh = lowrank_svd(B, A)
+    U0, S0, Vh0 = torch.linalg.svd(B @ A, full_matrices=False)
+    assert torch.allclose(S, S0[:6], atol=1e-10) and torch.allclose(U @ torch.diag(S) @ Vh, B @ A, atol=1e-10)
+    for k in (1, 2, 4):
+        approx0 = U0[:, :k] @ torch.diag(S0[:k]) @ Vh0[:k]
+        assert torch.allclose(U[:, :k] @ torch.diag(S[:k]) @ Vh[:k], approx0, atol=1e-9)
 
 
 def test_layer_ablation_and_lock_in(subject, adapter):
@@ -479,13 +496,24 @@ def test_grid_shared_with_a_helper_process(tmp_path, monkeypatch):
     two = adapters.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False, workers=2)
     assert np.allclose(one["eval_loss"], two["eval_loss"], atol=1e-5)
     assert not list((tmp_path / "two").rglob(".tmp-*"))
-    # the helper process alone fills the cache (from the other end), so the grid then only reads it
+    # the helper process alone fills the cache (from the other end), so the grid then only reads it; with eval
+    # sets it can be sent (a picklable exact match), it scores its runs too, and the grid evaluates nothing
     monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "three"))
     proc, job = adapters.start_helper(s, runs, {"toy": DATA})
     assert proc.wait(timeout=120) == 0
     Path(job).unlink()
     three = adapters.run_grid(s, runs, {"toy": DATA}, {"toy": ev}, progress=False)
     assert three["cached"].all() and np.allclose(one["eval_loss"], three["eval_loss"], atol=1e-5)
+    monkeypatch.setenv("ATLAS_RESULTS", str(tmp_path / "four"))
+    ev4 = adapters.EvalSet("toy", [{**e, "expected": "blue"} for e in DATA[:4]], ["Hello there"],
+                           partial(tasks.exact_match, "toy"), 3)
+    proc, job = adapters.start_helper(s, runs, {"toy": DATA}, evalsets={"toy": ev4})
+    assert proc.wait(timeout=120) == 0
+    Path(job).unlink()
+    monkeypatch.setattr(adapters.evaluation, "generate", lambda *a, **k: pytest.fail("the helper did not evaluate"))
+    four = adapters.run_grid(s, runs, {"toy": DATA}, {"toy": ev4}, progress=False)
+    assert four["cached"].all() and np.allclose(one["eval_loss"], four["eval_loss"], atol=1e-5)
+    assert (four["exact_match"] >= 0).all()
 
 
 # --------------------------------------------------------------------------- issue 18, item 8: controls and learning rates
@@ -770,7 +798,7 @@ def test_a_grid_with_a_helper_splits_the_compute_threads(tmp_path, monkeypatch):
     seen, job = {}, tmp_path / "job.pkl"
     job.write_bytes(b"")
 
-    def helper(subject, runs, data, threads=1):
+    def helper(subject, runs, data, threads=1, evalsets=None, score="eval"):
         seen["helper"] = threads
         return SimpleNamespace(poll=lambda: 0), str(job)
 

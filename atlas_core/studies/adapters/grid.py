@@ -22,7 +22,7 @@ from . import evaluation
 from .data import TrainConfig
 from .evaluation import EvalSet, val_loss
 from .targeting import Target
-from .training import train
+from .training import Adapter, train
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str], cols: Sequence[str] = ("n_trainable", "train_loss", "eval_loss",
@@ -53,32 +53,48 @@ def split_threads(n: int) -> tuple[int, int]:
     return max(1, n - n // 2), max(1, n // 2)
 
 
-def start_helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]],
-                 threads: int = 1) -> tuple[subprocess.Popen, str] | None:
+def start_helper(subject: Subject, runs: Sequence, data: dict[str, list[dict]], threads: int = 1,
+                 evalsets: dict[str, EvalSet] | None = None, score: str = "eval") -> tuple[subprocess.Popen, str] | None:
     """Start a second process that trains `runs` in reverse order into the shared adapter cache (it reloads the
-    model by name and gives up unless its fingerprint matches), with `threads` compute threads: (process, job
-    file), or None where that cannot work."""
+    model by name and gives up unless its fingerprint matches), with `threads` compute threads, and scores each run
+    it trains (`score`, cached beside the adapter) where `evalsets` can be sent to it (their exact-match function
+    pickles); (process, job file), or None where that cannot work."""
     todo = [(t, tc, labels["family"], labels.get("checkpoints", ())) for labels, t, tc in runs if t.strategy != "none"]
     if len(todo) < 2:
         return None
+    fams = {fam for _, _, fam, _ in todo}
+    try:
+        sets = pickle.dumps({f: evalsets[f] for f in fams}) if evalsets is not None else None
+    except (pickle.PicklingError, AttributeError, TypeError, KeyError):
+        sets = None  # e.g. a lambda as exact match: the helper only trains, this process scores everything
     fd, job = tempfile.mkstemp(prefix="atlas-lora-grid-", suffix=".pkl")
     with os.fdopen(fd, "wb") as f:
         pickle.dump({"model": subject.name, "dtype": str(subject.dtype).replace("torch.", ""),
                      "fingerprint": subject.fingerprint, "runs": todo[::-1],
-                     "data": {fam: data[fam] for _, _, fam, _ in todo}}, f)
+                     "data": {fam: data[fam] for fam in fams}, "evalsets": sets, "score": score}, f)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return subprocess.Popen([sys.executable, "-m", "atlas_core.studies.adapters", job], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL), job
 
 
 def helper_main(job: str) -> None:
-    """The helper process (`python -m atlas_core.studies.adapters JOB`): train the job's runs into the cache."""
+    """The helper process (`python -m atlas_core.studies.adapters JOB`): train the job's runs into the cache and
+    score each one (when the job carries its eval sets), as `_grid` would."""
     spec = pickle.loads(Path(job).read_bytes())
     subject = load(spec["model"], dtype=spec["dtype"])
     if subject.fingerprint != spec["fingerprint"]:
         return
+    sets = pickle.loads(spec["evalsets"]) if spec.get("evalsets") else None
     for t, tc, fam, ck in spec["runs"]:
-        train(subject, fam, spec["data"][fam], t, tc, checkpoints=ck)
+        ad = train(subject, fam, spec["data"][fam], t, tc, checkpoints=ck)
+        if sets is not None:
+            score_run(subject, sets[fam], ad, spec["score"])
+
+
+def score_run(subject: Subject, ev: EvalSet, adapter: Adapter, how: str = "eval") -> dict:
+    """A trained run's scores: `evaluate` on the held-out eval set ("eval") or the validation loss ("val");
+    both are cached beside the adapter."""
+    return {"val_loss": val_loss(subject, ev, adapter)} if how == "val" else evaluation.evaluate(subject, ev, adapter)
 
 
 def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]], data: dict[str, list[dict]],
@@ -91,7 +107,7 @@ def run_grid(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]],
     helper runs, the two split this process's compute threads (`split_threads`), and this one gets its own back."""
     own = torch.get_num_threads()
     mine, theirs = split_threads(own)
-    helper = start_helper(subject, runs, data, theirs) if workers > 1 else None
+    helper = start_helper(subject, runs, data, theirs, evalsets, score) if workers > 1 else None
     if helper is not None:
         torch.set_num_threads(mine)
     try:
@@ -119,7 +135,7 @@ def _grid(subject, runs, data, evalsets, progress, score="eval") -> pd.DataFrame
             res, n, tl, secs, cached = evaluation.evaluate(subject, ev), 0, np.nan, 0.0, True
         else:
             ad = train(subject, fam, data[fam], t, tc, labels.get("checkpoints", ()), progress=progress)
-            res = {"val_loss": val_loss(subject, ev, ad)} if score == "val" else evaluation.evaluate(subject, ev, ad)
+            res = score_run(subject, ev, ad, score)
             n, tl, secs, cached = ad.n_trainable, ad.final_loss, ad.seconds, ad.cached
         rows.append({**{k: v for k, v in labels.items() if k != "checkpoints"}, "strategy": t.strategy,
                      "basis": t.basis, "layers": "all" if t.layers is None else list(t.layers),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ def task_data(subject: Subject, families: Sequence[str], P: dict, source: str = 
     tok = train_tokenizer(subject)
     max_len = max(len(encode_pair(tok, e, None)[0]) for f in families for e in tr[f] + tv[f][1] + evals[f])
     sets = {f: EvalSet(f, evals[f], [p for g, ps in drift.items() if g != f for p in ps],
-                       lambda text, ex, f=f: tasks.exact_match(f, text, ex),
+                       partial(tasks.exact_match, f),  # a function the grid's helper process can be sent
                        max(len(completion_ids(tok, e)) for e in evals[f]) + GEN_MARGIN, max_len, tv[f][1])
             for f in families}
     return tr, sets, {**P, "max_len": max_len}

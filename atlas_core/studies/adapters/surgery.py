@@ -83,6 +83,15 @@ def layer_ablation(pm, subject: Subject, examples: Sequence[dict], max_len: int 
     return pd.DataFrame(rows).assign(full_loss=full)
 
 
+def lowrank_svd(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of B·A (B: out x r, A: r x in) from the factors: B = Qb·Rb, Aᵀ = Qa·Ra, so B·A = Qb·(Rb·Raᵀ)·Qaᵀ
+    and only the r x r core is decomposed (the full out x in product's SVD costs ~500x more)."""
+    Qb, Rb = torch.linalg.qr(B)
+    Qa, Ra = torch.linalg.qr(A.T)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)
+    return Qb @ U, S, Vh @ Qa.T
+
+
 @contextmanager
 def truncated(pm, arch, rank: int, adapter_name: str = "default") -> Iterator:
     """Temporarily replace every B·A by its best rank-`rank` approximation (SVD); rank >= r is the identity."""
@@ -93,7 +102,7 @@ def truncated(pm, arch, rank: int, adapter_name: str = "default") -> Iterator:
             saved.append((A, B, A.detach().clone(), B.detach().clone()))
             if rank >= A.shape[0]:
                 continue
-            U, S, Vh = torch.linalg.svd(B.double() @ A.double(), full_matrices=False)
+            U, S, Vh = lowrank_svd(B.double(), A.double())
             k = max(0, rank)
             newB, newA = torch.zeros_like(B), torch.zeros_like(A)
             newB[:, :k] = (U[:, :k] * S[:k].sqrt()).to(B.dtype)
