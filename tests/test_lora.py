@@ -815,3 +815,37 @@ def test_a_grid_with_a_helper_splits_the_compute_threads(tmp_path, monkeypatch):
         assert seen == {"helper": 2, "main": 2} and torch.get_num_threads() == 4 and not job.exists()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen2", "lfm2", "gpt2"])
+def test_completion_logits_give_the_models_own_loss(family, tok):
+    """The LM head projects only the positions that predict completion tokens: the loss equals the model's own
+    (every position projected, prompt and padding masked out), per example too, on every family; a model whose
+    forward takes no `logits_to_keep` gets the same numbers from the fallback."""
+    s = tiny_subject(family, tok, seed=3)
+    t = adapters.train_tokenizer(s)
+    exs = [{"prompt": "Item 1: the sky is", "completion": " blue"},
+           {"prompt": "A much longer prompt about the colour of the sky today is", "completion": " very blue indeed"},
+           {"prompt": "x", "completion": " y z"}]
+    b = adapters.collate(t, exs, None)
+    with torch.no_grad():
+        own = s.model(**b)
+        logits, targets, rows = adapters.completion_logits(s.model, b)
+    assert logits.shape[0] == int((b["labels"] != -100).sum()) == len(targets) == len(rows)
+    assert torch.allclose(torch.nn.functional.cross_entropy(logits, targets), own.loss, atol=1e-5)
+    full = own.logits.float()[:, :-1]
+    lab = b["labels"][:, 1:]
+    ref = [float(torch.nn.functional.cross_entropy(full[i][lab[i] != -100], lab[i][lab[i] != -100])) for i in range(3)]
+    assert np.allclose(adapters.completion_loss(s.model, t, exs, per_example=True), ref, atol=1e-5)
+
+    class NoKeep(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask)
+
+    with torch.no_grad():
+        lg2, tg2, _ = adapters.completion_logits(NoKeep(s.model), b)
+    assert torch.allclose(lg2, logits, atol=1e-5) and torch.equal(tg2, targets)

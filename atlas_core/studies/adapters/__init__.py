@@ -28,7 +28,15 @@ from .claims import (
     spearman_perm,
     verdict,
 )
-from .data import TrainConfig, collate, completion_ids, data_hash, encode_pair, train_tokenizer
+from .data import (
+    TrainConfig,
+    collate,
+    completion_ids,
+    completion_logits,
+    data_hash,
+    encode_pair,
+    train_tokenizer,
+)
 from .evaluation import EvalSet, completion_loss, evaluate, generate, kl_rows, last_logprobs, val_loss
 from .families import (
     FamilyChoice,
@@ -102,7 +110,7 @@ __all__ = [
     "ALL_LINEAR", "CONTROLS", "CONTROL_P", "GEN_MARGIN", "HEADLINE", "LOCK_RHO", "MIN_LRS", "MIN_SEEDS", "MODULE_SETS", "PARAM_TOL",
     "STRATEGIES", "Adapter", "EvalSet", "FamilyChoice", "Target", "TrainConfig", "adapted_subject", "adapter_dir", "adapter_meta",
     "atlas_diff", "atlas_scores", "attach", "budget", "check_fits", "choose_families", "choose_lr", "collate", "compare",
-    "completion_ids", "completion_loss", "control_target", "data_hash", "data_limits", "depth_bins", "depth_matched",
+    "completion_ids", "completion_logits", "completion_loss", "control_target", "data_hash", "data_limits", "depth_bins", "depth_matched",
     "effect_map", "encode_pair", "evaluate", "family_examples", "fmt_pm", "gate_order", "generate",
     "has_training_data", "headline_runs", "headline_seeds", "headline_table",
     "kl_rows", "last_logprobs", "layer_ablation", "layer_params", "layer_scores", "lock_in", "lock_in_claim", "lock_in_stats", "lock_in_summary",

@@ -63,6 +63,25 @@ def collate(tok, examples: Sequence[dict], max_len: int | None) -> dict[str, tor
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def completion_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (N, V) in fp32, targets (N,), row (N,)) at the N positions whose next token is a completion token
+    (label != -100): the LM head projects only those (`logits_to_keep` as a boolean mask), not the prompt and the
+    padding, which the loss never reads (~15% of a training step on short completions). A model whose forward
+    takes no boolean `logits_to_keep` gets every position projected and the same ones selected."""
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    dev = next(model.parameters()).device
+    ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep.to(dev)).logits
+    except TypeError:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    if logits.dim() == 3:
+        logits = logits[keep.to(logits.device)]
+    return logits.float(), labels[:, 1:][keep[:, :-1]].to(logits.device), torch.nonzero(keep)[:, 0].to(logits.device)
+
+
 def data_hash(examples: Sequence[dict]) -> str:
     """Content hash of (prompt, completion) examples (and `"eos": False` where set), in order (part of an adapter's
     cache key)."""

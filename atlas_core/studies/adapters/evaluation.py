@@ -17,7 +17,7 @@ import torch
 from ...engine.batch import last_logits
 from ...model.subject import Subject
 from ...paths import read_json, write_json_atomic
-from .data import collate, data_hash, train_tokenizer
+from .data import collate, completion_logits, data_hash, train_tokenizer
 from .training import Adapter, attach, cache_key
 
 
@@ -28,14 +28,13 @@ def completion_loss(model, tok, examples: Sequence[dict], max_len: int | None = 
     tot, n, each = 0.0, 0, []
     for i in range(0, len(examples), batch):
         b = collate(tok, examples[i:i + batch], max_len)
-        dev = next(model.parameters()).device
-        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits.float()
-        lab = b["labels"][:, 1:].to(dev)
-        lp = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), lab.clamp_min(0), reduction="none")
-        m = (lab != -100).float()
-        tot += float((lp * m).sum())
-        n += int(m.sum())
-        each.extend(((lp * m).sum(1) / m.sum(1).clamp_min(1)).tolist())
+        logits, targets, rows = completion_logits(model, b)
+        lp = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        tot += float(lp.sum())
+        n += int(lp.numel())
+        rows_n = len(b["labels"])
+        sums = torch.zeros(rows_n, dtype=lp.dtype, device=lp.device).index_add_(0, rows, lp)
+        each.extend((sums / torch.bincount(rows, minlength=rows_n).clamp_min(1)).tolist())
     return np.asarray(each) if per_example else tot / max(n, 1)
 
 

@@ -29,7 +29,7 @@ from transformers.optimization import Adafactor
 
 from ...model.subject import Subject
 from ...paths import content_key, read_json, results_dir, write_json_atomic
-from .data import TrainConfig, collate, data_hash, train_tokenizer
+from .data import TrainConfig, collate, completion_logits, data_hash, train_tokenizer
 from .targeting import Target, lora_config
 
 CACHE_VERSION = 2
@@ -207,7 +207,8 @@ def train(subject: Subject, family: str, examples: Sequence[dict], t: Target, tc
                     break
                 idx = [order[(step * tc.batch + j) % len(order)] for j in range(tc.batch)]
                 batch = {k: v.to(subject.device) for k, v in collate(tok, [examples[i] for i in idx], tc.max_len).items()}
-                loss = pm(**batch).loss
+                logits, targets, _ = completion_logits(pm, batch)
+                loss = torch.nn.functional.cross_entropy(logits, targets)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
