@@ -108,7 +108,7 @@ PROFILES: dict[str, dict] = {
                  "n_seeds": 5, "batch": 8, "n_train": 400, "n_val": 32, "n_eval": 24,
                  "n_drift": 8, "sweep_family": "json_schema", "modules": ["attn", "mlp"], "ranks": [1],
                  "optimizers": ["lion"], "checkpoints": [0, 2, 4, 8], "ablation_n": 8,
-                 "atlas_prompts": 16, "n_gate": 48, "diff_components": ["block"]},
+                 "atlas_prompts": 8, "n_gate": 48, "diff_components": ["block"]},  # atlas: chapter 02's 8 x 3 seeds
         # chapter 06 (SFT): 15 configurations x 2 seeds + 6 formats x 2 seeds = 42 adapters of 6 steps at batch 4.
         # Measured here (one thread, shared machine): a training step 0.7-1.4 s on `facts` (<= 20 tokens), ~5 s on
         # the chat format (~75 tokens), ~11 s at batch 8 on verbose (~140 tokens; batch 4 ~half); greedy generation

@@ -72,7 +72,7 @@ from atlas_core.studies.atlas import map_atlas
 ctx = profiles.chapter(model, profile, seeds, results_dir, remote=remote, number="05")
 model, seeds, results_dir, subject = ctx.model, ctx.seeds, ctx.results_dir, ctx.subject
 T0 = time.time()
-pick = adapters.choose_families(subject, adapters.profile(profile), seeds[0])  # the flip gate picks the families
+pick = adapters.choose_families(subject, adapters.profile(profile), seeds[0], atlas_seeds=seeds)  # the flip gate picks
 P, FAMS, POOL = pick.profile, pick.families, pick.pool  # POOL: trained families first, then wrong-family candidates
 STRATS = list(P.get("strategies") or adapters.HEADLINE)
 SEEDS = adapters.headline_seeds(seeds, P)
@@ -97,8 +97,8 @@ pick.gate[["family", "n_items", "n_flipped", "flip_lo", "testable"]].round(3)
 
 # %% [markdown]
 # ## The atlas we target by
-# Block zero-ablation per layer on the training families (first seed), from the shared sweep cache
-# when chapter 02 already ran these units, scored by the atlas's primary metric (the fraction of the
+# Block zero-ablation per layer on the training families (every seed, chapter 02's prompts per family), from the
+# shared sweep cache when chapter 02 already ran these units, scored by the atlas's primary metric (the fraction of the
 # clean logit difference an ablation removes, on items the model flips). A family the model does not
 # solve has no such scores: atlas targeting is *not testable* for it, and its layers come from the
 # KL map instead — labelled *disruption-targeted* in every row and claim below.
@@ -115,7 +115,7 @@ pick.gate[["family", "n_items", "n_flipped", "flip_lo", "testable"]].round(3)
 #   and the claims say so).
 
 # %% tags=["hide-output"]
-atlas = map_atlas(subject, POOL, ["block"], ["zero"], seeds[:1], P["atlas_prompts"], heads=False, positions=(),
+atlas = map_atlas(subject, POOL, ["block"], ["zero"], seeds, P["atlas_prompts"], heads=False, positions=(),
                   progress=False, neutral_prompts=0, direct=False, gate=pick.gate)
 targets = adapters.targeting(atlas, FAMS, subject.arch, P["k"], pool=POOL)
 scores = adapters.score_table(atlas, POOL, subject.arch, P["k"])

@@ -735,6 +735,9 @@ def test_families_are_the_gate_testable_ones_in_order_of_lower_bound(tok, monkey
     atlas_prompts = {it.prompt for it in atlas_items(pool, pick.pool, P["atlas_prompts"], 42)}
     gate_prompts = {it.prompt for it in atlas_items(pool, pick.pool, P["n_gate"], 42)}
     assert atlas_prompts <= gate_prompts <= set(pick.exclude)
+    more = adapters.choose_families(s, P, 42, atlas_seeds=[42, 137])  # an atlas on several seeds: all excluded
+    later = {it.prompt for it in atlas_items(pool, pick.pool, P["atlas_prompts"], 137)}
+    assert later - gate_prompts and (gate_prompts | later) == set(more.exclude)
     train, evalsets, P2 = adapters.task_data(s, pick.families, pick.profile, pick.source, pick.exclude, pick.drift)
     ev = evalsets["copying"]
     assert len(ev.examples) == P["n_eval"] and not {e["prompt"] for e in ev.examples} & set(pick.exclude)

@@ -72,11 +72,13 @@ def with_families(P: dict, families: Sequence[str]) -> dict:
     return {**P, "families": fams, "search_families": search, "sweep_family": sweep}
 
 
-def choose_families(subject: Subject, P: dict, seed: int, candidates: Sequence[str] | None = None) -> FamilyChoice:
+def choose_families(subject: Subject, P: dict, seed: int, candidates: Sequence[str] | None = None,
+                    atlas_seeds: Sequence[int] = ()) -> FamilyChoice:
     """Gate `candidates` (default: every family with training data) on `P["n_gate"]` items (`seed`), train on the
     first `P["n_families"]` testable ones (`gate_order`), map the first `P["n_pool"]` (at least those); when none
     is testable: the profile's `families` (default `tasks.TRAIN_FAMILIES`) from the stored completion splits, mapped
-    with `atlas_families`, disruption-targeted."""
+    with `atlas_families`, disruption-targeted. `exclude` holds the gate's prompts and the atlas's
+    (`P["atlas_prompts"]` per family on `seed` and on each of `atlas_seeds`)."""
     cands = [f for f in (candidates or tasks.FAMILIES) if has_training_data(f, P)]
     gate = tasks.gate(subject, cands, n=P["n_gate"], seed=seed)
     order = gate_order(gate)
@@ -89,8 +91,9 @@ def choose_families(subject: Subject, P: dict, seed: int, candidates: Sequence[s
         note = (f"flip-gate-testable families with training data ({len(order)} of {len(cands)} gated; 95% lower "
                 f"bounds: {lows}): training on {fams}, mapping {pool} (wrong-family candidates); examples from the "
                 "task items, eval items disjoint from the gate's and the atlas's prompts")
-        return FamilyChoice(fams, pool, "items", gate, with_families(P, fams), note,
-                            selection_prompts(subject, pool, max(P["n_gate"], P["atlas_prompts"]), seed), drift)
+        chosen = {p for s in {seed, *atlas_seeds} for p in selection_prompts(subject, pool, P["atlas_prompts"], s)}
+        chosen |= set(selection_prompts(subject, pool, P["n_gate"], seed))
+        return FamilyChoice(fams, pool, "items", gate, with_families(P, fams), note, tuple(sorted(chosen)), drift)
     fams = list(P.get("families") or tasks.TRAIN_FAMILIES)
     pool = list(dict.fromkeys([*fams, *(P.get("atlas_families") or tasks.TRAIN_FAMILIES)]))
     note = (f"atlas targeting is not testable on {subject.name}: {tasks.untestable_why(gate)}; falling back to "
