@@ -95,9 +95,7 @@ print(f"budget ({profile}): {len(families)} families + {', '.join(S['concepts'])
 # %% tags=["hide-output"]
 t0 = time.time()
 gate = tasks.gate(subject, families, n=S["n_gate"], seed=seed)  # the flip gate, on more items than the study uses
-st = steering.study(subject, families, S["concepts"], S["n"], S["n_fit"], layers, n_random=S["n_random"],
-                    n_shuffled=S["n_shuffled"], n_screen_controls=n_screen, seed=seed,
-                    screen_alphas=S.get("screen_alphas", (-0.4, 0.4)), solved=gate)
+st = steering.study_from_profile(subject, families, S["concepts"], S, seed, solved=gate)  # layers: as `layers`
 print(f"study: {len(st.screen)} screened cells of the real directions, {len(st.control_screen)} of the controls, "
       f"{len(st.per_prompt)} graded rows, {time.time() - t0:.0f} s")
 

@@ -159,10 +159,14 @@ charts.bars_with_ci(rank, "family", "separability", "lo", "hi") if len(rank) els
 # ## Replication across model families
 # The same block/MLP zero-ablation atlas on the second family, each model with its own flip gate; layers on a
 # common depth axis (layer / (n_layers − 1)), each profile divided by its own maximum; the hub per model is
-# chosen on select prompts and tested on held-out ones against the median layer, as in chapter 02.
+# chosen on select prompts and tested on held-out ones against the median layer, as in chapter 02. This model's
+# profile and hub come from chapter 02's stored atlas (its seeds, families and methods) where it ran and holds
+# these components, else from this chapter's short-bucket atlas (one seed); the line below and each hub claim's
+# evidence (`atlas_source`) say which.
 
 # %% tags=["hide-output"]
-models = {model: atl["short"], **rb.compare_atlases(P["compare"], fams, P, seed)}
+book, book_source = rb.book_atlas(stored, atl["short"], P["components"])
+models = {model: book, **rb.compare_atlases(P["compare"], fams, P, seed)}
 dprof = rb.depth_profiles(models, P["components"])
 
 # %% [markdown]
@@ -176,7 +180,8 @@ alt.Chart(dprof).mark_line().encode(
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-depths = rb.hub_depths(models, P["components"])
+depths = rb.hub_depths(models, P["components"], sources={model: book_source})
+print(f"{model}'s profile and hub: atlas from {book_source}")
 diff = rb.depth_diff(dprof, model)
 print(diff.assign(absdiff=diff["diff"].abs()).groupby(["model", "component"])["absdiff"].mean().rename(
     "mean |diff| from " + model).round(3) if len(diff) else "no profile to compare")

@@ -78,3 +78,27 @@ def test_replication_on_two_tiny_families_gives_a_hub_row_per_model_and_componen
     h = rb.hub_depths(got, P["components"])
     assert len(h) == 4 and set(h["model"]) == {"tiny-qwen2", "tiny-gpt2"} and h["depth"].between(0, 1).all()
     assert all(c.confidence == "none" for c in rb.depth_claims(h, model="m", profile="p"))  # random init: untestable
+
+
+def test_replication_uses_chapter_02s_atlas_where_it_holds_the_components(tok):
+    s = tiny_subject("llama", tok)
+    kw = dict(prompts_per_family=2, heads=False, positions=(), neutral_prompts=0, direct=False, progress=False)
+    stored = map_atlas(s, ["ioi", "antonyms"], ["block", "mlp"], ["zero", "mean"], seeds=[1, 2, 3], **kw)
+    own = map_atlas(s, ["ioi"], ["block", "mlp"], ["zero"], seeds=[1], **kw)
+    ref = map_atlas(s, ["ioi"], ["block", "mlp"], ["zero", "mean"], seeds=[1, 2, 3], **kw)  # chapter 02 on ioi alone
+    book, src = rb.book_atlas(stored, own, ["block", "mlp"])
+    assert src == "chapter 02 (3 seeds)" and book.families == ["ioi"]  # cut to the families the others are mapped on
+    assert rb.book_atlas(stored, map_atlas(s, ["copying"], ["block", "mlp"], ["zero"], seeds=[1], **kw),
+                         ["block", "mlp"])[1] == "own (1 seed)"  # chapter 02 lacks that family
+    assert rb.book_atlas(None, own, ["block", "mlp"]) == (own, "own (1 seed)")
+    assert rb.book_atlas(stored, own, ["block", "attn"])[0] is own  # chapter 02 lacks a component the replication reads
+    assert rb.book_atlas(stored, own, ["block"], method="resample")[0] is own
+    h = rb.hub_depths({"book": book, "other": own}, ["block", "mlp"], sources={"book": src})
+    assert h.set_index(["model", "component"])["atlas_source"].to_dict() == {
+        ("book", "block"): "chapter 02 (3 seeds)", ("book", "mlp"): "chapter 02 (3 seeds)",
+        ("other", "block"): "own (1 seed)", ("other", "mlp"): "own (1 seed)"}
+    want = {c: ref.hub_evidence(c, "zero") for c in ("block", "mlp")}  # the chapter-02 held-out hub test
+    for r in h[h["model"] == "book"].itertuples():
+        assert r.hub == want[r.component]["hub"] and r.evidence["n_candidates"] == want[r.component]["n_candidates"]
+    claims = rb.depth_claims(h, model="m", profile="p")
+    assert [c.evidence["atlas_source"] for c in claims] == list(h["atlas_source"])

@@ -82,8 +82,8 @@ def depth_claims(hubs: pd.DataFrame, **meta) -> list[Claim]:
         ok = ev.get("testable", True) and np.isfinite(r.p_value)
         what = (f"{r.component} layer {r.hub} of {r.n_layers} (depth {r.depth:.2f}) is {r.model}'s hub "
                 f"({r.metric}; held-out {r.effect_minus_control:+.2f} vs the median layer, p = {r.p_value:.3g}; best of "
-                f"{r.n_candidates} layers)" if ok else f"{r.model}'s {r.component} hub: not testable here "
-                f"({ev.get('untestable_why', 'no held-out test')})")
+                f"{r.n_candidates} layers; atlas: {ev.get('atlas_source', '?')})" if ok else f"{r.model}'s {r.component} hub: "
+                f"not testable here ({ev.get('untestable_why', 'no held-out test')}; atlas: {ev.get('atlas_source', '?')})")
         out.append(Claim(what, f"{r.metric} of zero ablation per layer, held-out cells", f"zero-ablate each {r.component}",
                          str(ev.get("control", "median layer")), ev, CHAPTER,
                          tag=f"08.hub_depth.{r.model}.{r.component}", **meta))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ... import load, tasks
+from ...engine.sweep import Cache
 from ...model.subject import Subject
 from .. import steering
 from ..adapters import gate_order
@@ -26,16 +27,16 @@ def families(subject: Subject, P: dict, S: dict, seed: int) -> tuple[list[str], 
 
 
 def steering_study(subject: Subject, fams: Sequence[str], S: dict, buckets: Sequence[str], seed: int,
-                   gate: pd.DataFrame, alpha: float = 0.4) -> tuple[steering.Study, pd.DataFrame, pd.DataFrame]:
-    """(study, effect per bucket, knockout): chapter 04's study of `fams` with its profile `S` (no concept), each
-    family's chosen direction at +`alpha` on held-out items of every bucket (`steering.length_buckets`), and the
+                   gate: pd.DataFrame, alpha: float = 0.4,
+                   cache: Cache | None = None) -> tuple[steering.Study, pd.DataFrame, pd.DataFrame]:
+    """(study, effect per bucket, knockout): chapter 04's study of `fams` with its profile `S` (no concept;
+    `steering.study_from_profile`, as chapter 04 builds it, so its sweeps are cache hits), each family's chosen
+    direction at +`alpha` on held-out items of every bucket (`steering.length_buckets`), and the
     directional-ablation knockout (`steering.knockout`)."""
-    layers = list(range(0, subject.arch.n_layers, S["layer_stride"]))
-    st = steering.study(subject, list(fams), [], S["n"], S["n_fit"], layers, n_random=S["n_random"],
-                        n_shuffled=S["n_shuffled"], n_screen_controls=S.get("n_screen_controls", 2), seed=seed,
-                        screen_alphas=S.get("screen_alphas", (-0.4, 0.4)), solved=gate)
-    by_bucket, _ = steering.length_buckets(subject, st, buckets, S["n"], alpha, seed=seed, item_seed=seed + 1)
-    ko, _ = steering.knockout(subject, st, seed=seed)
+    st = steering.study_from_profile(subject, fams, [], S, seed, solved=gate, cache=cache)
+    by_bucket, _ = steering.length_buckets(subject, st, buckets, S["n"], alpha, seed=seed, item_seed=seed + 1,
+                                           cache=cache)
+    ko, _ = steering.knockout(subject, st, seed=seed, cache=cache)
     return st, by_bucket, ko
 
 

@@ -1,15 +1,41 @@
 """Does the map replicate across model families? The same block/MLP atlas on each model, layers put on a common
 depth axis (layer / (n_layers - 1)), profiles normalized to their own maximum and interpolated to a common grid,
-and the hub's depth per model with the hub test of chapter 02 (`Atlas.hub_evidence`)."""
+and the hub's depth per model with the hub test of chapter 02 (`Atlas.hub_evidence`). The book's model uses
+chapter 02's stored atlas (3 seeds) where it holds what the replication reads, else the chapter's own (`book_atlas`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from ..atlas import Atlas
+
+
+def source(atlas: Atlas, stored: bool) -> str:
+    """Where an atlas comes from, for the claims: "chapter 02 (k seeds)" or "own (k seed(s))"."""
+    k = len(atlas.seeds)
+    return f"{'chapter 02' if stored else 'own'} ({k} seed{'s' if k != 1 else ''})"
+
+
+def book_atlas(stored: Atlas | None, own: Atlas, components: Sequence[str], method: str = "zero") -> tuple[Atlas, str]:
+    """(atlas, source): chapter 02's stored atlas, cut to `own`'s families (the ones the other models are mapped
+    on), where it holds whole-component `method` effects (all positions) of every component in `components` for
+    each of them on both hub-test splits (select, test), else `own` (this chapter's); `source` says which, with
+    its number of seeds."""
+    if stored is not None:
+        fams = set(own.families)
+        e = stored.effects
+        e = e[(e["head"] == -1) & (e["position"] == "all") & (e["method"] == method) & e["family"].isin(fams)]
+        if all({"select", "test"} <= set(e.loc[(e["component"] == c) & (e["family"] == f), "split"])
+               for c in components for f in fams):
+            cut = replace(stored, effects=stored.effects[stored.effects["family"].isin(fams)].reset_index(drop=True),
+                          solved=stored.solved[stored.solved["family"].isin(fams)].reset_index(drop=True)
+                          if "family" in stored.solved else stored.solved)
+            return cut, source(cut, True)
+    return own, source(own, False)
 
 
 def depth_profiles(atlases: dict[str, Atlas], components: Sequence[str], method: str = "zero",
@@ -41,14 +67,17 @@ def depth_diff(prof: pd.DataFrame, ref: str) -> pd.DataFrame:
     return d.stack().rename("diff").reset_index()[["component", "metric", "depth", "model", "diff"]]
 
 
-def hub_depths(atlases: dict[str, Atlas], components: Sequence[str], method: str = "zero") -> pd.DataFrame:
+def hub_depths(atlases: dict[str, Atlas], components: Sequence[str], method: str = "zero",
+               sources: dict[str, str] | None = None) -> pd.DataFrame:
     """Per model and component: the hub (chosen on select prompts, tested on held-out ones against the median layer:
-    `hub_evidence`), its depth, the test's p and effect minus control, or why it is not testable."""
+    `hub_evidence`), its depth, the test's p and effect minus control, or why it is not testable; `atlas_source`
+    (also in the evidence): `sources[model]`, else "own (k seeds)"."""
     rows = []
     for name, a in atlases.items():
+        src = (sources or {}).get(name) or source(a, False)
         for c in components:
-            ev = a.hub_evidence(c, method)
-            rows.append({"model": name, "component": c, "n_layers": a.n_layers, "hub": ev["hub"],
+            ev = {**a.hub_evidence(c, method), "atlas_source": src}
+            rows.append({"model": name, "component": c, "atlas_source": src, "n_layers": a.n_layers, "hub": ev["hub"],
                          "depth": ev["hub"] / max(1, a.n_layers - 1), "metric": ev["metric"],
                          "testable": ev["testable"], "p_value": ev.get("p_value", np.nan),
                          "effect_minus_control": ev.get("effect_minus_control", np.nan),

@@ -42,9 +42,9 @@ evidence.
 
 Modules, in pipeline order: `probes` (a concept's probe prompts and words), `splits` (templates and held-out
 samples), `targets` (a family's or a concept's split), `directions` (directions, controls, transfer), `units`
-(labelled units, `sweep_units`, grading, the best-layer rule), `pipeline` (the chapter's study, summary, audit),
-`ablation` (knockout, selectivity, off-target KL), `cost` (generation, fluency), `baselines` (the prompting
-baseline), `experiments` (multi-layer, length buckets, transfer), `claims`.
+(labelled units, `sweep_units`, grading, the best-layer rule), `pipeline` (the chapter's study, the same from a
+profile, summary, audit), `ablation` (knockout, selectivity, off-target KL), `cost` (generation, fluency),
+`baselines` (the prompting baseline), `experiments` (multi-layer, length buckets, transfer), `claims`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ from .directions import (
     transfer_note,
 )
 from .experiments import length_buckets, multi_layer_effects, transfer_effects
-from .pipeline import Study, audit, bucket_items, graded_controls, study, summary
+from .pipeline import Study, audit, bucket_items, graded_controls, study, study_from_profile, summary
 from .probes import SENTIMENT_TEMPLATES, SENTIMENT_TOKENS, concept_items, polarity, polarity_lexicon
 from .signs import layer_signs
 from .splits import Split, has_word, leaks, split_by_template, template, templates, texts
@@ -106,6 +106,6 @@ __all__ = [
     "grade", "graded_controls", "has_word", "knockout", "knockout_table", "knockout_unit", "last_resid", "layer_sign_claims", "layer_signs", "leaks",
     "length_buckets", "mean_diff", "multi_layer", "multi_layer_effects", "nll", "normalized", "openings",
     "polarity", "polarity_lexicon", "prompted", "prompting", "random_directions", "scored_generations", "selectivity",
-    "shuffled_diff", "split_by_template", "steer_unit", "steering_claims", "study", "summary", "sweep_units",
+    "shuffled_diff", "split_by_template", "steer_unit", "steering_claims", "study", "study_from_profile", "summary", "sweep_units",
     "template", "templates", "texts", "transfer", "transfer_effects", "transfer_note", "units", "versus_prompting",
 ]

@@ -33,6 +33,7 @@ class Study:
     solved: pd.DataFrame = field(default_factory=pd.DataFrame)  # `tasks.solved` on each family's select + eval items
     control_screen: pd.DataFrame = field(default_factory=pd.DataFrame)  # screened controls, layer × control α, select
     control_best: pd.DataFrame = field(default_factory=pd.DataFrame)  # each screened control's own (layer, sign)
+    screen_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-prompt rows of `screen` (real directions)
 
     @property
     def items(self) -> dict[str, list]:
@@ -77,6 +78,7 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
     layers = list(range(subject.arch.n_layers) if layers is None else layers)
     controls = ("random", "shuffled")
     dirs, sign, splits, screens, bests, cscreens, cbest, graded, base = {}, {}, {}, [], [], [], [], [], []
+    screen_rows = []
     for name in [*families, *concepts]:
         is_concept = name in concepts
         sp = (concept_target if is_concept else family_target)(subject, name, n, n_fit, seed)
@@ -86,7 +88,8 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
         rows = sweep_units(subject, sp.select, us, sign[name], seed=seed, cache=cache, progress=progress,
                            desc=f"screen {name}")
         real = rows["kind"] == "real"
-        sc = grade(rows[real].reset_index(drop=True))
+        screen_rows.append(rows[real].reset_index(drop=True))
+        sc = grade(screen_rows[-1])
         sb = best_layers(sc[sc["alpha"].isin(control_alphas)])  # the same cells its controls choose among
         cs = rows[~real].groupby(["family", "kind", "idx", "layer", "alpha"])["effect"].mean().reset_index()
         cb = choose(best_layers(cs, ("family", "kind", "idx")), ("family", "kind", "idx"))
@@ -111,7 +114,20 @@ def study(subject: Subject, families: Sequence[str], concepts: Sequence[str] = (
         solved = tasks.solved(pd.concat(base) if base else pd.DataFrame(columns=["family", "item_id", "ld_clean", "ld_corrupt"]))
     best = pd.concat(bests, ignore_index=True)
     return Study(dirs, sign, splits, screen, grade(per_prompt, control_best=control_best), best, per_prompt,
-                 solved, pd.concat(cscreens, ignore_index=True), control_best)
+                 solved, pd.concat(cscreens, ignore_index=True), control_best, pd.concat(screen_rows, ignore_index=True))
+
+
+def study_from_profile(subject: Subject, families: Sequence[str], concepts: Sequence[str], S: dict, seed: int,
+                       solved: pd.DataFrame | None = None, layers: Sequence[int] | None = None,
+                       cache: Cache | None = None) -> Study:
+    """`study` with the settings of a steering profile `S` (`profiles`' "steering" entry): the one mapping from
+    profile to study, shared by every chapter that needs chapter 04's study (same arguments, so its sweeps are
+    cache hits). Layers: every `S["layer_stride"]`-th unless given; `n_screen_controls` (default 2) and
+    `screen_alphas` (default ±0.4) where the profile sets them."""
+    layers = list(range(0, subject.arch.n_layers, S["layer_stride"])) if layers is None else list(layers)
+    return study(subject, list(families), list(concepts), S["n"], S["n_fit"], layers, n_random=S["n_random"],
+                 n_shuffled=S["n_shuffled"], n_screen_controls=S.get("n_screen_controls", 2), seed=seed,
+                 screen_alphas=S.get("screen_alphas", (-0.4, 0.4)), cache=cache, solved=solved)
 
 
 def summary(st: Study, n_layers: int) -> pd.DataFrame:

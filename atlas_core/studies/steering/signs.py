@@ -20,10 +20,11 @@ LEVEL = 0.05  # a layer pushes toward (or away from) the target when its Holm-co
 
 def layer_signs(subject: Subject, st: Study, seed: int = 0, cache: Cache | None = None) -> pd.DataFrame:
     """Per target and screened layer: the real direction at the largest +α of the screen on the selection prompts
-    (the screen's own cached sweep rows), its mean effect toward the target, exact one-sided sign-flip p's over
-    prompts toward (`p_toward`) and away (`p_away`), each Holm-corrected over the target's layers (`holm_toward`,
-    `holm_away`), `toward` / `away` at `LEVEL`, the smallest p the prompts allow (`min_p`), and whether the
-    target is testable on this model (`untestable_why`)."""
+    (the screen's own per-prompt rows, `Study.screen_rows`; re-swept through the cache with `seed` only where the
+    study lacks them), its mean effect toward the target, exact one-sided sign-flip p's over prompts toward
+    (`p_toward`) and away (`p_away`), each Holm-corrected over the target's layers (`holm_toward`, `holm_away`),
+    `toward` / `away` at `LEVEL`, the smallest p the prompts allow (`min_p`), and whether the target is testable
+    on this model (`untestable_why`)."""
     rows = []
     for name, d in st.dirs.items():
         sc = st.screen[st.screen["family"] == name]
@@ -31,8 +32,12 @@ def layer_signs(subject: Subject, st: Study, seed: int = 0, cache: Cache | None 
         if not np.isfinite(alpha) or alpha <= 0:
             continue
         layers = sorted(int(x) for x in sc["layer"].unique())
-        per = sweep_units(subject, st.splits[name].select, units(d, layers, [alpha]), st.sign[name], seed=seed,
-                          cache=cache, desc=f"signs {name}")
+        kept = getattr(st, "screen_rows", None)  # absent from a study pickled before the field existed
+        if kept is not None and len(kept):
+            per = kept[(kept["family"] == name) & (kept["alpha"] == alpha)]
+        else:
+            per = sweep_units(subject, st.splits[name].select, units(d, layers, [alpha]), st.sign[name], seed=seed,
+                              cache=cache, desc=f"signs {name}")
         per = per[per["kind"] == "real"] if "kind" in per else per
         why = st.untestable(name) or ""
         part = []
