@@ -235,11 +235,11 @@ def chapter(model: str | None, profile: str, seeds=None, results_dir: str | None
 
     from . import load, paths
     from .publish import charts
-    from .tasks.core import distinct
+    from .tasks.core import distinct, seed_list
 
     cfg = get(profile)
     if isinstance(seeds, str):  # "42,137" from a command line
-        seeds = [s for s in seeds.split(",") if s.strip()]
+        seeds = seed_list(seeds)
     try:
         ints = [int(s) for s in (seeds or cfg["seeds"])]
     except (TypeError, ValueError):

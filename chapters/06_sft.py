@@ -122,14 +122,14 @@ sw_base = sft.run(subject, runs["sweep_base"], train, tasks, JUDGES)
 # NBVAL_CHECK_OUTPUT
 cols = ["n_trainable", "train_loss", "val_loss", "eval_loss", "drift", "rubric_eval"]
 pd.concat([sw_base.assign(dim="none")[["dim", "config", "family", *cols]],
-           sft.summary(sw, ["dim", "config", "family"], cols)]).round(3)
+           adapters.summarize(sw, ["dim", "config", "family"], cols)]).round(3)
 
 # %% [markdown]
 # What each configuration costs: trainable parameters, seconds per training step and peak memory of a training
 # (wall-clock numbers: they vary between runs and machines).
 
 # %%
-sft.summary(sw, ["config"], ["n_trainable", "s_per_step", "peak_mb"]).round(3)
+adapters.summarize(sw, ["config"], ["n_trainable", "s_per_step", "peak_mb"]).round(3)
 
 # %% [markdown]
 # Look for: whether the configurations with the lowest eval loss (left) are also the ones the judge scores highest (up).
@@ -171,7 +171,7 @@ fm = sft.run(subject, runs["formats"], train, tasks, JUDGES)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-sft.summary(fm, ["format", "config"], ["eval_loss", "val_loss", "drift", "rubric_val", "rubric_eval"]).round(3)
+adapters.summarize(fm, ["format", "config"], ["eval_loss", "val_loss", "drift", "rubric_val", "rubric_eval"]).round(3)
 
 # %% [markdown]
 # Look for: the ordering of formats along the loss axis against their ordering along the judged-score axis.

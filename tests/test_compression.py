@@ -153,6 +153,8 @@ def test_qualitative_prompts_and_checks():
     assert cmp.check("Blue and calm.", "max_words", 3) and not cmp.check("one two three four", "max_words", 3)
     assert cmp.check("- a\n- b\n- c", "list", 3) and cmp.check("1. a\n2. b", "list", 2) and not cmp.check("a, b", "list", 2)
     assert cmp.check('Here: {"name": "Ann", "age": 30}', "json") and not cmp.check("{name: Ann}", "json")
+    assert cmp.check('{"person": {"name": "Ann"}, "tags": ["a"]}', "json")  # nested (a non-greedy regex missed it)
+    assert not cmp.check('["a", "b"]', "json") and not cmp.check("no braces", "json")
     assert cmp.check("HELLO", "upper") and not cmp.check("Hello", "upper")
     assert cmp.check("Yes, it is.", "yes_no") and cmp.check("The hot sun", "contains", "hot")
     assert not cmp.check("The sun is hot", "lacks", "hot") and cmp.check("The sun is bright", "lacks", "hot")

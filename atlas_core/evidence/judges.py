@@ -58,11 +58,12 @@ class Judge:
         return [self.score(p, a, r) for p, a, r in items]
 
 
-def first_json(text: str):
-    """The first JSON object or list in `text`, or None."""
+def first_json(text: str, opening: str = "{["):
+    """The JSON value that starts at the first of the `opening` characters in `text` (default: an object or a
+    list; "{": an object), or None when there is none or it does not parse."""
     s = text.lstrip()
     for i, ch in enumerate(s):
-        if ch in "{[":
+        if ch in opening:
             try:
                 return json.JSONDecoder().raw_decode(s[i:])[0]
             except json.JSONDecodeError:

@@ -10,6 +10,7 @@ import random
 import re
 from pathlib import Path
 
+from ..evidence.judges import first_json
 from ..paths import data_dir
 from . import lexicon as L
 
@@ -144,18 +145,6 @@ def training_split(family: str, split: str, root: Path | None = None) -> list[di
     return out
 
 
-def _first_json(text: str):
-    s = text.lstrip()
-    i = s.find("{")
-    if i < 0:
-        return None
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(s[i:])
-    except json.JSONDecodeError:
-        return None
-    return obj
-
-
 def exact_match(family: str, completion_text: str, example: dict) -> bool:
     """json_schema: the first JSON object parses and equals `expected`. Others: the first line of the
     completion, stripped of surrounding space and a final period, equals `expected` (case-sensitive). Examples
@@ -163,7 +152,7 @@ def exact_match(family: str, completion_text: str, example: dict) -> bool:
     if example.get("source") == "items":
         return first_word_match(completion_text, str(example["expected"]))
     if family == "json_schema":
-        return _first_json(completion_text) == example["expected"]
+        return first_json(completion_text, "{") == example["expected"]
     line = completion_text.strip().split("\n")[0].strip()
     line = re.sub(r"[.]$", "", line).strip()
     return line == str(example["expected"])

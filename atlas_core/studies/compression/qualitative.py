@@ -6,7 +6,6 @@ repetition and degeneration (`evidence.text_quality`) and speed. Instruction-tun
 from __future__ import annotations
 
 import html
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +13,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from ...evidence import text_quality as tq
+from ...evidence.judges import first_json
 from ...evidence.stats import sign_flip_p
 from ...model.subject import Subject
 from ...tasks.core import has_chat_template, render_chat
@@ -60,16 +60,6 @@ def _list_items(text: str) -> int:
     return sum(bool(re.match(r"\s*(?:[-*•]|\d+[.)])\s+\S", line)) for line in text.splitlines())
 
 
-def _json(text: str) -> bool:
-    m = re.search(r"\{.*?\}", text, re.S)
-    if not m:
-        return False
-    try:
-        return isinstance(json.loads(m.group(0)), dict)
-    except ValueError:
-        return False
-
-
 def _first_word(text: str) -> str:
     w = re.findall(r"[A-Za-z]+", text)
     return w[0].lower() if w else ""
@@ -78,7 +68,7 @@ def _first_word(text: str) -> str:
 CHECKS: dict[str, Callable[[str, object], bool]] = {
     "max_words": lambda t, n: 0 < tq.words(t) <= n,
     "list": lambda t, n: _list_items(t) >= n,
-    "json": lambda t, _: _json(t),
+    "json": lambda t, _: isinstance(first_json(t, "{"), dict),  # nested objects too
     "number": lambda t, _: bool(re.search(r"\d", t)),
     "contains": lambda t, w: w in t.lower(),
     "lacks": lambda t, w: bool(t.strip()) and w not in re.findall(r"[a-z]+", t.lower()),

@@ -37,7 +37,6 @@ from .study import (
     plan,
     prepare,
     profile,
-    summary,
 )
 from .sweep import (
     DIMENSIONS,
@@ -60,6 +59,6 @@ __all__ = [
     "dimension_effects",
     "dominant_dimension", "examples_table", "fact_strings", "hub_adapters", "hub_layers", "hub_of", "hub_survival", "instruction_sets", "judged",
     "judges", "loss_quality", "measure", "peak_memory", "plan", "prepare", "profile", "question", "record_line",
-    "paired", "render", "render_all", "run", "sft_claims", "sweep_rule_claims", "summary", "sweep_configs", "sweep_runs", "target_of",
+    "paired", "render", "render_all", "run", "sft_claims", "sweep_rule_claims", "sweep_configs", "sweep_runs", "target_of",
     "train_record",
 ]

@@ -141,12 +141,6 @@ def dimension_effects(sw: pd.DataFrame, metric: str = "eval_loss") -> pd.DataFra
     return pd.DataFrame(rows).sort_values("range", ascending=False).reset_index(drop=True)
 
 
-def summary(df: pd.DataFrame, by: Sequence[str], cols: Sequence[str]) -> pd.DataFrame:
-    """Mean over seeds per group (columns `cols`), with the number of seeds."""
-    g = df.groupby(list(by), sort=False)
-    return g[list(cols)].mean().join(g.size().rename("n_seeds")).reset_index()
-
-
 def hub_adapters(subject: Subject, runs: Sequence[tuple[dict, Target, TrainConfig]], data: dict[str, list[dict]],
                  config: str, n: int) -> list[Adapter]:
     """The trained adapters of one sweep configuration (its first `n` seeds; reused from the cache)."""
