@@ -32,9 +32,8 @@ def layer_signs(subject: Subject, st: Study, seed: int = 0, cache: Cache | None 
         if not np.isfinite(alpha) or alpha <= 0:
             continue
         layers = sorted(int(x) for x in sc["layer"].unique())
-        kept = getattr(st, "screen_rows", None)  # absent from a study pickled before the field existed
-        if kept is not None and len(kept):
-            per = kept[(kept["family"] == name) & (kept["alpha"] == alpha)]
+        if len(st.screen_rows):
+            per = st.screen_rows[(st.screen_rows["family"] == name) & (st.screen_rows["alpha"] == alpha)]
         else:
             per = sweep_units(subject, st.splits[name].select, units(d, layers, [alpha]), st.sign[name], seed=seed,
                               cache=cache, desc=f"signs {name}")
