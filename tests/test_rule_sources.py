@@ -37,6 +37,7 @@ class _Study:
         self.splits = {f: _Split(n) for f in means}
         self.screen = pd.DataFrame([{"family": f, "layer": i, "alpha": a} for f, m in means.items()
                                     for i in range(len(m)) for a in (-0.4, 0.4)])
+        self.screen_rows = pd.DataFrame()  # no kept rows: layer_signs sweeps (faked below)
         self.means, self.testable = means, testable
 
     def untestable(self, target: str) -> str | None:
